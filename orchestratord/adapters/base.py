@@ -1,0 +1,121 @@
+"""The worker contract every engine adapter implements (OC-ADAPT-5001).
+
+An adapter maps one engine's native API onto: health, info (version, slots, model digest),
+token counting, a streamed generation that is cancelled by closing it, and a metrics scrape.
+Transport failures are translated here, at the boundary, into :class:`EngineError` subclasses
+carrying the public error code; nothing above this layer sees an HTTP client exception.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
+from typing import Literal
+
+from orchestratord.errors import ErrorCode
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True, slots=True)
+class Sampling:
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    repeat_penalty: float
+    ignore_eos: bool
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    prompt: str
+    max_tokens: int
+    seed: int
+    sampling: Sampling
+    reuse_kv: bool = True
+    # The engine slot the orchestrator assigned; adapters that can pin a slot must use it.
+    slot: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TokenChunk:
+    """A piece of text the engine released; it may carry more than one engine token when the
+    engine holds bytes back to keep UTF-8 valid."""
+
+    text: str
+    engine_tokens: int = 1
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEnd:
+    finish_reason: FinishReason
+    tokens_in: int
+    tokens_cached: int
+    tokens_out: int
+    decode_ms: float
+
+
+StreamEvent = TokenChunk | StreamEnd
+
+
+@dataclass(frozen=True, slots=True)
+class EngineInfo:
+    engine: str
+    engine_version: str | None
+    model_digest: str | None
+    slots_total: int
+    ctx_per_slot: int
+
+
+@dataclass(frozen=True, slots=True)
+class SlotState:
+    id: int
+    busy: bool
+
+
+class EngineError(Exception):
+    code: ErrorCode = ErrorCode.WORKER_RESET
+    retriable: bool = True
+
+
+class EngineUnavailable(EngineError):
+    """The engine cannot be reached at all (process gone, connection refused)."""
+
+    code = ErrorCode.POOL_UNAVAILABLE
+
+
+class EngineReset(EngineError):
+    """The engine broke off a generation midway or answered nonsense."""
+
+    code = ErrorCode.WORKER_RESET
+
+
+class EngineAdapter(abc.ABC):
+    engine: str
+
+    @abc.abstractmethod
+    async def healthy(self) -> bool:
+        """True when the engine can take work now (model loaded)."""
+
+    @abc.abstractmethod
+    async def info(self) -> EngineInfo: ...
+
+    @abc.abstractmethod
+    async def slots(self) -> list[SlotState]: ...
+
+    @abc.abstractmethod
+    async def count_tokens(self, text: str) -> int: ...
+
+    @abc.abstractmethod
+    def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
+        """Stream a generation. Closing the iterator early (``aclose``) cancels it and returns
+        only once the engine slot it used is idle again."""
+
+    @abc.abstractmethod
+    async def metrics_text(self) -> str:
+        """The engine's own Prometheus exposition (empty if it has none)."""
+
+    async def aclose(self) -> None:
+        return None

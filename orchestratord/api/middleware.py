@@ -1,0 +1,60 @@
+"""Request middleware: correlation IDs (HOME-103) and bearer-token auth (HOME-102).
+
+The correlation middleware runs first, so even a 401 from the auth middleware carries the
+caller's ``X-Correlation-Id`` (or a fresh UUID).
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import uuid
+
+import falcon
+import falcon.asgi
+
+from orchestratord.errors import ApiError, ErrorCode
+
+CORRELATION_HEADER = "X-Correlation-Id"
+# Printable, header-safe and short: anything else is replaced rather than echoed back.
+_CORRELATION_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+# Prometheus scrapes are open on loopback (documented in the README); everything else needs
+# the token.
+OPEN_PATHS = frozenset({"/metrics"})
+
+
+class CorrelationIdMiddleware:
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        sent = req.get_header(CORRELATION_HEADER)
+        if sent is not None and _CORRELATION_RE.match(sent):
+            req.context.correlation_id = sent
+        else:
+            req.context.correlation_id = str(uuid.uuid4())
+
+    async def process_response(
+        self,
+        req: falcon.asgi.Request,
+        resp: falcon.asgi.Response,
+        resource: object,
+        req_succeeded: bool,
+    ) -> None:
+        correlation_id = getattr(req.context, "correlation_id", None) or str(uuid.uuid4())
+        resp.set_header(CORRELATION_HEADER, correlation_id)
+
+
+class AuthMiddleware:
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        if req.path in OPEN_PATHS:
+            return
+        header = req.get_header("Authorization")
+        if not header:
+            raise ApiError(401, ErrorCode.UNAUTHORIZED, "missing bearer token")
+        scheme, _, credentials = header.partition(" ")
+        if scheme.lower() != "bearer" or not credentials.strip():
+            raise ApiError(401, ErrorCode.UNAUTHORIZED, "Authorization must be 'Bearer <token>'")
+        if not hmac.compare_digest(credentials.strip().encode(), self._token):
+            raise ApiError(403, ErrorCode.FORBIDDEN, "invalid bearer token")

@@ -1,0 +1,65 @@
+"""``POST /v1/tasks`` (ORCH-2001) and ``POST /v1/tasks/{id}/cancel`` (ORCH-2003)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import falcon
+import falcon.asgi
+from pydantic import ValidationError
+
+from orchestratord.core.request import TaskRequest
+from orchestratord.errors import ApiError, ErrorCode, invalid_params, not_found
+
+if TYPE_CHECKING:
+    from orchestratord.app import Orchestrator
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    parts = []
+    for error in exc.errors()[:5]:
+        where = ".".join(str(p) for p in error["loc"]) or "body"
+        parts.append(f"{where}: {error['msg']}")
+    return "; ".join(parts)
+
+
+async def read_body(req: falcon.asgi.Request, limit: int) -> bytes:
+    length = req.content_length
+    if length is not None and length > limit:
+        raise ApiError(413, ErrorCode.INVALID_PARAMS, f"body exceeds {limit} bytes")
+    body = await req.bounded_stream.read(limit + 1)
+    if len(body) > limit:
+        raise ApiError(413, ErrorCode.INVALID_PARAMS, f"body exceeds {limit} bytes")
+    return body
+
+
+class TasksResource:
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orch = orchestrator
+
+    async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
+        body = await read_body(req, self.orch.config.server.max_body_bytes)
+        if not body.strip():
+            raise invalid_params("request body is empty")
+        try:
+            request = TaskRequest.model_validate_json(body)
+        except ValidationError as exc:
+            raise invalid_params(describe_validation_error(exc)) from exc
+        result = await self.orch.admission.admit(request, req.context.correlation_id)
+        resp.status = falcon.HTTP_202
+        resp.media = result.body
+        resp.location = f"/v1/tasks/{result.task.id}/stream"
+
+
+class TaskCancelResource:
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orch = orchestrator
+
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, task_id: str
+    ) -> None:
+        task = self.orch.registry.get(task_id)
+        if task is None:
+            raise not_found(f"no task {task_id}")
+        await self.orch.cancel(task, reason="client")
+        resp.status = falcon.HTTP_204

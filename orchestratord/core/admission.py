@@ -1,0 +1,167 @@
+"""Admission: everything checked before a task may wait in a queue (HOME-205, HOME-206).
+
+Checks run cheapest first; the prompt is tokenized by the pool's own engine so the
+ctx/max_tokens budget is exact, not guessed. A full queue answers 429 with a backoff computed
+from the pool's measured drain rate (HOME-902).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from orchestratord.adapters.base import EngineError, Sampling
+from orchestratord.config import Config, Workload
+from orchestratord.core.queue import QueueFull
+from orchestratord.core.registry import TaskRegistry
+from orchestratord.core.request import TaskRequest
+from orchestratord.core.task import Task
+from orchestratord.errors import ApiError, ErrorCode, conflict, invalid_params
+from orchestratord.metrics import Metrics
+from orchestratord.pools.pool import Pool
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionResult:
+    task: Task
+    body: dict[str, Any]
+
+
+class Admission:
+    def __init__(
+        self, config: Config, pools: dict[str, Pool], registry: TaskRegistry, metrics: Metrics
+    ) -> None:
+        self.config = config
+        self.pools = pools
+        self.registry = registry
+        self.metrics = metrics
+
+    def _pool_for(self, request: TaskRequest) -> Pool:
+        candidates = [p for p in self.pools.values() if p.config.model_ref == request.model_ref]
+        if not candidates:
+            raise invalid_params(f"no pool serves model_ref {request.model_ref!r}")
+        matching = [p for p in candidates if p.engine == request.engine.value]
+        if not matching:
+            engines = sorted({p.engine for p in candidates})
+            raise invalid_params(
+                f"model_ref {request.model_ref!r} is served by engine(s) {engines}, "
+                f"not {request.engine.value!r}"
+            )
+        ready = [p for p in matching if p.ready]
+        if not ready:
+            raise ApiError(
+                503,
+                ErrorCode.POOL_UNREADY,
+                f"no Ready pool for {request.model_ref!r}",
+                engine=request.engine.value,
+                retriable=True,
+            )
+        # Least loaded Ready pool; full placement (VRAM, device masks) arrives with HOME-1001.
+        return max(ready, key=lambda p: (p.slots_free, -len(p.queue)))
+
+    def _sampling(self, request: TaskRequest) -> Sampling:
+        name = request.sampler_profile_version or self.config.default_sampler_profile
+        profile = self.config.sampler_profiles.get(name)
+        if profile is None:
+            known = sorted(self.config.sampler_profiles)
+            raise invalid_params(f"unknown sampler_profile_version {name!r}; known: {known}")
+        return Sampling(**profile.model_dump())
+
+    def _check_static(self, request: TaskRequest, pool: Pool) -> None:
+        if request.workload not in pool.config.supported_workloads:
+            raise invalid_params(
+                f"pool {pool.id!r} does not support workload {request.workload.value!r}"
+            )
+        if request.workload is Workload.COMPLETION and request.prompt is None:
+            raise invalid_params("workload 'completion' takes prompt, not inputs")
+        if request.ctx > pool.ctx_max:
+            raise invalid_params(f"ctx {request.ctx} exceeds the pool limit {pool.ctx_max}")
+
+    async def admit(self, request: TaskRequest, correlation_id: str) -> AdmissionResult:
+        try:
+            return await self._admit(request, correlation_id)
+        except ApiError as exc:
+            reason = exc.code.value.lower()
+            self.metrics.tasks_rejected.labels(engine=request.engine.value, reason=reason).inc()
+            raise
+
+    async def _admit(self, request: TaskRequest, correlation_id: str) -> AdmissionResult:
+        task_id = str(request.task_id)
+        if task_id in self.registry:
+            raise conflict(f"task_id {task_id} already exists")
+        pool = self._pool_for(request)
+        self._check_static(request, pool)
+        sampling = self._sampling(request)
+        try:
+            prompt_tokens = await pool.adapter.count_tokens(request.prompt or "")
+        except EngineError as exc:
+            raise ApiError(
+                503, ErrorCode.POOL_UNAVAILABLE, str(exc), engine=pool.engine, retriable=True
+            ) from exc
+        if prompt_tokens + request.max_tokens > request.ctx:
+            raise invalid_params(
+                f"prompt tokens ({prompt_tokens}) + max_tokens ({request.max_tokens}) "
+                f"exceed ctx ({request.ctx})"
+            )
+        if task_id in self.registry:  # a twin may have been admitted while we tokenized
+            raise conflict(f"task_id {task_id} already exists")
+        task = Task(
+            request,
+            pool.id,
+            seed=request.effective_seed(),
+            sampling=sampling,
+            prompt_tokens=prompt_tokens,
+            correlation_id=correlation_id,
+        )
+        return self._enqueue(pool, task)
+
+    def _enqueue(self, pool: Pool, task: Task) -> AdmissionResult:
+        try:
+            admitted = pool.queue.admit(task)
+        except QueueFull as full:
+            raise self._backpressure(pool, full) from full
+        if admitted.displaced is not None:
+            displaced = admitted.displaced
+            displaced.finish_error(
+                ErrorCode.QUEUE_FULL_DROP_LRU,
+                f"dropped from the full queue by policy {full_label(pool)}",
+                pool.engine,
+            )
+            self.metrics.tasks_canceled.labels(**pool.replica_labels(), reason="displaced").inc()
+        self.registry.add(task)
+        pool.queue_changed()
+        self.metrics.tasks_enqueued.labels(
+            **pool.replica_labels(), priority=task.priority.value
+        ).inc()
+        predicted = pool.estimator.predicted_start_ms(
+            admitted.position, pool.slots_total, pool.slots_free
+        )
+        now_full = len(pool.queue) >= pool.queue.capacity
+        backoff = (pool.estimator.drain_interval_ms(pool.slots_total) or 0) if now_full else 0
+        body = {
+            "task_id": task.id,
+            "queue_position": admitted.position,
+            "predicted_start_ms": predicted,
+            "backoff_ms": backoff,
+        }
+        return AdmissionResult(task, body)
+
+    def _backpressure(self, pool: Pool, full: QueueFull) -> ApiError:
+        retry_ms = (
+            pool.estimator.drain_interval_ms(pool.slots_total)
+            or pool.config.queue.default_backoff_ms
+        )
+        self.metrics.backpressure.labels(engine=pool.engine, policy=full.policy.value).inc()
+        return ApiError(
+            429,
+            ErrorCode.ADMISSION_REJECT,
+            f"pool {pool.id!r} queue is full ({pool.queue.capacity} tasks)",
+            engine=pool.engine,
+            retriable=True,
+            retry_after_ms=retry_ms,
+            policy_label=full.policy.value,
+        )
+
+
+def full_label(pool: Pool) -> str:
+    return pool.config.queue.full_policy.value

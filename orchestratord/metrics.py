@@ -1,0 +1,69 @@
+"""Prometheus metrics (HOME-801) on a per-app registry.
+
+Names and label sets are the contract in requirements.md and ci/metrics.lint.json; a second
+app in the same process (tests) gets its own registry and never collides.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+POOL = ("engine", "engine_version", "pool_id")
+REPLICA = (*POOL, "replica_id")
+_LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.queue_depth = Gauge(
+            "queue_depth", "Tasks waiting in a pool queue.", (*POOL, "priority"), registry=r
+        )
+        self.tasks_enqueued = Counter(
+            "tasks_enqueued", "Tasks admitted to a queue.", (*REPLICA, "priority"), registry=r
+        )
+        self.tasks_started = Counter(
+            "tasks_started", "Tasks handed to an engine slot.", (*REPLICA, "priority"), registry=r
+        )
+        self.tasks_canceled = Counter(
+            "tasks_canceled",
+            "Tasks ended by cancel, disconnect or displacement.",
+            (*REPLICA, "reason"),
+            registry=r,
+        )
+        self.tasks_rejected = Counter(
+            "tasks_rejected", "Tasks refused at admission.", ("engine", "reason"), registry=r
+        )
+        self.tokens_in = Counter("tokens_in", "Prompt tokens processed.", REPLICA, registry=r)
+        self.tokens_out = Counter("tokens_out", "Tokens generated.", REPLICA, registry=r)
+        self.gpu_utilization = Gauge(
+            "gpu_utilization", "GPU utilization, 0..1.", (*REPLICA, "device"), registry=r
+        )
+        self.vram_used_bytes = Gauge(
+            "vram_used_bytes", "GPU memory in use.", (*REPLICA, "device"), registry=r
+        )
+        self.backpressure = Counter(
+            "admission_backpressure_events",
+            "429s sent because a queue was full.",
+            ("engine", "policy"),
+            registry=r,
+        )
+        self.kv_cache_usage_ratio = Gauge(
+            "kv_cache_usage_ratio", "Engine KV cache in use, 0..1.", REPLICA, registry=r
+        )
+        self.slots_free = Gauge("slots_free", "Engine slots not running a task.", POOL, registry=r)
+        self.latency_first_token_ms = Histogram(
+            "latency_first_token_ms",
+            "Admission to first token.",
+            POOL,
+            buckets=_LATENCY_BUCKETS_MS,
+            registry=r,
+        )
+        self.latency_decode_ms = Histogram(
+            "latency_decode_ms",
+            "First token to last token.",
+            POOL,
+            buckets=_LATENCY_BUCKETS_MS,
+            registry=r,
+        )

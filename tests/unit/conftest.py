@@ -1,0 +1,119 @@
+"""Fixtures for in-process tests: an Orchestrator whose only pool runs the mock engine."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import falcon.testing
+import pytest
+
+from orchestratord.adapters.base import (
+    EngineAdapter,
+    GenerationRequest,
+    StreamEnd,
+    StreamEvent,
+    TokenChunk,
+)
+from orchestratord.adapters.mock import Handler, MockAdapter, seeded_words
+from orchestratord.app import Orchestrator
+from orchestratord.config import Config, PoolConfig, QueueConfig
+from tests.sse import SSEParser
+
+TOKEN = "unit-test-token-0123456789"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+MODEL = "test/mock-model"
+
+
+def task_body(**overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "task_id": str(uuid.uuid4()),
+        "session_id": str(uuid.uuid4()),
+        "workload": "completion",
+        "model_ref": MODEL,
+        "engine": "llamacpp",
+        "ctx": 256,
+        "priority": "interactive",
+        "seed": 7,
+        "prompt": "hello there",
+        "max_tokens": 8,
+        "deadline_ms": 30_000,
+    }
+    body.update(overrides)
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def make_config(tmp_path: Path, **pool: Any) -> Config:
+    queue = pool.pop("queue", {})
+    pool_config = PoolConfig(
+        id="p1",
+        model_ref=MODEL,
+        model_path=tmp_path / "unused.gguf",
+        slots=pool.pop("slots", 2),
+        ctx_max=pool.pop("ctx_max", 512),
+        queue=QueueConfig(**{"capacity": 2, **queue}),
+        **pool,
+    )
+    return Config(pools=[pool_config], state_dir=tmp_path / "state", cache_dir=tmp_path / "c")
+
+
+@pytest.fixture
+def conductor_for(tmp_path: Path) -> Callable[..., Any]:
+    """Build (orchestrator, conductor) for a mock adapter; use as ``async with``."""
+
+    class _Ctx:
+        def __init__(self, adapter: EngineAdapter | None = None, **pool: Any) -> None:
+            self.adapter = adapter or MockAdapter()
+            self.orch = Orchestrator(
+                make_config(tmp_path, **pool), token=TOKEN, adapters={"p1": self.adapter}
+            )
+            self.conductor = falcon.testing.ASGIConductor(self.orch.app)
+
+        async def __aenter__(self) -> tuple[Orchestrator, falcon.testing.ASGIConductor]:
+            await self.conductor.__aenter__()
+            return self.orch, self.conductor
+
+        async def __aexit__(self, *exc: object) -> None:
+            await self.conductor.__aexit__(*exc)
+
+    return _Ctx
+
+
+async def chunks(result: Any, timeout_s: float = 10.0) -> AsyncIterator[bytes]:
+    """Body chunks of a streamed test result as they arrive (bounded in time)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while loop.time() < deadline:
+        data = await result.stream.read()
+        if data:
+            yield data
+        else:
+            await asyncio.sleep(0.002)
+    raise TimeoutError("stream produced no terminal frame in time")
+
+
+async def collect_stream(conductor: falcon.testing.ASGIConductor, task_id: str) -> list[Any]:
+    parser = SSEParser()
+    async with conductor.simulate_get_stream(f"/v1/tasks/{task_id}/stream", headers=AUTH) as sr:
+        async for chunk in chunks(sr):
+            for event, _ in parser.feed(chunk):
+                if event in ("end", "error"):
+                    return parser.frames
+    return parser.frames
+
+
+def held_handler(release: asyncio.Event, first_tokens: int = 1) -> Handler:
+    """Emit ``first_tokens`` tokens, then hold the slot until ``release`` is set."""
+
+    async def handler(request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
+        words = seeded_words(request.seed, request.max_tokens)
+        for index, word in enumerate(words):
+            if index == first_tokens:
+                await release.wait()
+            yield TokenChunk(word)
+        yield StreamEnd("length", 2, 0, len(words), 1.0)
+
+    return handler

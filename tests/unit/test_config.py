@@ -1,0 +1,75 @@
+"""Config: embedded default, strictness, env overrides, schema generation (HOME-1203)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from orchestratord.config import Config, Engine, PoolConfig, load_config
+from orchestratord.models.tiny_gguf import TINY_MODEL_REF
+from xtask import regen
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = sorted((ROOT / "config" / "examples").glob("*.yaml"))
+
+
+@pytest.mark.req("HOME-101")
+def test_embedded_default_is_one_loopback_cpu_pool_on_the_tiny_model() -> None:
+    config = load_config(None)
+    assert config.server.host == "127.0.0.1"
+    (pool,) = config.pools
+    assert pool.engine is Engine.LLAMACPP
+    assert pool.model_ref == TINY_MODEL_REF
+    assert pool.devices == []
+
+
+@pytest.mark.req("OC-CONFIG-6001")
+def test_unknown_keys_are_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("server:\n  prot: 9000\n")
+    with pytest.raises(ValidationError, match="prot"):
+        load_config(path)
+
+
+def test_model_path_required_unless_generated_model() -> None:
+    with pytest.raises(ValidationError, match="model_path is required"):
+        PoolConfig(id="x", model_ref="someone/else")
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("server:\n  port: 9000\n  heartbeat_ms: 300\n")
+    monkeypatch.setenv("LLORCH_SERVER__PORT", "9100")
+    config = load_config(path)
+    assert config.server.port == 9100
+    assert config.server.heartbeat_ms == 300
+
+
+@pytest.mark.req("OC-CONFIG-6010", "HOME-1203")
+def test_schema_generation_is_deterministic_and_committed() -> None:
+    first = regen.config_schema_bytes()
+    assert first == regen.config_schema_bytes()
+    committed = regen.CONFIG_SCHEMA.read_bytes()
+    assert committed == first, "run `python -m xtask regen` and commit the schema"
+
+
+@pytest.mark.req("OC-CONFIG-6002", "HOME-1203")
+@pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
+def test_example_configs_validate(example: Path) -> None:
+    schema = json.loads(regen.CONFIG_SCHEMA.read_text())
+    data = yaml.safe_load(example.read_text())
+    jsonschema.validate(data, schema)
+    assert isinstance(load_config(example), Config)
+
+
+def test_schema_rejects_what_the_models_reject() -> None:
+    schema = json.loads(regen.CONFIG_SCHEMA.read_text())
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"server": {"prot": 1}}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"pools": [{"id": "p", "model_ref": "m", "slots": 0}]}, schema)

@@ -1,0 +1,33 @@
+"""Queue-time estimates come from observed service times (HOME-206, HOME-902)."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestratord.core.estimates import ServiceTimeEstimator
+
+pytestmark = pytest.mark.req("HOME-206", "HOME-902")
+
+
+def test_unknown_until_first_observation_except_free_slot() -> None:
+    est = ServiceTimeEstimator()
+    assert est.predicted_start_ms(0, slots_total=2, slots_free=1) == 0
+    assert est.predicted_start_ms(0, slots_total=2, slots_free=0) is None
+    assert est.drain_interval_ms(2) is None
+
+
+def test_waves_of_service_time_per_slot() -> None:
+    est = ServiceTimeEstimator()
+    est.observe(1000)
+    # two slots busy: positions 0 and 1 start after one service time, 2 and 3 after two
+    assert est.predicted_start_ms(0, 2, 0) == 1000
+    assert est.predicted_start_ms(1, 2, 0) == 1000
+    assert est.predicted_start_ms(2, 2, 0) == 2000
+    assert est.drain_interval_ms(2) == 500
+
+
+def test_mean_follows_new_observations() -> None:
+    est = ServiceTimeEstimator()
+    est.observe(1000)
+    est.observe(2000)
+    assert est.mean_ms is not None and 1000 < est.mean_ms < 2000

@@ -1,0 +1,1 @@
+"""Project tasks: ``python -m xtask <step>`` (schema regeneration, benchmarks)."""

@@ -1,0 +1,22 @@
+"""``python -m xtask <command>``: one entry point for the project's own tooling."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from xtask import bench, regen, test
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m xtask")
+    sub = parser.add_subparsers(dest="command", required=True)
+    regen.add_parser(sub)
+    bench.add_parser(sub)
+    test.add_parser(sub)
+    args = parser.parse_args(argv)
+    return int(args.run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""Start a real ``orchestratord`` (fronting a real ``llama-server``) as a child process.
+
+Used by the end-to-end tests and the benchmarks: the server runs exactly as a user starts it
+(``python -m orchestratord serve --config ...``), on loopback, on a free port, with its engine
+on a known port so a test can also look at the engine directly (``/slots``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestratord.models.tiny_gguf import TINY_MODEL_REF
+from orchestratord.pools.engine_process import free_loopback_port
+
+_LISTENING = re.compile(r"listening on (http://\S+)")
+TEST_TOKEN = "live-test-token-0123456789abcdef"
+
+
+@dataclass
+class LiveServer:
+    url: str
+    token: str
+    engine_url: str
+    pid: int
+    output: list[str]
+    workdir: Path
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def default_live_config(workdir: Path, engine_port: int, **pool: Any) -> dict[str, Any]:
+    pool_config: dict[str, Any] = {
+        "id": "default",
+        "engine": "llamacpp",
+        "model_ref": TINY_MODEL_REF,
+        "slots": 2,
+        "ctx_max": 2048,
+        "queue": {"capacity": 4, "full_policy": "reject"},
+        "llamacpp": {"port": engine_port},
+    }
+    pool_config.update(pool)
+    return {
+        "server": {"host": "127.0.0.1", "port": 0, "heartbeat_ms": 200},
+        "state_dir": str(workdir / "state"),
+        "sampler_profiles": {
+            "v1": {},
+            # Decodes exactly max_tokens: benchmarks and exact-length checks need it.
+            "fixed-length": {"ignore_eos": True},
+        },
+        "pools": [pool_config],
+    }
+
+
+@contextmanager
+def live_server(
+    config: dict[str, Any] | None = None, *, startup_timeout_s: float = 180.0, **pool: Any
+) -> Iterator[LiveServer]:
+    with tempfile.TemporaryDirectory(prefix="llorch-live-") as tmp:
+        workdir = Path(tmp)
+        engine_port = free_loopback_port()
+        config = config or default_live_config(workdir, engine_port, **pool)
+        config_path = workdir / "config.yaml"
+        config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        env = {**os.environ, "LLORCH_API_TOKEN": TEST_TOKEN, "PYTHONUNBUFFERED": "1"}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "orchestratord", "serve", "--config", str(config_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            text=True,
+        )
+        output: list[str] = []
+        found = threading.Event()
+        url_box: list[str] = []
+
+        def pump() -> None:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                output.append(line.rstrip("\n"))
+                match = _LISTENING.search(line)
+                if match and not url_box:
+                    url_box.append(match.group(1))
+                    found.set()
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            deadline = time.monotonic() + startup_timeout_s
+            while not found.wait(0.1):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("orchestratord did not start:\n" + "\n".join(output[-40:]))
+            # The banner is printed as the lifespan finishes; uvicorn accepts right after.
+            time.sleep(0.05)
+            yield LiveServer(
+                url=url_box[0],
+                token=TEST_TOKEN,
+                engine_url=f"http://127.0.0.1:{engine_port}",
+                pid=proc.pid,
+                output=output,
+                workdir=workdir,
+            )
+        finally:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            reader.join(timeout=5)
