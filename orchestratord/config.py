@@ -57,6 +57,13 @@ class ServerConfig(Strict):
         le=60_000,
         description="SSE ping interval; bounds how late a disconnect is seen.",
     )
+    stream_coalesce_ms: float = Field(
+        4.0,
+        ge=0,
+        le=100,
+        description="Frames due within this long after a write are sent together in one "
+        "write (0: one write per frame). The first frame after a pause is never delayed.",
+    )
     metrics_frame_every_tokens: int = Field(
         64, ge=1, description="A `metrics` SSE frame is sent at least this often, in tokens."
     )

@@ -21,7 +21,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import httpx
+import aiohttp
 import psutil
 
 from xtask.live_server import LiveServer, live_server
@@ -41,14 +41,15 @@ class Run:
         return self.tokens / self.stream_s if self.stream_s > 0 else 0.0
 
 
-async def direct_run(client: httpx.AsyncClient, server: LiveServer, tokens: int, seed: int) -> Run:
+async def direct_run(
+    session: aiohttp.ClientSession, server: LiveServer, tokens: int, seed: int
+) -> Run:
     body = {
         "prompt": PROMPT,
         "n_predict": tokens,
         "seed": seed,
         "ignore_eos": True,
         "cache_prompt": True,
-        "return_tokens": True,
         "stream": True,
         "temperature": 0.8,
         "top_k": 40,
@@ -59,21 +60,27 @@ async def direct_run(client: httpx.AsyncClient, server: LiveServer, tokens: int,
     start = time.perf_counter()
     first: float | None = None
     pieces: list[str] = []
-    async with client.stream("POST", server.engine_url + "/completion", json=body) as response:
-        async for line in response.aiter_lines():
-            if not line.startswith("data: "):
+    # Connection: close, as the orchestrator's adapter does for every generation.
+    url = server.engine_url + "/completion"
+    async with session.post(url, json=body, headers={"Connection": "close"}) as response:
+        async for line in response.content:
+            if not line.startswith(b"data: "):
                 continue
             chunk = json.loads(line[6:])
             if chunk.get("content"):
                 first = first or time.perf_counter()
                 pieces.append(chunk["content"])
             if chunk.get("stop"):
+                end = time.perf_counter()
                 break
-    end = time.perf_counter()
+        else:
+            raise RuntimeError("llama-server stream ended without a final event")
     return Run((first or end) - start, len(pieces), end - start, "".join(pieces))
 
 
-async def relay_run(client: httpx.AsyncClient, server: LiveServer, tokens: int, seed: int) -> Run:
+async def relay_run(
+    session: aiohttp.ClientSession, server: LiveServer, tokens: int, seed: int
+) -> Run:
     task_id = str(uuid.uuid4())
     body = {
         "task_id": task_id,
@@ -92,21 +99,22 @@ async def relay_run(client: httpx.AsyncClient, server: LiveServer, tokens: int, 
     start = time.perf_counter()
     first: float | None = None
     pieces: list[str] = []
-    accepted = await client.post(server.url + "/v1/tasks", json=body, headers=server.auth)
-    accepted.raise_for_status()
+    async with session.post(server.url + "/v1/tasks", json=body, headers=server.auth) as accepted:
+        if accepted.status != 202:
+            raise RuntimeError(f"relay admission failed: {accepted.status} {await accepted.text()}")
     url = f"{server.url}/v1/tasks/{task_id}/stream"
-    async with client.stream("GET", url, headers=server.auth) as response:
-        event = ""
-        async for line in response.aiter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: "):
-                if event == "token":
+    async with session.get(url, headers=server.auth) as response:
+        event = b""
+        async for line in response.content:
+            if line.startswith(b"event: "):
+                event = line[7:].strip()
+            elif line.startswith(b"data: "):
+                if event == b"token":
                     first = first or time.perf_counter()
                     pieces.append(json.loads(line[6:])["t"])
-                elif event in ("end", "error"):
-                    if event == "error":
-                        raise RuntimeError(f"relay error frame: {line}")
+                elif event in (b"end", b"error"):
+                    if event == b"error":
+                        raise RuntimeError(f"relay error frame: {line!r}")
                     break
     end = time.perf_counter()
     return Run((first or end) - start, len(pieces), end - start, "".join(pieces))
@@ -119,7 +127,10 @@ def cpu_seconds(pid: int) -> float:
 
 async def relay_bench(pairs: int, tokens: int, seed: int) -> dict[str, Any]:
     with live_server() as server:
-        async with httpx.AsyncClient(timeout=httpx.Timeout(60.0)) as client:
+        # One client stack for both paths: aiohttp (TCP_NODELAY, C parser), so the figures
+        # show the relay's cost rather than the client library's.
+        timeout = aiohttp.ClientTimeout(total=120)
+        async with aiohttp.ClientSession(timeout=timeout) as client:
             await direct_run(client, server, 16, seed)  # warm the prompt cache and allocator
             await relay_run(client, server, 16, seed)
             direct: list[Run] = []

@@ -45,7 +45,6 @@ class TokenChunk:
     engine holds bytes back to keep UTF-8 valid."""
 
     text: str
-    engine_tokens: int = 1
 
 
 @dataclass(frozen=True, slots=True)

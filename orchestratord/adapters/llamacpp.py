@@ -5,6 +5,9 @@ build), ``/slots`` (per-slot busy state), ``/tokenize``, streaming ``/completion
 ``/metrics``. Cancelling is closing the HTTP stream: llama-server stops decoding when the
 socket closes; the adapter then watches ``/slots`` until that slot is idle, so the
 orchestrator only hands out a slot the engine has really freed.
+
+Control calls use aiohttp; the token stream uses ``sse_client`` (httptools' C parser under
+a plain asyncio protocol), because per-token cost there is the relay's whole budget.
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import urllib.parse
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
-import httpx
+import aiohttp
 
 from orchestratord.adapters.base import (
     EngineAdapter,
@@ -29,10 +33,14 @@ from orchestratord.adapters.base import (
     StreamEvent,
     TokenChunk,
 )
+from orchestratord.adapters.sse_client import SSEPostStream, StreamError, post_sse
 from orchestratord.models.digest import sha256_file
 
 _SLOT_RELEASE_TIMEOUT_S = 5.0
 _SLOT_POLL_S = 0.005
+# Control calls are quick. Generations go through sse_client with no read timeout: the
+# orchestrator's deadline watchdog, not a socket timeout, bounds them.
+_CONTROL_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 
 
 class LlamaCppAdapter(EngineAdapter):
@@ -45,39 +53,48 @@ class LlamaCppAdapter(EngineAdapter):
         *,
         max_connections: int,
         version_hint: str | None = None,
+        coalesce_s: float = 0.0,
     ) -> None:
         self.base_url = base_url
+        self._coalesce_s = coalesce_s
+        parsed = urllib.parse.urlsplit(base_url)
+        self._host = parsed.hostname or "127.0.0.1"
+        self._port = parsed.port or 80
         self._version_hint = version_hint
         self._model_path = model_path
         self._digest: str | None = None
-        # Reads may legitimately pause for a long prompt; the orchestrator's deadline watchdog,
-        # not a socket timeout, bounds a generation.
-        self._client = httpx.AsyncClient(
-            base_url=base_url,
-            timeout=httpx.Timeout(10.0, read=None),
-            limits=httpx.Limits(max_connections=max_connections + 4),
-        )
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
 
-    async def _get_json(self, path: str) -> Any:
+    def _http(self) -> aiohttp.ClientSession:
+        # Created lazily: an aiohttp session belongs to the running event loop.
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._max_connections + 4)
+            self._session = aiohttp.ClientSession(self.base_url, connector=connector)
+        return self._session
+
+    async def _request_json(self, method: str, path: str, body: Any = None) -> Any:
         try:
-            response = await self._client.get(path)
-        except httpx.HTTPError as exc:
+            async with self._http().request(
+                method, path, json=body, timeout=_CONTROL_TIMEOUT
+            ) as response:
+                if response.status == 503:
+                    raise EngineUnavailable(f"llama-server {path}: loading (503)")
+                if response.status != 200:
+                    raise EngineReset(f"llama-server {path}: HTTP {response.status}")
+                return await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise EngineUnavailable(f"llama-server {path}: {exc!r}") from exc
-        if response.status_code == 503:
-            raise EngineUnavailable(f"llama-server {path}: loading (503)")
-        if response.status_code != 200:
-            raise EngineReset(f"llama-server {path}: HTTP {response.status_code}")
-        return response.json()
 
     async def healthy(self) -> bool:
         try:
-            response = await self._client.get("/health")
-        except httpx.HTTPError:
+            async with self._http().get("/health", timeout=_CONTROL_TIMEOUT) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, TimeoutError):
             return False
-        return response.status_code == 200
 
     async def info(self) -> EngineInfo:
-        props = await self._get_json("/props")
+        props = await self._request_json("GET", "/props")
         if self._digest is None and self._model_path is not None:
             self._digest = "sha256:" + await asyncio.to_thread(sha256_file, self._model_path)
         settings = props.get("default_generation_settings", {})
@@ -97,30 +114,23 @@ class LlamaCppAdapter(EngineAdapter):
         return self._version_hint or build_info
 
     async def slots(self) -> list[SlotState]:
-        raw = await self._get_json("/slots")
+        raw = await self._request_json("GET", "/slots")
         return [SlotState(int(s["id"]), bool(s.get("is_processing"))) for s in raw]
 
     async def count_tokens(self, text: str) -> int:
-        try:
-            response = await self._client.post(
-                "/tokenize", json={"content": text, "add_special": True}
-            )
-        except httpx.HTTPError as exc:
-            raise EngineUnavailable(f"llama-server /tokenize: {exc!r}") from exc
-        if response.status_code != 200:
-            raise EngineReset(f"llama-server /tokenize: HTTP {response.status_code}")
-        return len(response.json()["tokens"])
+        body = {"content": text, "add_special": True}
+        return len((await self._request_json("POST", "/tokenize", body))["tokens"])
 
     async def metrics_text(self) -> str:
         try:
-            response = await self._client.get("/metrics")
-        except httpx.HTTPError as exc:
+            async with self._http().get("/metrics", timeout=_CONTROL_TIMEOUT) as response:
+                return await response.text() if response.status == 200 else ""
+        except (aiohttp.ClientError, TimeoutError) as exc:
             raise EngineUnavailable(f"llama-server /metrics: {exc!r}") from exc
-        return response.text if response.status_code == 200 else ""
 
     def _completion_body(self, request: GenerationRequest) -> dict[str, Any]:
         s = request.sampling
-        return {
+        body: dict[str, Any] = {
             "prompt": request.prompt,
             "n_predict": request.max_tokens,
             "seed": request.seed,
@@ -131,40 +141,39 @@ class LlamaCppAdapter(EngineAdapter):
             "repeat_penalty": s.repeat_penalty,
             "ignore_eos": s.ignore_eos,
             "cache_prompt": request.reuse_kv,
-            "return_tokens": True,
             "stream": True,
-            **({"id_slot": request.slot} if request.slot is not None else {}),
         }
+        if request.slot is not None:
+            body["id_slot"] = request.slot
+        return body
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
         # The orchestrator pins the slot, so a cancel knows which one must go idle; llama-server
         # itself only names the slot in its final event.
         slot_id = request.slot
         finished = False
+        stream: SSEPostStream | None = None
         try:
-            async with self._client.stream(
-                "POST", "/completion", json=self._completion_body(request)
-            ) as response:
-                if response.status_code != 200:
-                    body = (await response.aread())[:300].decode("utf-8", "replace")
-                    raise EngineReset(
-                        f"llama-server /completion: HTTP {response.status_code} {body}"
-                    )
-                async for line in response.aiter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    chunk = json.loads(line[6:])
+            body = json.dumps(self._completion_body(request)).encode()
+            stream = await post_sse(
+                self._host, self._port, "/completion", body, coalesce_s=self._coalesce_s
+            )
+            async for batch in stream.batches():
+                for payload in batch:
+                    chunk = json.loads(payload)
                     if chunk.get("stop"):
                         finished = True
                         yield _stream_end(chunk)
                         return
-                    text = chunk.get("content", "")
+                    text = chunk.get("content")
                     if text:
-                        yield TokenChunk(text, len(chunk.get("tokens") or ()) or 1)
+                        yield TokenChunk(text)
             raise EngineReset("llama-server closed the stream without a final event")
-        except httpx.HTTPError as exc:
-            raise EngineReset(f"llama-server /completion: {exc!r}") from exc
+        except StreamError as exc:
+            raise EngineReset(f"llama-server /completion: {exc}") from exc
         finally:
+            if stream is not None:
+                stream.close()
             if not finished and slot_id is not None:
                 await self._wait_slot_idle(slot_id)
 
@@ -178,7 +187,8 @@ class LlamaCppAdapter(EngineAdapter):
                     await asyncio.sleep(_SLOT_POLL_S)
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
 
 
 def _stream_end(chunk: dict[str, Any]) -> StreamEnd:
@@ -187,6 +197,6 @@ def _stream_end(chunk: dict[str, Any]) -> StreamEnd:
         finish_reason="length" if chunk.get("stop_type") == "limit" else "stop",
         tokens_in=int(chunk.get("tokens_evaluated", 0)),
         tokens_cached=int(timings.get("cache_n", 0)),
-        tokens_out=int(timings.get("predicted_n", chunk.get("tokens_predicted", 0))),
+        tokens_out=int(timings.get("predicted_n", 0)),
         decode_ms=float(timings.get("predicted_ms", 0.0)),
     )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, cast
 import falcon.asgi
 from falcon.asgi import SSEvent
 
-from orchestratord.core.task import Frame, Task, TaskState
+from orchestratord.core.task import Burst, Frame, Task, TaskState
 from orchestratord.errors import conflict, not_found
 
 if TYPE_CHECKING:
@@ -27,6 +27,7 @@ class TaskStreamResource:
     def __init__(self, orchestrator: Orchestrator) -> None:
         self.orch = orchestrator
         self._heartbeat_s = orchestrator.config.server.heartbeat_ms / 1000
+        self._coalesce_s = orchestrator.config.server.stream_coalesce_ms / 1000
         self._cleanups: set[asyncio.Task[None]] = set()
 
     async def on_get(
@@ -68,19 +69,31 @@ class TaskStreamResource:
             },
         )
 
-    async def _emit(self, task: Task) -> AsyncIterator[Frame | None]:
+    async def _emit(self, task: Task) -> AsyncIterator[Burst | None]:
+        loop = asyncio.get_running_loop()
+        last_token_send = -1.0
         try:
-            yield self._started(task)
+            yield Burst([self._started(task)])
             cursor = 0
             while True:
                 frames = task.frames
-                while cursor < len(frames):
-                    frame = frames[cursor]
-                    cursor += 1
+                if cursor < len(frames):
+                    # Coalesce while tokens flow: a frame due within `coalesce` of the previous
+                    # token write waits for the rest of that window and goes out with whatever
+                    # else arrived, so a fast engine costs one write per window, not per token.
+                    # The first token after a pause is never held back.
+                    wait = last_token_send + self._coalesce_s - loop.time()
+                    if wait > 0 and task.terminal is None:
+                        await asyncio.sleep(wait)
+                    batch = frames[cursor:]
+                    cursor += len(batch)
                     task.delivered = cursor
-                    yield frame
-                    if frame is task.terminal:
+                    if batch[-1].event == "token" or any(f.event == "token" for f in batch):
+                        last_token_send = loop.time()
+                    yield Burst(batch)
+                    if task.terminal is not None and task.terminal in batch:
                         return
+                    continue
                 await task.wait_for_frames(cursor, self._heartbeat_s)
                 if cursor >= len(task.frames):
                     yield None  # Falcon sends a ": ping" comment; a dead client shows up here

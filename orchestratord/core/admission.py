@@ -20,6 +20,9 @@ from orchestratord.errors import ApiError, ErrorCode, conflict, invalid_params
 from orchestratord.metrics import Metrics
 from orchestratord.pools.pool import Pool
 
+# BOS and EOS: what an engine may add around the prompt's own tokens.
+_SPECIAL_TOKENS = 2
+
 
 @dataclass(frozen=True, slots=True)
 class AdmissionResult:
@@ -77,6 +80,23 @@ class Admission:
         if request.ctx > pool.ctx_max:
             raise invalid_params(f"ctx {request.ctx} exceeds the pool limit {pool.ctx_max}")
 
+    async def _prompt_tokens(self, pool: Pool, request: TaskRequest) -> int | None:
+        """Exact prompt token count, or None when it provably fits without counting.
+
+        Every token of a byte-fallback or byte-level vocabulary covers at least one byte of
+        text, so UTF-8 length plus the special tokens the engine may add bounds the count;
+        only prompts that might not fit pay for a tokenizer round trip.
+        """
+        prompt = request.prompt or ""
+        if len(prompt.encode()) + _SPECIAL_TOKENS + request.max_tokens <= request.ctx:
+            return None
+        try:
+            return await pool.adapter.count_tokens(prompt)
+        except EngineError as exc:
+            raise ApiError(
+                503, ErrorCode.POOL_UNAVAILABLE, str(exc), engine=pool.engine, retriable=True
+            ) from exc
+
     async def admit(self, request: TaskRequest, correlation_id: str) -> AdmissionResult:
         try:
             return await self._admit(request, correlation_id)
@@ -92,13 +112,8 @@ class Admission:
         pool = self._pool_for(request)
         self._check_static(request, pool)
         sampling = self._sampling(request)
-        try:
-            prompt_tokens = await pool.adapter.count_tokens(request.prompt or "")
-        except EngineError as exc:
-            raise ApiError(
-                503, ErrorCode.POOL_UNAVAILABLE, str(exc), engine=pool.engine, retriable=True
-            ) from exc
-        if prompt_tokens + request.max_tokens > request.ctx:
+        prompt_tokens = await self._prompt_tokens(pool, request)
+        if prompt_tokens is not None and prompt_tokens + request.max_tokens > request.ctx:
             raise invalid_params(
                 f"prompt tokens ({prompt_tokens}) + max_tokens ({request.max_tokens}) "
                 f"exceed ctx ({request.ctx})"

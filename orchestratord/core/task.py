@@ -13,6 +13,7 @@ import asyncio
 import json
 import time
 from enum import StrEnum
+from json.encoder import encode_basestring_ascii as _json_str
 from typing import Any
 
 from orchestratord.adapters.base import Sampling
@@ -27,15 +28,33 @@ class TaskState(StrEnum):
 
 
 class Frame:
-    """A pre-serialized SSE event; Falcon sends whatever ``serialize()`` returns."""
+    """A pre-serialized SSE event: one JSON object on one ``data:`` line (ASCII-escaped, so
+    any text the engine sends stays valid on the wire)."""
 
     __slots__ = ("event", "payload", "raw")
 
-    def __init__(self, event: str, payload: dict[str, Any]) -> None:
+    def __init__(self, event: str, payload: dict[str, Any], raw: bytes | None = None) -> None:
         self.event = event
         self.payload = payload
-        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-        self.raw = f"event: {event}\ndata: {data}\n\n".encode()
+        if raw is None:
+            data = json.dumps(payload, separators=(",", ":"))
+            raw = f"event: {event}\ndata: {data}\n\n".encode()
+        self.raw = raw
+
+    @classmethod
+    def token(cls, text: str, index: int) -> Frame:
+        # The relay's hot path: one C-level string escape instead of a generic json.dumps.
+        raw = b'event: token\ndata: {"t":%s,"i":%d}\n\n' % (_json_str(text).encode(), index)
+        return cls("token", {"t": text, "i": index}, raw)
+
+
+class Burst:
+    """Several frames sent in one write; Falcon sends whatever ``serialize()`` returns."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, frames: list[Frame]) -> None:
+        self.raw = b"".join(frame.raw for frame in frames)
 
     def serialize(self, handler: object = None) -> bytes:
         return self.raw
@@ -49,7 +68,7 @@ class Task:
         *,
         seed: int,
         sampling: Sampling,
-        prompt_tokens: int,
+        prompt_tokens: int | None,
         correlation_id: str,
     ) -> None:
         self.request = request
@@ -94,7 +113,7 @@ class Task:
     def append_token(self, text: str) -> bool:
         if self.terminal is not None:
             return False
-        self._append(Frame("token", {"t": text, "i": self.tokens_out}))
+        self._append(Frame.token(text, self.tokens_out))
         self.tokens_out += 1
         return True
 

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
+import aiohttp
 
 _PR_SET_PDEATHSIG = 1
 
@@ -121,17 +121,19 @@ class LlamaServerProcess:
                 preexec_fn=_die_with_parent(),
             )
         try:
-            async with asyncio.timeout(timeout_s), httpx.AsyncClient(timeout=2.0) as client:
+            probe = aiohttp.ClientTimeout(total=2.0)
+            async with asyncio.timeout(timeout_s), aiohttp.ClientSession(timeout=probe) as client:
                 while True:
                     if self._proc.returncode is not None:
                         raise EngineStartError(
                             f"llama-server exited with {self._proc.returncode}; "
                             f"log {self.log_path}:\n{self.log_tail()}"
                         )
-                    with contextlib.suppress(httpx.HTTPError):
-                        response = await client.get(self.base_url + "/health")
-                        if response.status_code == 200:
-                            return
+                    # 503 while the model loads, refused before the port opens: keep polling.
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        async with client.get(self.base_url + "/health") as response:
+                            if response.status == 200:
+                                return
                     await asyncio.sleep(0.05)
         except TimeoutError as exc:
             await self.stop()
