@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from orchestratord.models.tiny_gguf import TINY_MODEL_REF, ensure_tiny_model
+from tests.contract_schemas import assert_frames_match, assert_matches
 from tests.sse import SSEParser
 from xtask.live_server import LiveServer, live_server
 
@@ -61,6 +62,7 @@ def stream(client: httpx.Client, task_id: str) -> SSEParser:
         for chunk in response.iter_raw():
             if any(e in ("end", "error") for e, _ in parser.feed(chunk)):
                 break
+    assert_frames_match(parser.frames)
     return parser
 
 
@@ -79,6 +81,7 @@ def engine_busy_slots(server: LiveServer) -> list[int]:
 @pytest.mark.req("HOME-601", "HOME-1002", "OC-POOL-3001")
 def test_capabilities_report_the_ready_llamacpp_pool(client: httpx.Client) -> None:
     caps = client.get("/v1/capabilities").json()
+    assert_matches("control", "Capabilities", caps)
     (engine,) = caps["engines"]
     assert engine["engine"] == "llamacpp"
     assert engine["engine_version"]
@@ -94,6 +97,7 @@ def test_stream_frames_carry_real_engine_tokens(client: httpx.Client, server: Li
     body = task(max_tokens=32, sampler_profile_version="fixed-length")
     accepted = client.post("/v1/tasks", json=body)
     assert accepted.status_code == 202
+    assert_matches("data", "AdmissionResponse", accepted.json())
     assert accepted.json()["task_id"] == body["task_id"]
     frames = stream(client, body["task_id"]).frames
     events = [e for e, _ in frames]
@@ -150,6 +154,7 @@ def test_full_queue_gets_429_with_backoff(client: httpx.Client, server: LiveServ
         assert rejected is not None, "queue never filled"
         assert len(accepted) == 6
         body = rejected.json()
+        assert_matches("common", "ErrorEnvelope", body)
         assert body["code"] == "ADMISSION_REJECT"
         assert body["policy_label"] == "reject"
         assert body["retriable"] is True
@@ -190,7 +195,9 @@ def test_cancel_mid_stream_stops_tokens_and_frees_engine_slot(
 
 
 @pytest.mark.req("HOME-305")
-def test_disconnect_frees_the_engine_slot(client: httpx.Client, server: LiveServer) -> None:
+def test_disconnect_cancels_the_task_and_frees_the_engine_slot(
+    client: httpx.Client, server: LiveServer
+) -> None:
     body = task(max_tokens=1900, sampler_profile_version="fixed-length")
     assert client.post("/v1/tasks", json=body).status_code == 202
     with client.stream("GET", f"/v1/tasks/{body['task_id']}/stream") as response:
@@ -198,11 +205,18 @@ def test_disconnect_frees_the_engine_slot(client: httpx.Client, server: LiveServ
         for chunk in response.iter_raw():
             if any(e == "token" for e, _ in parser.feed(chunk)):
                 break
-    # Bounded wait: the server notices at its next send (heartbeat 200 ms in this config).
+    # The server notices at its next write; until then the old stream holds the task (409).
+    # Reading the stream again then replays the task's frames: had the disconnect not
+    # canceled it, the replay would end with all 1900 tokens and finish_reason "length".
     for _ in range(100):
-        if engine_busy_slots(server) == []:
+        if client.get(f"/v1/tasks/{body['task_id']}/stream").status_code != 409:
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
+    replay = stream(client, body["task_id"]).frames
+    event, end = replay[-1]
+    assert event == "end"
+    assert end["finish_reason"] == "canceled"
+    assert end["tokens_out"] < 1900
     assert engine_busy_slots(server) == []
     metrics = httpx.get(server.url + "/metrics", timeout=5.0).text
     assert 'reason="client_disconnect"' in metrics

@@ -21,6 +21,7 @@ from orchestratord.adapters.base import (
 from orchestratord.adapters.mock import Handler, MockAdapter, seeded_words
 from orchestratord.app import Orchestrator
 from orchestratord.config import Config, PoolConfig, QueueConfig
+from tests.contract_schemas import assert_frames_match
 from tests.sse import SSEParser
 
 TOKEN = "unit-test-token-0123456789"
@@ -101,6 +102,7 @@ async def collect_stream(conductor: falcon.testing.ASGIConductor, task_id: str) 
         async for chunk in chunks(sr):
             for event, _ in parser.feed(chunk):
                 if event in ("end", "error"):
+                    assert_frames_match(parser.frames)
                     return parser.frames
     return parser.frames
 

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from orchestratord import API_VERSION
 from orchestratord.adapters.mock import MockAdapter, seeded_words
 from orchestratord.core.task import Frame
+from tests.contract_schemas import assert_frames_match, assert_matches
 from tests.sse import SSEParser
 from tests.unit.conftest import AUTH, chunks, collect_stream, held_handler, task_body
 
@@ -29,6 +30,7 @@ def assert_envelope(result: Any, status: int, code: str) -> dict[str, Any]:
     assert body["code"] == code
     assert body["message"]
     assert body["correlation_id"] == result.headers["X-Correlation-Id"]
+    assert_matches("common", "ErrorEnvelope", body)
     return dict(body)
 
 
@@ -39,7 +41,7 @@ async def test_task_streams_started_tokens_metrics_and_one_end(conductor_for: An
         accepted = await submit(conductor, body)
         assert accepted.status_code == 202
         admission = accepted.json
-        assert set(admission) == {"task_id", "queue_position", "predicted_start_ms", "backoff_ms"}
+        assert_matches("data", "AdmissionResponse", admission)
         assert admission["task_id"] == body["task_id"]
         assert admission["queue_position"] == 0
         assert admission["predicted_start_ms"] == 0
@@ -268,6 +270,7 @@ async def test_cancel_mid_stream_stops_tokens_and_frees_the_slot(conductor_for: 
                     break
         task = orch.registry.get(body["task_id"])
         assert task is not None
+    assert_frames_match(parser.frames)
     events = [e for e, _ in parser.frames]
     assert events.count("token") == tokens_at_cancel == 2
     assert parser.frames[-1] == ("end", {**parser.frames[-1][1], "finish_reason": "canceled"})
@@ -340,6 +343,7 @@ async def test_unknown_task_is_404_for_stream_and_cancel(conductor_for: Any) -> 
 async def test_capabilities_describe_engines_and_pools(conductor_for: Any) -> None:
     async with conductor_for(slots=2) as (_, conductor):
         caps = (await conductor.simulate_get("/v1/capabilities", headers=AUTH)).json
+    assert_matches("control", "Capabilities", caps)
     assert caps["api_version"] == API_VERSION
     (engine,) = caps["engines"]
     assert engine["engine"] == "llamacpp"

@@ -1,0 +1,108 @@
+"""The lean SSE client against a scripted loopback server: framing, errors, disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import pytest
+
+from orchestratord.adapters.sse_client import StreamError, post_sse
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def serve(script: Script) -> tuple[asyncio.Server, int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        await script(reader, writer)
+        writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def collect(port: int, coalesce_s: float = 0.0) -> list[bytes]:
+    stream = await post_sse("127.0.0.1", port, "/completion", b"{}", coalesce_s=coalesce_s)
+    payloads: list[bytes] = []
+    try:
+        async for batch in stream.batches():
+            payloads.extend(batch)
+    finally:
+        stream.close()
+    return payloads
+
+
+HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+@pytest.mark.parametrize("coalesce_s", [0.0, 0.002])
+async def test_chunked_events_split_across_writes_arrive_whole_and_in_order(
+    coalesce_s: float,
+) -> None:
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD)
+        body = b'data: {"n":1}\n\ndata: {"n":2}\n\n: comment\n\ndata: {"n":3}\n\n'
+        for piece in (body[:5], body[5:23], body[23:]):  # boundaries inside events
+            writer.write(chunk(piece))
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        writer.write(b"0\r\n\r\n")
+
+    server, port = await serve(script)
+    async with server:
+        assert await collect(port, coalesce_s) == [b'{"n":1}', b'{"n":2}', b'{"n":3}']
+
+
+async def test_non_200_raises_with_the_body() -> None:
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        body = b'{"error":"slot busy"}'
+        writer.write(
+            b"HTTP/1.1 503 Unavailable\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+
+    server, port = await serve(script)
+    async with server:
+        with pytest.raises(StreamError, match=r"HTTP 503.*slot busy"):
+            await collect(port)
+
+
+async def test_connection_lost_mid_stream_raises() -> None:
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD + chunk(b'data: {"n":1}\n\n'))
+        await writer.drain()
+
+    server, port = await serve(script)
+    async with server:
+        with pytest.raises(StreamError, match="connection lost"):
+            await collect(port)
+
+
+async def test_refused_connection_raises() -> None:
+    server, port = await serve(lambda r, w: asyncio.sleep(0))
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(StreamError, match="cannot connect"):
+        await collect(port)
+
+
+async def test_close_drops_the_connection_so_the_server_sees_eof() -> None:
+    closed = asyncio.Event()
+
+    async def script(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD + chunk(b'data: {"n":1}\n\n'))
+        await writer.drain()
+        await reader.read()  # returns b"" once the client closes
+        closed.set()
+
+    server, port = await serve(script)
+    async with server:
+        stream = await post_sse("127.0.0.1", port, "/completion", b"{}")
+        batches: AsyncIterator[list[bytes]] = stream.batches()
+        assert await anext(batches) == [b'{"n":1}']
+        stream.close()
+        await asyncio.wait_for(closed.wait(), 5)
