@@ -67,7 +67,7 @@ def banner(orch: Orchestrator, url: str, token: ApiToken) -> str:
         lines.append(f"  token file: {token.path} ({made}, mode 0600)")
     for pool in orch.pools.values():
         state = "Ready" if pool.ready else f"NOT ready ({pool.last_error})"
-        engine = f"{pool.engine} {pool.engine_version}"
+        engine = f"{pool.engine} ({pool.engine_version})"
         detail = f"engine={engine} model={pool.config.model_ref} slots={pool.slots_total}"
         if pool.process is not None:
             detail += f" engine-log={pool.process.log_path}"
@@ -85,6 +85,8 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # The GGUF writer narrates every file it writes; only its problems matter here.
+    logging.getLogger("gguf").setLevel(logging.WARNING)
     config = _with_overrides(load_config(args.config), args.host, args.port)
     host = config.server.host
     if not _is_loopback(host):

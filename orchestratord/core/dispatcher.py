@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from typing import TYPE_CHECKING
@@ -159,25 +160,22 @@ def _settle(pool: Pool, task: Task, end: StreamEnd | None, first_token_at: float
 
 
 def log_task_end(pool: Pool, task: Task, end: StreamEnd | None) -> None:
+    """One structured line per task (HOME-803): identifiers and timings, never text."""
     terminal = task.terminal.payload if task.terminal else {}
-    log.info(
-        "task end",
-        extra={
-            "task_id": task.id,
-            "session_id": str(task.request.session_id),
-            "correlation_id": task.correlation_id,
-            "engine": pool.engine,
-            "pool_id": pool.id,
-            "replica_id": pool.replica_id,
-            "model_id": pool.config.model_ref,
-            "ctx": task.request.ctx,
-            "kv_warmth": bool(end and end.tokens_cached > 0),
-            "queue_time_ms": round(
-                ((task.started_at or task.admitted_at) - task.admitted_at) * 1000
-            ),
-            "decode_time_ms": task.decode_ms(),
-            "tokens_in": end.tokens_in if end else task.prompt_tokens,
-            "tokens_out": task.tokens_out,
-            "outcome": terminal.get("finish_reason") or terminal.get("code"),
-        },
-    )
+    fields = {
+        "task_id": task.id,
+        "session_id": str(task.request.session_id),
+        "correlation_id": task.correlation_id,
+        "engine": pool.engine,
+        "pool_id": pool.id,
+        "replica_id": pool.replica_id,
+        "model_id": pool.config.model_ref,
+        "ctx": task.request.ctx,
+        "kv_warmth": bool(end and end.tokens_cached > 0),
+        "queue_time_ms": round(((task.started_at or task.admitted_at) - task.admitted_at) * 1000),
+        "decode_time_ms": task.decode_ms(),
+        "tokens_in": end.tokens_in if end else task.prompt_tokens,
+        "tokens_out": task.tokens_out,
+        "outcome": terminal.get("finish_reason") or terminal.get("code"),
+    }
+    log.info("task end %s", json.dumps(fields, separators=(",", ":")))

@@ -385,3 +385,24 @@ def test_frame_payloads_are_single_line_json() -> None:
     event, data, blank, end = frame.raw.decode().split("\n")
     assert (event, blank, end) == ("event: token", "", "")
     assert json.loads(data.removeprefix("data: ")) == {"t": "line\nbreak", "i": 0}
+
+
+@pytest.mark.req("HOME-803", "OC-CTRL-2041")
+async def test_one_structured_log_line_per_task_without_text_or_token(
+    conductor_for: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="orchestratord.task")
+    async with conductor_for() as (_, conductor):
+        body = task_body(prompt="secret prompt words", max_tokens=3)
+        await submit(conductor, body, **{"X-Correlation-Id": "log-corr"})
+        await collect_stream(conductor, body["task_id"])
+        await asyncio.sleep(0.01)
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("task end")]
+    fields = json.loads(line.removeprefix("task end "))
+    assert fields["task_id"] == body["task_id"]
+    assert fields["correlation_id"] == "log-corr"
+    assert fields["tokens_out"] == 3
+    assert fields["outcome"] == "length"
+    assert {"session_id", "pool_id", "replica_id", "queue_time_ms", "decode_time_ms"} <= set(fields)
+    assert "secret" not in caplog.text
+    assert AUTH["Authorization"].split()[1] not in caplog.text
