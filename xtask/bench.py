@@ -125,8 +125,11 @@ def cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
-async def relay_bench(pairs: int, tokens: int, seed: int) -> dict[str, Any]:
-    with live_server() as server:
+async def relay_bench(
+    pairs: int, tokens: int, seed: int, coalesce_ms: float | None = None
+) -> dict[str, Any]:
+    server_overrides = {} if coalesce_ms is None else {"stream_coalesce_ms": coalesce_ms}
+    with live_server(server=server_overrides) as server:
         # One client stack for both paths: aiohttp (TCP_NODELAY, C parser), so the figures
         # show the relay's cost rather than the client library's.
         timeout = aiohttp.ClientTimeout(total=120)
@@ -168,7 +171,7 @@ async def relay_bench(pairs: int, tokens: int, seed: int) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = asyncio.run(relay_bench(args.pairs, args.tokens, args.seed))
+    result = asyncio.run(relay_bench(args.pairs, args.tokens, args.seed, args.coalesce_ms))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -190,5 +193,8 @@ def add_parser(sub: Any) -> None:
     parser.add_argument("--pairs", type=int, default=15)
     parser.add_argument("--tokens", type=int, default=512)
     parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument(
+        "--coalesce-ms", type=float, help="server.stream_coalesce_ms for the run (default: 4)"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.set_defaults(run=run)

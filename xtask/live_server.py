@@ -44,7 +44,9 @@ class LiveServer:
         return {"Authorization": f"Bearer {self.token}"}
 
 
-def default_live_config(workdir: Path, engine_port: int, **pool: Any) -> dict[str, Any]:
+def default_live_config(
+    workdir: Path, engine_port: int, server: dict[str, Any] | None = None, **pool: Any
+) -> dict[str, Any]:
     pool_config: dict[str, Any] = {
         "id": "default",
         "engine": "llamacpp",
@@ -56,7 +58,7 @@ def default_live_config(workdir: Path, engine_port: int, **pool: Any) -> dict[st
     }
     pool_config.update(pool)
     return {
-        "server": {"host": "127.0.0.1", "port": 0, "heartbeat_ms": 200},
+        "server": {"host": "127.0.0.1", "port": 0, "heartbeat_ms": 200, **(server or {})},
         "state_dir": str(workdir / "state"),
         "sampler_profiles": {
             "v1": {},
@@ -69,12 +71,16 @@ def default_live_config(workdir: Path, engine_port: int, **pool: Any) -> dict[st
 
 @contextmanager
 def live_server(
-    config: dict[str, Any] | None = None, *, startup_timeout_s: float = 180.0, **pool: Any
+    config: dict[str, Any] | None = None,
+    *,
+    startup_timeout_s: float = 180.0,
+    server: dict[str, Any] | None = None,
+    **pool: Any,
 ) -> Iterator[LiveServer]:
     with tempfile.TemporaryDirectory(prefix="llorch-live-") as tmp:
         workdir = Path(tmp)
         engine_port = free_loopback_port()
-        config = config or default_live_config(workdir, engine_port, **pool)
+        config = config or default_live_config(workdir, engine_port, server, **pool)
         config_path = workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         env = {**os.environ, "LLORCH_API_TOKEN": TEST_TOKEN, "PYTHONUNBUFFERED": "1"}
