@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from xtask import bench, regen, test
+from xtask import bench, regen, spec_extract, test
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -14,6 +14,7 @@ def main(argv: list[str] | None = None) -> int:
     regen.add_parser(sub)
     bench.add_parser(sub)
     test.add_parser(sub)
+    spec_extract.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.run(args))
 
