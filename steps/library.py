@@ -1,0 +1,276 @@
+"""The one step library: each step is written once, against a :class:`World`.
+
+``steps/behave_bridge.py`` registers these for behave and ``tests/bdd/conftest.py`` for
+pytest-bdd; both use ``parse`` patterns, so a feature line matches the same step in either
+runner. Step bodies stay thin: the work is in :mod:`steps.world`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from steps.world import World
+
+
+@dataclass(frozen=True)
+class StepDef:
+    keyword: str  # "given" | "when" | "then"
+    pattern: str
+    func: Callable[..., None]
+
+
+STEPS: list[StepDef] = []
+
+
+def _register(keyword: str, pattern: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    def decorate(func: Callable[..., None]) -> Callable[..., None]:
+        STEPS.append(StepDef(keyword, pattern, func))
+        return func
+
+    return decorate
+
+
+def given(pattern: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return _register("given", pattern)
+
+
+def when(pattern: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return _register("when", pattern)
+
+
+def then(pattern: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    return _register("then", pattern)
+
+
+# --- the server --------------------------------------------------------------------------
+
+
+@given("a running orchestratord with a Ready llama.cpp pool")
+def running_server(world: World) -> None:
+    world.require_ready_pool()
+
+
+# --- submitting ----------------------------------------------------------------------------
+
+
+@when("I submit a valid completion task")
+def submit_valid(world: World) -> None:
+    world.submit()
+
+
+@when("I submit a completion task for {tokens:d} fixed-length tokens with seed {seed:d}")
+def submit_fixed(world: World, tokens: int, seed: int) -> None:
+    world.submit(max_tokens=tokens, seed=seed, sampler_profile_version="fixed-length")
+
+
+@when("I submit a completion task for {tokens:d} fixed-length tokens")
+def submit_fixed_unseeded(world: World, tokens: int) -> None:
+    world.submit(max_tokens=tokens, sampler_profile_version="fixed-length")
+
+
+@when("I submit a task whose {field} is {value}")
+def submit_with_field(world: World, field: str, value: str) -> None:
+    world.submit_variant(field, value)
+
+
+@when("I submit a task whose prompt needs more tokens than its ctx allows")
+def submit_prompt_beyond_ctx(world: World) -> None:
+    world.submit(ctx=64, max_tokens=60, prompt="word " * 50)
+
+
+@when("I submit a task body of {size:d} bytes")
+def submit_large(world: World, size: int) -> None:
+    world.submit_raw_padded(size)
+
+
+@when("I submit the same task again")
+def submit_again(world: World) -> None:
+    world.resubmit_last()
+
+
+@when("I submit long tasks until the queue is full")
+def fill_queue(world: World) -> None:
+    world.fill_queue()
+
+
+@when("I submit a task without a token")
+def submit_without_token(world: World) -> None:
+    world.submit(auth=False)
+
+
+@when("I submit a task with a wrong token")
+def submit_wrong_token(world: World) -> None:
+    world.submit(auth="wrong-token-value")
+
+
+@when('I submit a task with X-Correlation-Id "{value}"')
+def submit_with_correlation(world: World, value: str) -> None:
+    world.submit(correlation_id=value)
+
+
+@when('I submit a task without a token and with X-Correlation-Id "{value}"')
+def submit_unauthenticated_with_correlation(world: World, value: str) -> None:
+    world.submit(auth=False, correlation_id=value)
+
+
+# --- streaming and cancel ---------------------------------------------------------------------
+
+
+@when("I read the task's stream to the end")
+def read_stream(world: World) -> None:
+    world.read_stream()
+
+
+@when("I open the stream of an unknown task")
+def stream_unknown(world: World) -> None:
+    world.open_unknown_stream()
+
+
+@when("I read {count:d} token frames and cancel the task")
+def read_then_cancel(world: World, count: int) -> None:
+    world.read_then_cancel(count)
+
+
+@when("I read {count:d} token frame and disconnect")
+def read_then_disconnect(world: World, count: int) -> None:
+    world.read_then_disconnect(count)
+
+
+@when("I remember the streamed text as {name}")
+def remember_text(world: World, name: str) -> None:
+    world.remember_text(name)
+
+
+@when("I ask for the capabilities")
+def ask_capabilities(world: World) -> None:
+    world.get("/v1/capabilities")
+
+
+@when("I scrape the metrics")
+def scrape_metrics(world: World) -> None:
+    world.scrape_metrics()
+
+
+# --- outcomes ------------------------------------------------------------------------------
+
+
+@then("the response status is {status:d}")
+def response_status(world: World, status: int) -> None:
+    world.expect_status(status)
+
+
+@then('the error code is "{code}"')
+def error_code(world: World, code: str) -> None:
+    world.expect_error(code)
+
+
+@then('the error message mentions "{text}"')
+def error_mentions(world: World, text: str) -> None:
+    world.expect_error_message(text)
+
+
+@then("the body matches the {schema} contract schema")
+def body_matches(world: World, schema: str) -> None:
+    world.expect_body_schema(schema)
+
+
+@then("the admission says where the task waits and when it should start")
+def admission_metadata(world: World) -> None:
+    world.expect_admission_metadata()
+
+
+@then('the response has header "{name}"')
+def has_header(world: World, name: str) -> None:
+    world.expect_header(name)
+
+
+@then('the response header "{name}" is "{value}"')
+def header_is(world: World, name: str, value: str) -> None:
+    world.expect_header(name, value)
+
+
+@then("the response carries a generated correlation ID")
+def generated_correlation(world: World) -> None:
+    world.expect_generated_correlation_id()
+
+
+@then('the error policy_label is "{label}"')
+def policy_label(world: World, label: str) -> None:
+    world.expect_policy_label(label)
+
+
+@then('the first frame is "{event}"')
+def first_frame(world: World, event: str) -> None:
+    world.expect_first_frame(event)
+
+
+@then('the stream has at least {count:d} "{event}" frame')
+def at_least_frames(world: World, count: int, event: str) -> None:
+    world.expect_at_least(event, count)
+
+
+@then("the stream ends with exactly one terminal frame, an end")
+def one_end(world: World) -> None:
+    world.expect_single_end()
+
+
+@then("the end frame counts every token frame")
+def end_counts(world: World) -> None:
+    world.expect_end_counts_tokens()
+
+
+@then('the end frame says finish_reason "{reason}"')
+def end_reason(world: World, reason: str) -> None:
+    world.expect_finish_reason(reason)
+
+
+@then("every frame matches its contract schema")
+def frames_match(world: World) -> None:
+    world.expect_frames_match_contract()
+
+
+@then("no token frame followed the cancel")
+def no_token_after_cancel(world: World) -> None:
+    world.expect_no_token_after_cancel()
+
+
+@then("the engine reports every slot idle")
+def engine_idle(world: World) -> None:
+    world.expect_engine_idle()
+
+
+@then("the task was canceled by the disconnect")
+def canceled_by_disconnect(world: World) -> None:
+    world.expect_canceled_after_disconnect()
+
+
+@then("{first} and {second} are the same text")
+def same_text(world: World, first: str, second: str) -> None:
+    world.expect_texts(first, second, equal=True)
+
+
+@then("{first} and {second} are different texts")
+def different_text(world: World, first: str, second: str) -> None:
+    world.expect_texts(first, second, equal=False)
+
+
+@then("the capabilities api_version equals the OpenAPI info.version")
+def api_version(world: World) -> None:
+    world.expect_api_version()
+
+
+@then("the capabilities list the pool with its slots and readiness")
+def pool_listed(world: World) -> None:
+    world.expect_pool_capability()
+
+
+@then('the metrics include "{name}" with labels {labels}')
+def metric_labels(world: World, name: str, labels: str) -> None:
+    world.expect_metric(name, [label.strip() for label in labels.split(",")])
+
+
+def step_kwargs(func: Callable[..., None]) -> list[str]:
+    """The parse fields a step takes besides the world (for the pytest-bdd bridge)."""
+    return [name for name in inspect.signature(func).parameters if name != "world"]
