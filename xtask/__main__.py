@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from xtask import bench, regen, spec_extract, test, trace
+from xtask import bench, metrics_lint, regen, spec_extract, test, trace
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -16,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     test.add_parser(sub)
     spec_extract.add_parser(sub)
     trace.add_parser(sub)
+    metrics_lint.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.run(args))
 
