@@ -1,4 +1,4 @@
-"""``python -m xtask metrics-lint``: a live scrape, after real traffic, against ci/metrics.lint.json.
+"""``python -m xtask metrics-lint``: a live scrape after real traffic vs ci/metrics.lint.json.
 
 It starts orchestratord (+ llama-server), drives a completed task, a canceled task, a 400 and
 a 429, scrapes ``/metrics`` and fails on: a required family missing, a family of the wrong
