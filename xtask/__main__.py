@@ -5,18 +5,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-from xtask import bench, metrics_lint, regen, spec_extract, test, trace
+from xtask import bdd, bench, dev_loop, metrics_lint, pact, regen, spec_extract, trace
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m xtask")
     sub = parser.add_subparsers(dest="command", required=True)
+    dev_loop.add_parser(sub)
     regen.add_parser(sub)
-    bench.add_parser(sub)
-    test.add_parser(sub)
     spec_extract.add_parser(sub)
-    trace.add_parser(sub)
     metrics_lint.add_parser(sub)
+    pact.add_parser(sub)
+    bdd.add_parser(sub)
+    trace.add_parser(sub)
+    bench.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -30,7 +30,12 @@ from xtask.spec_extract import ID_RE, Requirement, SpecError, all_requirements, 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports"
 BEHAVE_JSON = REPORTS / "behave.json"
-PYTEST_REPORTS = (REPORTS / "pytest-unit.json", REPORTS / "pytest-bdd.json")
+PYTEST_REPORTS = (
+    REPORTS / "pytest-unit.json",
+    REPORTS / "pytest-bdd.json",
+    REPORTS / "pytest-pact.json",
+    REPORTS / "pact-verify.json",
+)
 _TAG = re.compile(r"@([A-Z][A-Z0-9-]+-\d+)\b")
 
 

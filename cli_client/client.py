@@ -1,0 +1,102 @@
+"""A minimal OrchQueue v1 client, written from the consumer's side of the contract.
+
+It knows only what a client may rely on: the admission response, the error envelope, the
+429 backoff headers, the SSE framing and capabilities. The Pact consumer tests exercise it
+against a Pact mock server; the provider then has to honour exactly what it used.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+@dataclass(frozen=True)
+class Admission:
+    task_id: str
+    queue_position: int
+    predicted_start_ms: int | None
+    backoff_ms: int
+
+
+class OrchError(Exception):
+    def __init__(self, status: int, envelope: dict[str, Any], correlation_id: str | None) -> None:
+        super().__init__(f"{status} {envelope.get('code')}: {envelope.get('message')}")
+        self.status = status
+        self.code = str(envelope.get("code"))
+        self.envelope = envelope
+        self.correlation_id = correlation_id
+
+
+class Backoff(OrchError):
+    """429: the queue is full; wait ``backoff_ms`` before retrying."""
+
+    def __init__(self, status: int, envelope: dict[str, Any], headers: httpx.Headers) -> None:
+        super().__init__(status, envelope, headers.get("X-Correlation-Id"))
+        self.backoff_ms = int(headers["X-Backoff-Ms"])
+        self.retry_after_s = int(headers["Retry-After"])
+        self.policy_label = str(envelope["policy_label"])
+
+
+class OrchClient:
+    def __init__(
+        self, base_url: str, token: str, *, timeout: float = 30.0, correlation_id: str | None = None
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"}
+        if correlation_id is not None:  # ties every request of this client to one trace
+            headers["X-Correlation-Id"] = correlation_id
+        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> OrchClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _raise_for(self, response: httpx.Response) -> None:
+        if response.status_code < 400:
+            return
+        envelope = response.json()
+        if response.status_code == 429:
+            raise Backoff(response.status_code, envelope, response.headers)
+        raise OrchError(response.status_code, envelope, response.headers.get("X-Correlation-Id"))
+
+    def enqueue(self, task: dict[str, Any], correlation_id: str | None = None) -> Admission:
+        headers = {"X-Correlation-Id": correlation_id} if correlation_id else {}
+        response = self._http.post("/v1/tasks", json=task, headers=headers)
+        self._raise_for(response)
+        body = response.json()
+        return Admission(
+            body["task_id"], body["queue_position"], body["predicted_start_ms"], body["backoff_ms"]
+        )
+
+    def stream(self, task_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(event, payload) frames until the terminal one."""
+        with self._http.stream("GET", f"/v1/tasks/{task_id}/stream") as response:
+            if response.status_code >= 400:
+                response.read()
+                self._raise_for(response)
+            event = "message"
+            for line in response.iter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    payload = json.loads(line[5:])
+                    yield event, payload
+                    if event in ("end", "error"):
+                        return
+
+    def cancel(self, task_id: str) -> None:
+        self._raise_for(self._http.post(f"/v1/tasks/{task_id}/cancel"))
+
+    def capabilities(self) -> dict[str, Any]:
+        response = self._http.get("/v1/capabilities")
+        self._raise_for(response)
+        return dict(response.json())

@@ -1,0 +1,62 @@
+"""The CLI's expectations of orchestratord, shared by the consumer tests and the provider run.
+
+Provider states name real conditions the provider verification creates on a live server
+(``xtask/pact.py``): a finished task, a running task, a full queue. Task ids are fixed per
+interaction so a state can prepare exactly the task the request names.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CONSUMER = "cli-consumer"
+PROVIDER = "orchestratord"
+PLACEHOLDER_TOKEN = "pact-placeholder-token"  # the verifier sends the live server's token
+
+READY = "the default pool is Ready"
+FINISHED_TASK = "task {task_id} has finished"
+RUNNING_TASK = "task {task_id} is running"
+QUEUE_FULL = "the default pool's queue is full"
+
+ADMIT_ID = "6f1c2b8e-1a2b-4c3d-8e9f-000000000001"
+STREAM_ID = "6f1c2b8e-1a2b-4c3d-8e9f-000000000002"
+CANCEL_ID = "6f1c2b8e-1a2b-4c3d-8e9f-000000000003"
+REJECTED_ID = "6f1c2b8e-1a2b-4c3d-8e9f-000000000004"
+SESSION_ID = "6f1c2b8e-1a2b-4c3d-8e9f-00000000000a"
+
+UUID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+
+# One SSE stream as the CLI relies on it: started, then metrics/token frames, then one end.
+SSE_EXAMPLE = (
+    'event: started\ndata: {"queue_position":0,"predicted_start_ms":0}\n\n'
+    'event: metrics\ndata: {"queue_depth":0,"on_time_probability":1.0,"kv_warmth":false,'
+    '"tokens_out":0}\n\n'
+    'event: token\ndata: {"t":" hello","i":0}\n\n'
+    'event: end\ndata: {"tokens_out":1,"decode_ms":3,"finish_reason":"length"}\n\n'
+)
+# Oniguruma (the verifier's engine): \A..\z anchor the whole body, [\s\S] spans lines.
+SSE_REGEX = (
+    r"\Aevent: started\ndata: \{[^\n]*\}\n\n"
+    r"(?:event: (?:metrics|token)\ndata: \{[^\n]*\}\n\n)*"
+    r"event: end\ndata: \{[^\n]*\"finish_reason\":\"(?:stop|length)\"[^\n]*\}\n\n\z"
+)
+
+
+def task(task_id: str, **overrides: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "task_id": task_id,
+        "session_id": SESSION_ID,
+        "workload": "completion",
+        "model_ref": "llorch/tiny-llama",
+        "engine": "llamacpp",
+        "ctx": 2048,
+        "priority": "interactive",
+        "seed": 7,
+        "determinism": "best_effort",
+        "sampler_profile_version": "v1",
+        "prompt": "Pact says hello",
+        "max_tokens": 8,
+        "deadline_ms": 60000,
+    }
+    body.update(overrides)
+    return body

@@ -1,0 +1,211 @@
+"""Pact consumer tests: the CLI client against a Pact mock server (HOME-1204, FR-CT-003).
+
+Each test declares one interaction, runs the real client code against the mock, and merges
+the interaction into ``contracts/pacts/cli-consumer-orchestratord.json``. Provider
+verification (``python -m xtask pact verify``) replays the file against a live server.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pact import Pact, match
+
+from cli_client import Backoff, OrchClient, OrchError
+from tests.pact import interactions as ix
+
+PACT_DIR = Path(__file__).resolve().parents[2] / "contracts" / "pacts"
+os.environ.setdefault("PACT_DO_NOT_TRACK", "true")
+
+pytestmark = pytest.mark.req("HOME-1204", "FR-CT-003", "HOME-103", "FR-OB-001")
+
+# The CLI sends its own correlation ID and relies on getting exactly it back (HOME-103).
+CORRELATION = "cli-pact-0001"
+ENVELOPE = {"message": match.string("explanation"), "correlation_id": CORRELATION}
+
+
+@pytest.fixture
+def pact() -> Iterator[Pact]:
+    pact = Pact(ix.CONSUMER, ix.PROVIDER).with_specification("V4")
+    yield pact
+    pact.write_file(PACT_DIR, overwrite=False)
+
+
+@pytest.fixture
+def declare(pact: Pact, request: pytest.FixtureRequest) -> Any:
+    """Start an interaction that records, in the pact itself, the IDs its test proves."""
+    ids = sorted({str(a) for mark in request.node.iter_markers("req") for a in mark.args})
+
+    def make(description: str) -> Any:
+        interaction = pact.upon_receiving(description)
+        interaction.add_text_comment("req: " + " ".join(ids))
+        return interaction
+
+    return make
+
+
+def client(url: object) -> OrchClient:
+    return OrchClient(str(url), ix.PLACEHOLDER_TOKEN, correlation_id=CORRELATION)
+
+
+def authorized(interaction: object) -> None:
+    interaction.with_header(  # type: ignore[attr-defined]
+        "Authorization", match.regex(f"Bearer {ix.PLACEHOLDER_TOKEN}", regex=r"^Bearer \S+$")
+    )
+    interaction.with_header("X-Correlation-Id", CORRELATION)  # type: ignore[attr-defined]
+
+
+@pytest.mark.req("HOME-204", "HOME-206", "ORCH-2001", "FR-DP-001", "FR-DP-005")
+def test_enqueue_is_accepted_with_admission_metadata(pact: Pact, declare: Any) -> None:
+    body = ix.task(ix.ADMIT_ID)
+    interaction = (
+        declare("a valid completion task")
+        .given(ix.READY)
+        .with_request("POST", "/v1/tasks")
+        .with_body(body, content_type="application/json")
+    )
+    authorized(interaction)
+    interaction.will_respond_with(202).with_header("X-Correlation-Id", CORRELATION).with_body(
+        {
+            "task_id": match.regex(ix.ADMIT_ID, regex=ix.UUID_RE),
+            "queue_position": match.integer(0, min=0),
+            "predicted_start_ms": match.integer(0),
+            "backoff_ms": match.integer(0, min=0),
+        },
+        content_type="application/json",
+    )
+    with pact.serve() as server, client(server.url) as cli:
+        admission = cli.enqueue(body)
+    assert admission.task_id == ix.ADMIT_ID
+    assert admission.queue_position >= 0
+
+
+@pytest.mark.req("HOME-301", "ORCH-2002", "FR-DP-002")
+def test_stream_frames_end_with_one_end(pact: Pact, declare: Any) -> None:
+    interaction = (
+        declare("the SSE stream of a finished task")
+        .given(ix.FINISHED_TASK.format(task_id=ix.STREAM_ID))
+        .with_request("GET", f"/v1/tasks/{ix.STREAM_ID}/stream")
+    )
+    authorized(interaction)
+    (
+        interaction.will_respond_with(200)
+        .with_header("Content-Type", match.regex("text/event-stream", regex=r"^text/event-stream"))
+        .with_header("X-Correlation-Id", CORRELATION)
+        .with_body(ix.SSE_EXAMPLE, content_type="text/event-stream")
+        .with_matching_rules(
+            {
+                "body": {
+                    "$": {"combine": "AND", "matchers": [{"match": "regex", "regex": ix.SSE_REGEX}]}
+                }
+            },
+            part="Response",
+        )
+    )
+    with pact.serve() as server, client(server.url) as cli:
+        frames = list(cli.stream(ix.STREAM_ID))
+    assert frames[0][0] == "started"
+    assert frames[-1][0] == "end"
+    assert frames[-1][1]["tokens_out"] == sum(1 for e, _ in frames if e == "token")
+
+
+@pytest.mark.req("HOME-304", "ORCH-2003")
+def test_cancel_answers_204(pact: Pact, declare: Any) -> None:
+    interaction = (
+        declare("a cancel of a running task")
+        .given(ix.RUNNING_TASK.format(task_id=ix.CANCEL_ID))
+        .with_request("POST", f"/v1/tasks/{ix.CANCEL_ID}/cancel")
+    )
+    authorized(interaction)
+    interaction.will_respond_with(204).with_header("X-Correlation-Id", CORRELATION)
+    with pact.serve() as server, client(server.url) as cli:
+        cli.cancel(ix.CANCEL_ID)
+
+
+@pytest.mark.req("HOME-902", "ORCH-2007", "FR-DP-003")
+def test_full_queue_is_429_with_backoff(pact: Pact, declare: Any) -> None:
+    body = ix.task(ix.REJECTED_ID, priority="batch")
+    interaction = (
+        declare("a task while the queue is full")
+        .given(ix.QUEUE_FULL)
+        .with_request("POST", "/v1/tasks")
+        .with_body(body, content_type="application/json")
+    )
+    authorized(interaction)
+    (
+        interaction.will_respond_with(429)
+        .with_header("Retry-After", match.regex("1", regex=r"^[1-9][0-9]*$"))
+        .with_header("X-Backoff-Ms", match.regex("250", regex=r"^[1-9][0-9]*$"))
+        .with_header("X-Correlation-Id", CORRELATION)
+        .with_body(
+            {
+                "code": "ADMISSION_REJECT",
+                "policy_label": "reject",
+                "retriable": True,
+                "retry_after_ms": match.integer(250, min=1),
+                "engine": "llamacpp",
+                **ENVELOPE,
+            },
+            content_type="application/json",
+        )
+    )
+    with pact.serve() as server, client(server.url) as cli, pytest.raises(Backoff) as backoff:
+        cli.enqueue(body)
+    assert backoff.value.policy_label == "reject"
+    assert backoff.value.backoff_ms >= 1
+
+
+@pytest.mark.req("HOME-205", "HOME-901", "FR-ER-001")
+def test_invalid_task_is_400_envelope(pact: Pact, declare: Any) -> None:
+    body = ix.task(ix.ADMIT_ID, ctx="big")
+    interaction = (
+        declare("a task with a non-integer ctx")
+        .given(ix.READY)
+        .with_request("POST", "/v1/tasks")
+        .with_body(body, content_type="application/json")
+    )
+    authorized(interaction)
+    interaction.will_respond_with(400).with_header("X-Correlation-Id", CORRELATION).with_body(
+        {"code": "INVALID_PARAMS", **ENVELOPE}, content_type="application/json"
+    )
+    with pact.serve() as server, client(server.url) as cli, pytest.raises(OrchError) as error:
+        cli.enqueue(body)
+    assert error.value.code == "INVALID_PARAMS"
+
+
+@pytest.mark.req("HOME-601", "FR-DV-001", "FR-MA-001")
+def test_capabilities_give_version_and_capacity(pact: Pact, declare: Any) -> None:
+    interaction = (
+        declare("a capabilities request").given(ix.READY).with_request("GET", "/v1/capabilities")
+    )
+    authorized(interaction)
+    pool = {
+        "pool_id": match.string("default"),
+        "model_ref": match.string("llorch/tiny-llama"),
+        "ctx_max": match.integer(2048, min=1),
+        "slots_total": match.integer(2, min=1),
+        "slots_free": match.integer(2, min=0),
+        "ready": match.boolean(True),
+    }
+    engine = {
+        "engine": match.regex("llamacpp", regex=r"^(llamacpp|vllm|tgi|triton)$"),
+        "ctx_max": match.integer(2048, min=1),
+        "supported_workloads": match.each_like("completion"),
+        "slots_total": match.integer(2, min=1),
+        "slots_free": match.integer(2, min=0),
+        "pools": match.each_like(pool),
+    }
+    interaction.will_respond_with(200).with_header("X-Correlation-Id", CORRELATION).with_body(
+        {
+            "api_version": match.regex("1.0.0", regex=r"^\d+\.\d+\.\d+$"),
+            "engines": match.each_like(engine),
+        },
+        content_type="application/json",
+    )
+    with pact.serve() as server, client(server.url) as cli:
+        caps = cli.capabilities()
+    assert caps["engines"][0]["pools"][0]["slots_total"] >= 1

@@ -1,0 +1,190 @@
+"""``python -m xtask pact consumer|verify``: write the CLI's pact, then replay it on a live server.
+
+``consumer`` deletes the pact file and reruns the consumer tests, so the file holds exactly
+what the client code exercised. ``verify`` starts a real orchestratord (+ llama-server) and
+replays every interaction. Provider states create the real condition over the public API —
+a finished task by running it, a running task by starting a long one, a full queue by
+filling it with long tasks — never a magic request field; teardown cancels what a state
+started. A failing interaction is printed with the verifier's own detail.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tests.pact import interactions as ix
+from xtask.live_server import LiveServer, live_server
+
+ROOT = Path(__file__).resolve().parent.parent
+PACT_FILE = ROOT / "contracts" / "pacts" / f"{ix.CONSUMER}-{ix.PROVIDER}.json"
+REPORT = ROOT / "reports" / "pact-verify.json"
+_LONG = {"max_tokens": 1900, "sampler_profile_version": "fixed-length", "prompt": "a"}
+
+
+class ProviderStates:
+    """Puts the live server into the state an interaction names, through its public API."""
+
+    def __init__(self, server: LiveServer) -> None:
+        self.server = server
+        self.http = httpx.Client(base_url=server.url, headers=server.auth, timeout=30.0)
+        self.started: list[str] = []
+
+    def _submit(self, body: dict[str, Any]) -> httpx.Response:
+        response = self.http.post("/v1/tasks", json=body)
+        if response.status_code == 202:
+            self.started.append(body["task_id"])
+        return response
+
+    def handle(self, state: str, action: str = "setup", parameters: Any = None) -> None:
+        if action == "teardown":
+            self.teardown()
+            return
+        if state == ix.READY:
+            self._wait_ready()
+        elif state == ix.QUEUE_FULL:
+            self._fill_queue()
+        elif state.startswith("task ") and state.endswith(" has finished"):
+            self._finished(state.split()[1])
+        elif state.startswith("task ") and state.endswith(" is running"):
+            self._running(state.split()[1])
+        else:
+            raise ValueError(f"unknown provider state {state!r}")
+
+    def _wait_ready(self) -> None:
+        caps = self.http.get("/v1/capabilities").json()
+        if not all(p["ready"] for e in caps["engines"] for p in e["pools"]):
+            raise RuntimeError(f"pool not Ready: {caps}")
+
+    def _finished(self, task_id: str) -> None:
+        response = self._submit(ix.task(task_id))
+        if response.status_code != 202:
+            raise RuntimeError(f"state setup: {response.status_code} {response.text}")
+        self.http.get(f"/v1/tasks/{task_id}/stream").raise_for_status()  # runs to the end
+
+    def _running(self, task_id: str) -> None:
+        response = self._submit(ix.task(task_id, **_LONG))
+        if response.status_code != 202:
+            raise RuntimeError(f"state setup: {response.status_code} {response.text}")
+
+    def _fill_queue(self) -> None:
+        for _ in range(20):
+            body = ix.task(str(uuid.uuid4()), priority="batch", **_LONG)
+            if self._submit(body).status_code == 429:
+                return
+        raise RuntimeError("the queue never filled")
+
+    def teardown(self) -> None:
+        for task_id in self.started:
+            self.http.post(f"/v1/tasks/{task_id}/cancel")
+        self.started.clear()
+        # Leave the engine idle for the next interaction.
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            slots = httpx.get(self.server.engine_url + "/slots", timeout=5.0).json()
+            if not any(s["is_processing"] for s in slots):
+                return
+            time.sleep(0.02)
+
+
+def failed_interactions(results: Any) -> list[str]:
+    """'<interaction>: <mismatch>' for every failure the verifier recorded."""
+    lines: list[str] = []
+    for error in (results or {}).get("errors", []):
+        name = error.get("interaction", "?")
+        mismatches = error.get("mismatch", {}).get("mismatches") or [error.get("mismatch")]
+        for mismatch in mismatches:
+            detail = mismatch.get("mismatch") if isinstance(mismatch, dict) else mismatch
+            lines.append(f"{name}: {detail}")
+    return lines
+
+
+def write_report(failures: list[str]) -> None:
+    """Per interaction: the IDs its consumer test recorded in the pact, and the outcome."""
+    entries: dict[str, dict[str, Any]] = {}
+    for interaction in json.loads(PACT_FILE.read_text())["interactions"]:
+        description = interaction["description"]
+        comments = interaction.get("comments", {}).get("text", [])
+        claimed = {i for c in comments if c.startswith("req: ") for i in c[5:].split()}
+        # Replaying the pact on the live provider is itself what these two require.
+        ids = sorted(claimed | {"HOME-1204", "FR-TH-002"})
+        failed = any(f" - {description}: " in line for line in failures)
+        entries[f"pact-provider::{description}"] = {
+            "ids": ids,
+            "outcome": "failed" if failed else "passed",
+            "runner": "pact-provider",
+        }
+    REPORT.parent.mkdir(exist_ok=True)
+    REPORT.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def consumer() -> int:
+    PACT_FILE.unlink(missing_ok=True)
+    env = {**os.environ, "PACT_DO_NOT_TRACK": "true"}
+    command = [
+        sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/pact",
+        "--req-report", "reports/pytest-pact.json", "--junitxml", "reports/junit-pact.xml",
+    ]  # fmt: skip
+    code = subprocess.call(command, cwd=ROOT, env=env)
+    if code == 0 and not PACT_FILE.exists():
+        print(f"pact: consumer tests passed but wrote no {PACT_FILE}", file=sys.stderr)
+        return 1
+    return code
+
+
+def verify() -> int:
+    from pact import Verifier  # noqa: PLC0415 - the FFI loads only for this step
+
+    if not PACT_FILE.exists():
+        print(f"pact: {PACT_FILE.relative_to(ROOT)} missing; run `python -m xtask pact consumer`")
+        return 1
+    os.environ.setdefault("PACT_DO_NOT_TRACK", "true")
+    with live_server() as server:
+        states = ProviderStates(server)
+        verifier = (
+            Verifier(ix.PROVIDER, host="127.0.0.1")
+            .add_transport(url=server.url)
+            .add_source(PACT_FILE)
+            .add_custom_header("Authorization", f"Bearer {server.token}")
+            .state_handler(states.handle, teardown=True)
+            .set_coloured_output(enabled=False)
+        )
+        try:
+            verifier.verify()
+        except Exception as exc:  # the verifier raises on any failed interaction
+            print("pact: provider verification FAILED", file=sys.stderr)
+            failures = failed_interactions(verifier.results)
+            for line in failures:
+                print(f"pact: {line}", file=sys.stderr)
+            print(f"pact: {exc}", file=sys.stderr)
+            write_report(failures)
+            return 1
+        finally:
+            states.http.close()
+    write_report([])
+    interactions = len(json.loads(PACT_FILE.read_text())["interactions"])
+    print(f"pact: provider verification passed ({interactions} interactions)")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.which == "consumer":
+        return consumer()
+    if args.which == "verify":
+        return verify()
+    return consumer() or verify()
+
+
+def add_parser(sub: Any) -> None:
+    parser = sub.add_parser("pact", help="Pact consumer tests and provider verification")
+    parser.add_argument("which", choices=["consumer", "verify", "all"], nargs="?", default="all")
+    parser.set_defaults(run=run)
