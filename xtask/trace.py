@@ -35,6 +35,7 @@ PYTEST_REPORTS = (
     REPORTS / "pytest-bdd.json",
     REPORTS / "pytest-pact.json",
     REPORTS / "pact-verify.json",
+    REPORTS / "metrics-lint.json",
 )
 _TAG = re.compile(r"@([A-Z][A-Z0-9-]+-\d+)\b")
 
