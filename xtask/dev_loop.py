@@ -125,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         print(f"{r.name:<14} {r.seconds:>7.1f}  {r.status}")
     write_junit(results)
+    passed = sum(1 for r in results if r.status == "ok")
+    print(f"\ndev-loop: {passed} passed, {sum(1 for r in results if r.status == 'FAILED')} failed")
     if failed is not None:
         also = [r.name for r in results if r.status == "FAILED" and r is not failed]
         more = f" (later steps also failed: {', '.join(also)})" if also else ""
