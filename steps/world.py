@@ -7,7 +7,6 @@ response, SSE frames on the wire, the engine's own ``/slots``, a metrics scrape.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from typing import Any
@@ -15,30 +14,11 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestratord.models.tiny_gguf import TINY_MODEL_REF
 from tests.contract_schemas import assert_frames_match, assert_matches, load_openapi
 from tests.sse import SSEParser
-from xtask.live_server import LiveServer
+from xtask.live_server import LiveServer, task_body
 
 _ENVELOPE_DOC = "common"
-
-
-def task_body(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "task_id": str(uuid.uuid4()),
-        "session_id": str(uuid.uuid4()),
-        "workload": "completion",
-        "model_ref": TINY_MODEL_REF,
-        "engine": "llamacpp",
-        "ctx": 2048,
-        "priority": "interactive",
-        "seed": 42,
-        "prompt": "Once upon a time",
-        "max_tokens": 16,
-        "deadline_ms": 60_000,
-    }
-    body.update(overrides)
-    return body
 
 
 # Field variants for the validation outline: field -> {value label: JSON value or removal}.
@@ -307,8 +287,3 @@ class World:
                     assert sorted(sample.labels) == sorted(labels), sample.labels
                     return
         raise AssertionError(f"{name} has no sample in:\n{self.metrics_text[:2000]}")
-
-
-def dump(world: World) -> str:
-    """What a failing scenario had seen, for the report."""
-    return json.dumps({"frames": world.frames[-5:], "texts": world.texts}, default=str)[:2000]

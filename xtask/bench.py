@@ -17,14 +17,13 @@ import asyncio
 import json
 import statistics
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
 import psutil
 
-from xtask.live_server import LiveServer, live_server
+from xtask.live_server import LiveServer, live_server, task_body
 
 PROMPT = "The orchestrator relays every token of this benchmark prompt"
 
@@ -81,21 +80,14 @@ async def direct_run(
 async def relay_run(
     session: aiohttp.ClientSession, server: LiveServer, tokens: int, seed: int
 ) -> Run:
-    task_id = str(uuid.uuid4())
-    body = {
-        "task_id": task_id,
-        "session_id": str(uuid.uuid4()),
-        "workload": "completion",
-        "model_ref": "llorch/tiny-llama",
-        "engine": "llamacpp",
-        "ctx": 2048,
-        "priority": "interactive",
-        "seed": seed,
-        "sampler_profile_version": "fixed-length",
-        "prompt": PROMPT,
-        "max_tokens": tokens,
-        "deadline_ms": 600_000,
-    }
+    body = task_body(
+        seed=seed,
+        sampler_profile_version="fixed-length",
+        prompt=PROMPT,
+        max_tokens=tokens,
+        deadline_ms=600_000,
+    )
+    task_id = body["task_id"]
     start = time.perf_counter()
     first: float | None = None
     pieces: list[str] = []

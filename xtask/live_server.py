@@ -15,6 +15,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,6 +29,25 @@ from orchestratord.pools.engine_process import free_loopback_port
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
 TEST_TOKEN = "live-test-token-0123456789abcdef"
+
+
+def task_body(**overrides: Any) -> dict[str, Any]:
+    """A valid completion task for the live server's default pool; override any field."""
+    body: dict[str, Any] = {
+        "task_id": str(uuid.uuid4()),
+        "session_id": str(uuid.uuid4()),
+        "workload": "completion",
+        "model_ref": TINY_MODEL_REF,
+        "engine": "llamacpp",
+        "ctx": 2048,
+        "priority": "interactive",
+        "seed": 42,
+        "prompt": "Once upon a time",
+        "max_tokens": 16,
+        "deadline_ms": 60_000,
+    }
+    body.update(overrides)
+    return body
 
 
 @dataclass

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import uuid
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestratord.models.tiny_gguf import TINY_MODEL_REF
-from xtask.live_server import LiveServer, live_server
+from xtask.live_server import LiveServer, live_server, task_body
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = ROOT / "ci" / "metrics.lint.json"
@@ -71,34 +69,17 @@ def lint(text: str, contract: dict[str, Any]) -> list[str]:
     return problems
 
 
-def _task(**overrides: Any) -> dict[str, Any]:
-    body = {
-        "task_id": str(uuid.uuid4()),
-        "session_id": str(uuid.uuid4()),
-        "workload": "completion",
-        "model_ref": TINY_MODEL_REF,
-        "engine": "llamacpp",
-        "ctx": 2048,
-        "priority": "interactive",
-        "prompt": "metrics lint",
-        "max_tokens": 8,
-        "deadline_ms": 60_000,
-    }
-    body.update(overrides)
-    return body
-
-
 def drive_traffic(server: LiveServer) -> None:
     """Every path that moves a metric: completion, cancel, 400, 429."""
     with httpx.Client(base_url=server.url, headers=server.auth, timeout=30.0) as client:
-        done = _task()
+        done = task_body()
         assert client.post("/v1/tasks", json=done).status_code == 202
         client.get(f"/v1/tasks/{done['task_id']}/stream").raise_for_status()
-        assert client.post("/v1/tasks", json=_task(ctx=10**6)).status_code == 400
+        assert client.post("/v1/tasks", json=task_body(ctx=10**6)).status_code == 400
         long = {"max_tokens": 1900, "sampler_profile_version": "fixed-length", "prompt": "a"}
         accepted = []
         for _ in range(12):
-            response = client.post("/v1/tasks", json=_task(priority="batch", **long))
+            response = client.post("/v1/tasks", json=task_body(priority="batch", **long))
             if response.status_code == 429:
                 break
             accepted.append(response.json()["task_id"])

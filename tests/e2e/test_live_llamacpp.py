@@ -18,7 +18,7 @@ import pytest
 from orchestratord.models.tiny_gguf import TINY_MODEL_REF, ensure_tiny_model
 from tests.contract_schemas import assert_frames_match, assert_matches
 from tests.sse import SSEParser
-from xtask.live_server import LiveServer, live_server
+from xtask.live_server import LiveServer, live_server, task_body
 
 pytestmark = pytest.mark.e2e
 
@@ -36,21 +36,7 @@ def client(server: LiveServer) -> Iterator[httpx.Client]:
 
 
 def task(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "task_id": str(uuid.uuid4()),
-        "session_id": str(uuid.uuid4()),
-        "workload": "completion",
-        "model_ref": TINY_MODEL_REF,
-        "engine": "llamacpp",
-        "ctx": 2048,
-        "priority": "interactive",
-        "seed": 42,
-        "prompt": "Once upon a time",
-        "max_tokens": 24,
-        "deadline_ms": 60_000,
-    }
-    body.update(overrides)
-    return body
+    return task_body(**{"max_tokens": 24, **overrides})
 
 
 def stream(client: httpx.Client, task_id: str) -> SSEParser:

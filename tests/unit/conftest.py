@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from orchestratord.app import Orchestrator
 from orchestratord.config import Config, PoolConfig, QueueConfig
 from tests.contract_schemas import assert_frames_match
 from tests.sse import SSEParser
+from xtask.live_server import task_body as live_task_body
 
 TOKEN = "unit-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -30,19 +30,8 @@ MODEL = "test/mock-model"
 
 
 def task_body(**overrides: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "task_id": str(uuid.uuid4()),
-        "session_id": str(uuid.uuid4()),
-        "workload": "completion",
-        "model_ref": MODEL,
-        "engine": "llamacpp",
-        "ctx": 256,
-        "priority": "interactive",
-        "seed": 7,
-        "prompt": "hello there",
-        "max_tokens": 8,
-        "deadline_ms": 30_000,
-    }
+    """A valid task for the mock pool; a None value removes the field."""
+    body = live_task_body(model_ref=MODEL, ctx=256, seed=7, prompt="hello there", max_tokens=8)
     body.update(overrides)
     return {k: v for k, v in body.items() if v is not None}
 
