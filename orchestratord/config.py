@@ -10,16 +10,19 @@ changes behaviour. ``contracts/schemas/config.schema.json`` is generated from th
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from orchestratord.models.tiny_gguf import TINY_MODEL_REF
+
+log = logging.getLogger("orchestratord.config")
 
 
 class Strict(BaseModel):
@@ -161,6 +164,11 @@ class Config(BaseSettings):
         env_prefix="LLORCH_", env_nested_delimiter="__", extra="forbid", frozen=True
     )
 
+    config_mode: Literal["strict", "compat"] = Field(
+        "strict",
+        description="strict: unknown keys are errors; compat: they are logged and ignored "
+        "(for a config written for a newer version).",
+    )
     server: ServerConfig = Field(default_factory=ServerConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     state_dir: Path | None = Field(
@@ -201,12 +209,49 @@ class Config(BaseSettings):
         return Path(base) / "llama-orch"
 
 
+def _prune_unknown(data: Any, model: type[BaseModel], where: str, dropped: list[str]) -> Any:
+    """Drop keys ``model`` does not know, recursing into nested models, lists and dicts."""
+    if not isinstance(data, dict):
+        return data
+    kept: dict[str, Any] = {}
+    for key, value in data.items():
+        field = model.model_fields.get(key)
+        if field is None:
+            dropped.append(f"{where}{key}")
+            continue
+        kept[key] = _prune_value(value, field.annotation, f"{where}{key}", dropped)
+    return kept
+
+
+def _prune_value(value: Any, annotation: Any, where: str, dropped: list[str]) -> Any:
+    origin, args = get_origin(annotation), get_args(annotation)
+    if origin is list and args and isinstance(value, list):
+        return [_prune_value(v, args[0], f"{where}[{i}]", dropped) for i, v in enumerate(value)]
+    if origin is dict and len(args) == 2 and isinstance(value, dict):
+        return {k: _prune_value(v, args[1], f"{where}.{k}", dropped) for k, v in value.items()}
+    # A model, or an optional one (Model | None).
+    for candidate in (annotation, *args):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return _prune_unknown(value, candidate, f"{where}.", dropped)
+    return value
+
+
 def load_config(path: Path | None = None) -> Config:
-    """Read a YAML config (or none: the embedded default) and apply env overrides."""
+    """Read a YAML config (or none: the embedded default) and apply env overrides.
+
+    In ``config_mode: compat`` (file or ``LLORCH_CONFIG_MODE``) unknown keys are logged and
+    dropped instead of failing validation (OC-CONFIG-6001).
+    """
     data: dict[str, Any] = {}
     if path is not None:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(f"{path}: top level must be a mapping")
         data = loaded or {}
+    mode = os.environ.get("LLORCH_CONFIG_MODE") or data.get("config_mode", "strict")
+    if mode == "compat":
+        dropped: list[str] = []
+        data = _prune_unknown(data, Config, "", dropped)
+        for key in dropped:
+            log.warning("config: ignoring unknown key %s (compat mode)", key)
     return Config(**data)

@@ -65,6 +65,18 @@ def submit_fixed(world: World, tokens: int, seed: int) -> None:
     world.submit(max_tokens=tokens, seed=seed, sampler_profile_version="fixed-length")
 
 
+@when("I submit a strict completion task for {tokens:d} fixed-length tokens with seed {seed:d}")
+def submit_strict(world: World, tokens: int, seed: int) -> None:
+    world.submit(
+        max_tokens=tokens, seed=seed, sampler_profile_version="fixed-length", determinism="strict"
+    )
+
+
+@when("I start a long task that keeps the pool busy")
+def start_long_task(world: World) -> None:
+    world.start_background_task()
+
+
 @when("I submit a completion task for {tokens:d} fixed-length tokens")
 def submit_fixed_unseeded(world: World, tokens: int) -> None:
     world.submit(max_tokens=tokens, sampler_profile_version="fixed-length")

@@ -174,6 +174,18 @@ class World:
         self.read_stream()
         self.texts[name] = "".join(p["t"] for e, p in self.frames if e == "token")
 
+    def start_background_task(self) -> None:
+        """A long best-effort task, not streamed, so the engine is busy meanwhile."""
+        body = task_body(max_tokens=1900, sampler_profile_version="fixed-length", prompt="load")
+        response = self.client.post("/v1/tasks", json=body, headers=self.server.auth)
+        assert response.status_code == 202, response.text
+        self.accepted.append(body["task_id"])
+        for _ in range(100):  # until it is really decoding on the engine
+            if self.engine_busy_slots():
+                return
+            time.sleep(0.01)
+        raise AssertionError("the long task never started decoding")
+
     def engine_busy_slots(self) -> list[int]:
         slots = httpx.get(self.server.engine_url + "/slots", timeout=5.0).json()
         return [s["id"] for s in slots if s["is_processing"]]

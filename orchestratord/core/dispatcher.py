@@ -21,6 +21,7 @@ from orchestratord.adapters.base import (
     StreamEnd,
     TokenChunk,
 )
+from orchestratord.core.request import Determinism
 from orchestratord.core.task import Task, TaskState
 from orchestratord.errors import ErrorCode
 
@@ -35,13 +36,22 @@ async def dispatch_forever(pool: Pool) -> None:
         await pool.slot_gate.acquire()
         try:
             task = await pool.queue.get()
+            strict = task.request.determinism is Determinism.STRICT
+            if strict:
+                # llama.cpp's tokens for a sequence change with what else shares its batch
+                # (the determinism scenario shows it), so a strict task runs alone: wait for
+                # the others to finish, and start nothing beside it.
+                await pool.idle.wait()
         except asyncio.CancelledError:
             pool.slot_gate.release()
             raise
         task.slot_id = pool.free_slot_ids.pop()
         pool.running.add(task)
+        pool.idle.clear()
         pool.queue_changed()
         task.runner = asyncio.create_task(run_task(pool, task), name=f"task-{task.id}")
+        if strict:
+            await asyncio.wait({task.runner})
 
 
 def on_time_probability(task: Task, now: float) -> float:
@@ -137,6 +147,8 @@ async def run_task(pool: Pool, task: Task) -> None:
 
 def _settle(pool: Pool, task: Task, end: StreamEnd | None, first_token_at: float | None) -> None:
     pool.running.discard(task)
+    if not pool.running:
+        pool.idle.set()
     if task.slot_id is not None:
         pool.free_slot_ids.append(task.slot_id)
     pool.slot_gate.release()

@@ -44,6 +44,8 @@ class Pool:
         self.queue: TaskQueue[Task] = TaskQueue(config.queue.capacity, config.queue.full_policy)
         self.estimator = ServiceTimeEstimator()
         self.running: set[Task] = set()
+        self.idle = asyncio.Event()  # set while no task runs on the engine
+        self.idle.set()
         self.slot_gate = asyncio.Semaphore(config.slots)
         # Engine slot ids not running a task; the dispatcher pins each task to one.
         self.free_slot_ids: list[int] = list(range(config.slots - 1, -1, -1))

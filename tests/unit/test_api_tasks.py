@@ -339,7 +339,7 @@ async def test_unknown_task_is_404_for_stream_and_cancel(conductor_for: Any) -> 
         assert method.json["correlation_id"] == method.headers["X-Correlation-Id"]
 
 
-@pytest.mark.req("HOME-601", "HOME-602", "HOME-1002")
+@pytest.mark.req("HOME-601", "HOME-602", "HOME-603", "HOME-1002")
 async def test_capabilities_describe_engines_and_pools(conductor_for: Any) -> None:
     async with conductor_for(slots=2) as (_, conductor):
         caps = (await conductor.simulate_get("/v1/capabilities", headers=AUTH)).json
@@ -353,6 +353,9 @@ async def test_capabilities_describe_engines_and_pools(conductor_for: Any) -> No
     assert pool["pool_id"] == "p1" and pool["ready"] is True
     assert pool["slots_free"] == 2 and pool["ctx_max"] == 512
     assert set(pool) >= {"pool_id", "model_ref", "ctx_max", "slots_total", "slots_free", "ready"}
+    assert caps["sampler_profiles"]["v1"]["temperature"] == 0.8
+    assert caps["determinism"]["default_sampler_profile"] == "v1"
+    assert "seed" in caps["determinism"]["guarantee"]
 
 
 @pytest.mark.req("HOME-801")
@@ -422,3 +425,32 @@ async def test_a_task_past_its_deadline_ends_with_deadline_unmet_and_frees_the_s
         await asyncio.sleep(0.01)
         assert adapter.active == 0
         assert orch.pools["p1"].slots_free == 2
+
+
+@pytest.mark.req("ORCH-3046", "OC-CORE-1032")
+async def test_a_strict_task_runs_alone_on_the_engine(conductor_for: Any) -> None:
+    release = asyncio.Event()
+    held = held_handler(release, first_tokens=0)
+    active_at_start: dict[int, int] = {}
+    adapter: MockAdapter
+
+    async def recording(request: Any) -> Any:
+        active_at_start[request.max_tokens] = adapter.active
+        async for event in held(request):
+            yield event
+
+    adapter = MockAdapter(recording)
+    async with conductor_for(adapter, slots=2, queue={"capacity": 4}) as (_, conductor):
+        await submit(conductor, task_body(max_tokens=3))  # best effort, holds a slot
+        await asyncio.sleep(0.02)
+        strict = task_body(max_tokens=4, determinism="strict")
+        await submit(conductor, strict)
+        after = task_body(max_tokens=5)
+        await submit(conductor, after)
+        await asyncio.sleep(0.05)
+        assert adapter.active == 1, "nothing may start beside a task a strict one waits on"
+        release.set()
+        await collect_stream(conductor, after["task_id"])
+    assert active_at_start[4] == 1  # the strict task started alone
+    assert active_at_start[5] == 1  # and nothing started beside it
+    assert adapter.max_active == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -9,7 +10,7 @@ import pytest
 
 from xtask import bdd, spec_extract, trace
 
-pytestmark = pytest.mark.req("HOME-1206", "HOME-1207")
+pytestmark = pytest.mark.req("HOME-1206")
 
 
 def write_spec(tmp_path: Path, rows: str) -> Path:
@@ -127,7 +128,6 @@ def test_report_is_byte_stable(reports: Path) -> None:
     assert first.index("`a`") < first.index("`b`")
 
 
-@pytest.mark.req("HOME-1205", "FR-TH-001")
 def test_both_runners_name_scenarios_alike() -> None:
     assert bdd._normal("Cancel mid-stream") == "cancel_midstream"
     assert bdd._normal("An invalid field is a 400 INVALID_PARAMS -- @1.3 ") == (
@@ -136,3 +136,34 @@ def test_both_runners_name_scenarios_alike() -> None:
     assert bdd._normal("the_stream_carries_the_engines_tokens") == bdd._normal(
         "The stream carries the engine's tokens"
     )
+
+
+@pytest.mark.req("HOME-1207")
+def test_dev_loop_chains_the_steps_in_order_and_fails_loudly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from xtask import dev_loop  # noqa: PLC0415
+
+    assert dev_loop.CHAIN == [
+        "lint", "types", "regen", "spec-extract", "unit", "metrics-lint", "pact", "bdd", "trace",
+    ]  # fmt: skip
+    ran: list[str] = []
+
+    def fake_step(name: str) -> dev_loop.Result:
+        ran.append(name)
+        if name == "unit":
+            return dev_loop.Result(name, 1.0, "FAILED", "exit 1\nbroken on purpose")
+        return dev_loop.Result(name, 0.5, "ok")
+
+    monkeypatch.setattr(dev_loop, "run_step", fake_step)
+    monkeypatch.setattr(dev_loop, "REPORTS", tmp_path)
+    (tmp_path / "results.json").write_text("{}")
+    code = dev_loop.run(argparse.Namespace(keep_going=False))
+    assert code == 1
+    assert ran == ["lint", "types", "regen", "spec-extract", "unit", "trace"]
+    out, err = capsys.readouterr()
+    assert "metrics-lint       0.0  skipped" in out
+    assert "dev-loop: 5 passed, 1 failed" in out
+    assert "FAILED at step 'unit'" in err and "broken on purpose" in err
+    junit = (tmp_path / "junit-dev-loop.xml").read_text()
+    assert 'name="unit"' in junit and "<failure" in junit

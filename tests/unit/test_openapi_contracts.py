@@ -126,3 +126,32 @@ async def test_implemented_operations_are_routed_and_planned_ones_are_not(
                     assert result.status_code != 405, (method, path)
                 else:
                     assert unrouted, (method, path, "planned but routed")
+
+
+@pytest.mark.req("HOME-1202", "FR-CT-002")
+def test_the_request_model_and_the_contract_agree() -> None:
+    """The pydantic TaskRequest the server validates with and the OpenAPI TaskRequest match:
+    same fields, same required set, same enumerations, same strictness."""
+    from orchestratord.core.request import TaskRequest  # noqa: PLC0415
+
+    model = TaskRequest.model_json_schema()
+    contract = load_openapi("data")["components"]["schemas"]["TaskRequest"]
+    assert set(model["properties"]) == set(contract["properties"])
+    assert set(model["required"]) == set(contract["required"])
+    assert model.get("additionalProperties") is False
+    assert contract["additionalProperties"] is False
+
+    def enum_of(schema: dict[str, Any], defs: dict[str, Any]) -> set[str] | None:
+        for option in [schema, *schema.get("anyOf", [])]:
+            ref = option.get("$ref", "")
+            target = defs.get(ref.rsplit("/", 1)[-1], option) if ref else option
+            if "enum" in target:
+                return set(target["enum"])
+        return None
+
+    common = load_openapi("common")["components"]["schemas"]
+    for name, prop in contract["properties"].items():
+        resolved = common[prop["$ref"].rsplit("/", 1)[1]] if "$ref" in prop else prop
+        want = set(resolved["enum"]) if "enum" in resolved else None
+        got = enum_of(model["properties"][name], model.get("$defs", {}))
+        assert got == want, (name, got, want)
