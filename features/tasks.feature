@@ -7,7 +7,7 @@ Feature: Admitting a task and streaming its tokens
 
   @HOME-204 @HOME-206 @ORCH-2001 @ORCH-2008 @FR-DP-001 @FR-DP-005
   Scenario: A valid task is admitted with where it waits and when it should start
-    When I submit a valid completion task
+    When I submit a valid completion task using every optional field
     Then the response status is 202
     And the admission says where the task waits and when it should start
     And the response has header "X-Correlation-Id"

@@ -60,6 +60,16 @@ def submit_valid(world: World) -> None:
     world.submit()
 
 
+@when("I submit a valid completion task using every optional field")
+def submit_every_field(world: World) -> None:
+    world.submit(
+        determinism="best_effort",
+        sampler_profile_version="v1",
+        expected_tokens=16,
+        kv_hint="reuse",
+    )
+
+
 @when("I submit a completion task for {tokens:d} fixed-length tokens with seed {seed:d}")
 def submit_fixed(world: World, tokens: int, seed: int) -> None:
     world.submit(max_tokens=tokens, seed=seed, sampler_profile_version="fixed-length")

@@ -178,7 +178,7 @@ async def test_full_queue_answers_429_with_backoff_headers(conductor_for: Any) -
         release.set()
 
 
-@pytest.mark.req("HOME-203", "ORCH-3005")
+@pytest.mark.req("HOME-203", "ORCH-3005", "OC-CTRL-2023")
 async def test_drop_lru_policy_ends_the_dropped_task_with_an_error(conductor_for: Any) -> None:
     release = asyncio.Event()
     adapter = MockAdapter(held_handler(release, first_tokens=0))
