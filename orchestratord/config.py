@@ -70,6 +70,17 @@ class ServerConfig(Strict):
     metrics_frame_every_tokens: int = Field(
         64, ge=1, description="A `metrics` SSE frame is sent at least this often, in tokens."
     )
+    decode_idle_timeout_ms: int = Field(
+        30_000,
+        ge=100,
+        description="A running task whose engine sends nothing for this long ends with "
+        "DECODE_TIMEOUT and frees its slot (watchdog).",
+    )
+    decode_wall_timeout_ms: int = Field(
+        600_000,
+        ge=100,
+        description="A task decoding longer than this ends with DECODE_TIMEOUT (watchdog).",
+    )
     task_retention_s: int = Field(
         600, ge=1, description="How long a finished task's frames stay readable."
     )

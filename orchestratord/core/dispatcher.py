@@ -93,7 +93,7 @@ def _generation_request(task: Task) -> GenerationRequest:
 async def run_task(pool: Pool, task: Task) -> None:
     # Nothing may await before the try: a runner canceled before its first step must still
     # give its slot back in the finally below.
-    task.started_at = time.monotonic()
+    task.started_at = task.last_progress = time.monotonic()
     end: StreamEnd | None = None
     first_token_at: float | None = None
     every = pool.frame_every_tokens

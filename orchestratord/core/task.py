@@ -81,6 +81,7 @@ class Task:
         self.admitted_at = time.monotonic()
         self.deadline_at = self.admitted_at + request.deadline_ms / 1000
         self.started_at: float | None = None
+        self.last_progress = self.admitted_at
         self.finished_at: float | None = None
         self.state = TaskState.QUEUED
         self.frames: list[Frame] = []
@@ -115,6 +116,7 @@ class Task:
             return False
         self._append(Frame.token(text, self.tokens_out))
         self.tokens_out += 1
+        self.last_progress = time.monotonic()
         return True
 
     def append_metrics(self, payload: dict[str, Any]) -> None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from dataclasses import dataclass
 
 from orchestratord.adapters.base import EngineAdapter, EngineError, EngineInfo
 from orchestratord.config import PoolConfig
@@ -17,12 +19,22 @@ from orchestratord.core.dispatcher import dispatch_forever
 from orchestratord.core.estimates import ServiceTimeEstimator
 from orchestratord.core.queue import Priority, TaskQueue
 from orchestratord.core.task import Task
+from orchestratord.errors import ErrorCode
 from orchestratord.metrics import Metrics
 from orchestratord.pools.engine_process import LlamaServerProcess
 
 log = logging.getLogger("orchestratord.pool")
 
 _MONITOR_INTERVAL_S = 2.0
+
+
+@dataclass(frozen=True)
+class PoolRuntime:
+    """Server-wide knobs every pool applies (from ``server`` in the config)."""
+
+    frame_every_tokens: int = 64
+    idle_timeout_s: float = 30.0
+    wall_timeout_s: float = 600.0
 
 
 class Pool:
@@ -33,9 +45,11 @@ class Pool:
         metrics: Metrics,
         process: LlamaServerProcess | None = None,
         *,
-        frame_every_tokens: int = 64,
+        runtime: PoolRuntime = PoolRuntime(),
     ) -> None:
-        self.frame_every_tokens = frame_every_tokens
+        self.frame_every_tokens = runtime.frame_every_tokens
+        self.idle_timeout_s = runtime.idle_timeout_s
+        self.wall_timeout_s = runtime.wall_timeout_s
         self.config = config
         self.id = config.id
         self.adapter = adapter
@@ -114,6 +128,7 @@ class Pool:
         self._background = [
             asyncio.create_task(dispatch_forever(self), name=f"dispatch-{self.id}"),
             asyncio.create_task(self._monitor(), name=f"monitor-{self.id}"),
+            asyncio.create_task(self._watchdog(), name=f"watchdog-{self.id}"),
         ]
 
     async def _monitor(self) -> None:
@@ -127,6 +142,25 @@ class Pool:
             if healthy:
                 with contextlib.suppress(EngineError):
                     self._record_engine_metrics(await self.adapter.metrics_text())
+
+    async def _watchdog(self) -> None:
+        """End running tasks that stopped progressing or ran too long (ORCH-3016).
+
+        Tokens only stamp a time; checking here, a few times per idle timeout, keeps the
+        per-token path free of timers."""
+        interval = min(1.0, self.idle_timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for task in list(self.running):
+                started = task.started_at or now
+                idle = now - task.last_progress > self.idle_timeout_s
+                too_long = now - started > self.wall_timeout_s
+                if (idle or too_long) and not task.finished and task.runner is not None:
+                    why = "no output from the engine" if idle else "decoding too long"
+                    task.finish_error(ErrorCode.DECODE_TIMEOUT, f"watchdog: {why}", self.engine)
+                    task.runner.cancel()
+                    log.warning("pool %s: task %s aborted: %s", self.id, task.id, why)
 
     def _record_engine_metrics(self, text: str) -> None:
         for line in text.splitlines():

@@ -19,7 +19,7 @@ from orchestratord.adapters.base import (
 )
 from orchestratord.adapters.mock import Handler, MockAdapter, seeded_words
 from orchestratord.app import Orchestrator
-from orchestratord.config import Config, PoolConfig, QueueConfig
+from orchestratord.config import Config, PoolConfig, QueueConfig, ServerConfig
 from tests.contract_schemas import assert_frames_match
 from tests.sse import SSEParser
 from xtask.live_server import task_body as live_task_body
@@ -37,6 +37,7 @@ def task_body(**overrides: Any) -> dict[str, Any]:
 
 
 def make_config(tmp_path: Path, **pool: Any) -> Config:
+    server = pool.pop("server", {})
     queue = pool.pop("queue", {})
     pool_config = PoolConfig(
         id="p1",
@@ -47,7 +48,12 @@ def make_config(tmp_path: Path, **pool: Any) -> Config:
         queue=QueueConfig(**{"capacity": 2, **queue}),
         **pool,
     )
-    return Config(pools=[pool_config], state_dir=tmp_path / "state", cache_dir=tmp_path / "c")
+    return Config(
+        server=ServerConfig(**server),
+        pools=[pool_config],
+        state_dir=tmp_path / "state",
+        cache_dir=tmp_path / "c",
+    )
 
 
 @pytest.fixture

@@ -454,3 +454,22 @@ async def test_a_strict_task_runs_alone_on_the_engine(conductor_for: Any) -> Non
     assert active_at_start[4] == 1  # the strict task started alone
     assert active_at_start[5] == 1  # and nothing started beside it
     assert adapter.max_active == 1
+
+
+@pytest.mark.req("ORCH-3016", "OC-CORE-1022")
+async def test_watchdog_ends_a_stuck_task_with_decode_timeout_and_frees_the_slot(
+    conductor_for: Any,
+) -> None:
+    release = asyncio.Event()  # never set: the engine goes silent after one token
+    adapter = MockAdapter(held_handler(release, first_tokens=1))
+    server = {"decode_idle_timeout_ms": 200}
+    async with conductor_for(adapter, server=server) as (orch, conductor):
+        body = task_body(max_tokens=10, deadline_ms=60_000)
+        assert (await submit(conductor, body)).status_code == 202
+        frames = await collect_stream(conductor, body["task_id"])
+        await asyncio.sleep(0.01)
+        assert [e for e, _ in frames].count("token") == 1
+        assert frames[-1][0] == "error"
+        assert frames[-1][1]["code"] == "DECODE_TIMEOUT"
+        assert adapter.active == 0
+        assert orch.pools["p1"].slots_free == 2
