@@ -19,3 +19,10 @@ Feature: Capabilities and metrics
     Then the metrics include "tokens_out_total" with labels engine, engine_version, pool_id, replica_id
     And the metrics include "tasks_enqueued_total" with labels engine, engine_version, pool_id, replica_id, priority
     And the metrics include "queue_depth" with labels engine, engine_version, pool_id, priority
+
+  @HOME-506 @ORCH-2103 @OC-CTRL-2001 @OC-POOL-3001 @ORCH-3002
+  Scenario: The preloaded pool reports itself live and Ready
+    When I ask for the health of pool "default"
+    Then the response status is 200
+    And the body matches the PoolHealth contract schema
+    And the pool is live and Ready with no last error

@@ -22,6 +22,7 @@ from orchestratord.api import error_handlers
 from orchestratord.api.capabilities import CapabilitiesResource
 from orchestratord.api.metrics_endpoint import MetricsResource
 from orchestratord.api.middleware import AuthMiddleware, CorrelationIdMiddleware
+from orchestratord.api.pools import PoolHealthResource
 from orchestratord.api.stream import TaskStreamResource
 from orchestratord.api.tasks import TaskCancelResource, TasksResource
 from orchestratord.config import Config, Engine, PoolConfig
@@ -123,6 +124,7 @@ class Orchestrator:
         app.add_route("/v1/tasks/{task_id}/stream", TaskStreamResource(self))
         app.add_route("/v1/tasks/{task_id}/cancel", TaskCancelResource(self))
         app.add_route("/v1/capabilities", CapabilitiesResource(self))
+        app.add_route("/v1/pools/{pool_id}/health", PoolHealthResource(self))
         app.add_route("/metrics", MetricsResource(self.metrics))
         return app
 

@@ -170,6 +170,11 @@ def ask_capabilities(world: World) -> None:
     world.get("/v1/capabilities")
 
 
+@when('I ask for the health of pool "{pool_id}"')
+def ask_pool_health(world: World, pool_id: str) -> None:
+    world.get(f"/v1/pools/{pool_id}/health")
+
+
 @when("I scrape the metrics")
 def scrape_metrics(world: World) -> None:
     world.scrape_metrics()
@@ -276,6 +281,11 @@ def same_text(world: World, first: str, second: str) -> None:
 @then("{first} and {second} are different texts")
 def different_text(world: World, first: str, second: str) -> None:
     world.expect_texts(first, second, equal=False)
+
+
+@then("the pool is live and Ready with no last error")
+def pool_ready(world: World) -> None:
+    world.expect_pool_ready()
 
 
 @then("the capabilities api_version equals the OpenAPI info.version")

@@ -292,6 +292,11 @@ class World:
         pools = [p for e in caps["engines"] for p in e["pools"]]
         assert any(p["ready"] and p["slots_total"] >= 1 for p in pools), pools
 
+    def expect_pool_ready(self) -> None:
+        health = self._response().json()
+        assert (health["live"], health["ready"], health["last_error"]) == (True, True, None)
+        assert health["metrics"]["slots_total"] >= 1
+
     def expect_metric(self, name: str, labels: list[str]) -> None:
         for family in text_string_to_metric_families(self.metrics_text):
             for sample in family.samples:

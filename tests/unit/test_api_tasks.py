@@ -11,6 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestratord import API_VERSION
+from orchestratord.adapters.base import EngineUnavailable
 from orchestratord.adapters.mock import MockAdapter, seeded_words
 from orchestratord.core.task import Frame
 from tests.contract_schemas import assert_frames_match, assert_matches
@@ -473,3 +474,34 @@ async def test_watchdog_ends_a_stuck_task_with_decode_timeout_and_frees_the_slot
         assert frames[-1][1]["code"] == "DECODE_TIMEOUT"
         assert adapter.active == 0
         assert orch.pools["p1"].slots_free == 2
+
+
+@pytest.mark.req("HOME-506", "ORCH-2103", "OC-CTRL-2001", "OC-POOL-3001")
+async def test_pool_health_reports_a_ready_pool(conductor_for: Any) -> None:
+    async with conductor_for() as (_, conductor):
+        health = await conductor.simulate_get("/v1/pools/p1/health", headers=AUTH)
+        missing = await conductor.simulate_get("/v1/pools/nope/health", headers=AUTH)
+    assert health.status_code == 200
+    assert_matches("control", "PoolHealth", health.json)
+    assert health.json["ready"] is True and health.json["live"] is True
+    assert health.json["last_error"] is None
+    assert health.json["metrics"]["slots_total"] == 2
+    assert_envelope(missing, 404, "NOT_FOUND")
+
+
+class _FailingPreload(MockAdapter):
+    async def info(self) -> Any:
+        raise EngineUnavailable("model file is corrupt")
+
+
+@pytest.mark.req("HOME-506", "OC-POOL-3002", "ORCH-3002")
+async def test_a_failed_preload_leaves_the_pool_unready_with_the_reason(
+    conductor_for: Any,
+) -> None:
+    async with conductor_for(_FailingPreload()) as (_, conductor):
+        health = (await conductor.simulate_get("/v1/pools/p1/health", headers=AUTH)).json
+        refused = await submit(conductor, task_body())
+    assert health["ready"] is False
+    assert "model file is corrupt" in health["last_error"]
+    body = assert_envelope(refused, 503, "POOL_UNREADY")
+    assert body["retriable"] is True

@@ -1,0 +1,38 @@
+"""``GET /v1/pools/{id}/health`` (HOME-506, ORCH-2103): liveness, readiness and why not."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import falcon.asgi
+
+from orchestratord.errors import not_found
+
+if TYPE_CHECKING:
+    from orchestratord.app import Orchestrator
+
+
+class PoolHealthResource:
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orch = orchestrator
+
+    async def on_get(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, pool_id: str
+    ) -> None:
+        pool = self.orch.pools.get(pool_id)
+        if pool is None:
+            raise not_found(f"no pool {pool_id}")
+        info = pool.info
+        resp.media = {
+            "live": pool.process.running() if pool.process is not None else pool.info is not None,
+            "ready": pool.ready,
+            "draining": False,
+            "metrics": {
+                "slots_total": pool.slots_total,
+                "slots_free": pool.slots_free if pool.ready else 0,
+                "queue_depth": len(pool.queue),
+                "engine_version": info.engine_version if info else None,
+                "model_digest": info.model_digest if info else None,
+            },
+            "last_error": pool.last_error,
+        }
