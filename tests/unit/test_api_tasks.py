@@ -159,7 +159,7 @@ async def test_duplicate_task_id_is_409_and_runs_once(conductor_for: Any) -> Non
     assert adapter.started == 1
 
 
-@pytest.mark.req("HOME-902", "ORCH-2007", "OC-CTRL-2011", "HOME-203")
+@pytest.mark.req("HOME-902", "ORCH-2007", "OC-CTRL-2011", "OC-CTRL-2031", "HOME-203")
 async def test_full_queue_answers_429_with_backoff_headers(conductor_for: Any) -> None:
     release = asyncio.Event()
     adapter = MockAdapter(held_handler(release, first_tokens=0))
@@ -391,7 +391,7 @@ def test_frame_payloads_are_single_line_json() -> None:
     assert json.loads(data.removeprefix("data: ")) == {"t": "line\nbreak", "i": 0}
 
 
-@pytest.mark.req("HOME-803", "OC-CTRL-2041")
+@pytest.mark.req("HOME-803", "OC-CTRL-2041", "OC-CTRL-2050", "OC-CORE-1040", "ORCH-3027")
 async def test_one_structured_log_line_per_task_without_text_or_token(
     conductor_for: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -404,10 +404,19 @@ async def test_one_structured_log_line_per_task_without_text_or_token(
     (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("task end")]
     fields = json.loads(line.removeprefix("task end "))
     assert fields["task_id"] == body["task_id"]
+    assert fields["session_id"] == body["session_id"]
     assert fields["correlation_id"] == "log-corr"
+    assert (fields["engine"], fields["pool_id"], fields["replica_id"]) == (
+        "llamacpp",
+        "p1",
+        "p1-r0",
+    )
+    assert (fields["model_id"], fields["ctx"]) == (body["model_ref"], body["ctx"])
+    assert fields["kv_warmth"] is False
+    assert fields["tokens_in"] == 3  # the mock engine counts prompt words
     assert fields["tokens_out"] == 3
     assert fields["outcome"] == "length"
-    assert {"session_id", "pool_id", "replica_id", "queue_time_ms", "decode_time_ms"} <= set(fields)
+    assert fields["queue_time_ms"] >= 0 and fields["decode_time_ms"] >= 0
     assert "secret" not in caplog.text
     assert AUTH["Authorization"].split()[1] not in caplog.text
 
@@ -494,7 +503,7 @@ class _FailingPreload(MockAdapter):
         raise EngineUnavailable("model file is corrupt")
 
 
-@pytest.mark.req("HOME-506", "OC-POOL-3002", "ORCH-3002")
+@pytest.mark.req("HOME-506", "OC-POOL-3002", "ORCH-3002", "OC-CORE-1010")
 async def test_a_failed_preload_leaves_the_pool_unready_with_the_reason(
     conductor_for: Any,
 ) -> None:

@@ -13,6 +13,14 @@ from orchestratord.core.queue import Priority, QueueFull, TaskQueue
 pytestmark = pytest.mark.req("HOME-201", "HOME-202", "HOME-203")
 
 
+@pytest.mark.req("OC-CORE-1004", "ORCH-3004")
+def test_a_later_interactive_task_leaves_before_an_earlier_batch_task() -> None:
+    queue: TaskQueue[Item] = TaskQueue(4, FullPolicy.REJECT)
+    queue.admit(b("early-batch"))
+    queue.admit(i("late-interactive"))
+    assert drain_names(queue) == ["late-interactive", "early-batch"]
+
+
 @dataclass(eq=False)
 class Item:
     name: str
