@@ -81,6 +81,18 @@ class ServerConfig(Strict):
         ge=100,
         description="A task decoding longer than this ends with DECODE_TIMEOUT (watchdog).",
     )
+    engine_restart_backoff_ms: int = Field(
+        500,
+        ge=10,
+        description="First delay before restarting an engine that exited; doubles per failed "
+        "restart (capped at 30 s).",
+    )
+    engine_max_restarts: int = Field(
+        5,
+        ge=1,
+        description="Consecutive failed restarts after which the pool stays Unready "
+        "(circuit open) until orchestratord restarts.",
+    )
     task_retention_s: int = Field(
         600, ge=1, description="How long a finished task's frames stay readable."
     )

@@ -35,6 +35,7 @@ async def dispatch_forever(pool: Pool) -> None:
     while True:
         await pool.slot_gate.acquire()
         try:
+            await pool.ready_event.wait()  # an Unready engine gets no work; the queue waits
             task = await pool.queue.get()
             strict = task.request.determinism is Determinism.STRICT
             if strict:

@@ -98,6 +98,10 @@ class LlamaServerProcess:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    @property
+    def exit_code(self) -> int | None:
+        return self._proc.returncode if self._proc is not None else None
+
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 

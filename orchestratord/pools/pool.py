@@ -8,24 +8,21 @@ The pool is Ready only after its engine answered healthy and its properties were
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import time
 from dataclasses import dataclass
 
-from orchestratord.adapters.base import EngineAdapter, EngineError, EngineInfo
+from orchestratord.adapters.base import EngineAdapter, EngineInfo
 from orchestratord.config import PoolConfig
 from orchestratord.core.dispatcher import dispatch_forever
 from orchestratord.core.estimates import ServiceTimeEstimator
 from orchestratord.core.queue import Priority, TaskQueue
 from orchestratord.core.task import Task
-from orchestratord.errors import ErrorCode
 from orchestratord.metrics import Metrics
 from orchestratord.pools.engine_process import LlamaServerProcess
+from orchestratord.pools.supervisor import supervise
+from orchestratord.pools.watchdog import watch_decodes
 
 log = logging.getLogger("orchestratord.pool")
-
-_MONITOR_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -35,6 +32,9 @@ class PoolRuntime:
     frame_every_tokens: int = 64
     idle_timeout_s: float = 30.0
     wall_timeout_s: float = 600.0
+    monitor_interval_s: float = 1.0
+    restart_backoff_s: float = 0.5  # first delay; doubles per failed restart, capped at 30 s
+    max_restarts: int = 5  # consecutive failed restarts before the circuit opens
 
 
 class Pool:
@@ -47,9 +47,8 @@ class Pool:
         *,
         runtime: PoolRuntime = PoolRuntime(),
     ) -> None:
+        self.runtime = runtime
         self.frame_every_tokens = runtime.frame_every_tokens
-        self.idle_timeout_s = runtime.idle_timeout_s
-        self.wall_timeout_s = runtime.wall_timeout_s
         self.config = config
         self.id = config.id
         self.adapter = adapter
@@ -64,9 +63,20 @@ class Pool:
         # Engine slot ids not running a task; the dispatcher pins each task to one.
         self.free_slot_ids: list[int] = list(range(config.slots - 1, -1, -1))
         self.info: EngineInfo | None = None
-        self.ready = False
+        self.ready_event = asyncio.Event()  # the dispatcher only hands out work while set
         self.last_error: str | None = None
         self._background: list[asyncio.Task[None]] = []
+
+    @property
+    def ready(self) -> bool:
+        return self.ready_event.is_set()
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        if value:
+            self.ready_event.set()
+        else:
+            self.ready_event.clear()
 
     @property
     def engine(self) -> str:
@@ -127,46 +137,9 @@ class Pool:
         self.queue_changed()
         self._background = [
             asyncio.create_task(dispatch_forever(self), name=f"dispatch-{self.id}"),
-            asyncio.create_task(self._monitor(), name=f"monitor-{self.id}"),
-            asyncio.create_task(self._watchdog(), name=f"watchdog-{self.id}"),
+            asyncio.create_task(supervise(self), name=f"supervise-{self.id}"),
+            asyncio.create_task(watch_decodes(self), name=f"watchdog-{self.id}"),
         ]
-
-    async def _monitor(self) -> None:
-        while True:
-            await asyncio.sleep(_MONITOR_INTERVAL_S)
-            healthy = await self.adapter.healthy()
-            if not healthy and self.ready:
-                self.last_error = "engine stopped answering /health"
-                log.error("pool %s: %s", self.id, self.last_error)
-            self.ready = healthy and self.info is not None
-            if healthy:
-                with contextlib.suppress(EngineError):
-                    self._record_engine_metrics(await self.adapter.metrics_text())
-
-    async def _watchdog(self) -> None:
-        """End running tasks that stopped progressing or ran too long (ORCH-3016).
-
-        Tokens only stamp a time; checking here, a few times per idle timeout, keeps the
-        per-token path free of timers."""
-        interval = min(1.0, self.idle_timeout_s / 4)
-        while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            for task in list(self.running):
-                started = task.started_at or now
-                idle = now - task.last_progress > self.idle_timeout_s
-                too_long = now - started > self.wall_timeout_s
-                if (idle or too_long) and not task.finished and task.runner is not None:
-                    why = "no output from the engine" if idle else "decoding too long"
-                    task.finish_error(ErrorCode.DECODE_TIMEOUT, f"watchdog: {why}", self.engine)
-                    task.runner.cancel()
-                    log.warning("pool %s: task %s aborted: %s", self.id, task.id, why)
-
-    def _record_engine_metrics(self, text: str) -> None:
-        for line in text.splitlines():
-            if line.startswith("llamacpp:kv_cache_usage_ratio "):
-                ratio = float(line.split()[1])
-                self.metrics.kv_cache_usage_ratio.labels(**self.replica_labels()).set(ratio)
 
     async def stop(self) -> None:
         self.ready = False
