@@ -27,8 +27,10 @@ from orchestratord.api.stream import TaskStreamResource
 from orchestratord.api.tasks import TaskCancelResource, TasksResource
 from orchestratord.config import Config, Engine, PoolConfig
 from orchestratord.core.admission import Admission
+from orchestratord.core.dispatcher import log_task_end
 from orchestratord.core.registry import TaskRegistry
 from orchestratord.core.task import Task, TaskState
+from orchestratord.errors import ErrorCode
 from orchestratord.metrics import Metrics
 from orchestratord.models.tiny_gguf import TINY_MODEL_FILENAME, default_cache_dir, ensure_tiny_model
 from orchestratord.pools.engine_process import (
@@ -69,13 +71,20 @@ class Orchestrator:
         self.config = config
         self.metrics = Metrics()
         self.registry = TaskRegistry(
-            config.server.task_retention_s, config.server.max_retained_tasks
+            config.server.task_retention_s,
+            config.server.max_retained_tasks,
+            config.server.max_retained_bytes,
         )
+        self.shutting_down = False
         self.cache_dir = config.cache_dir or default_cache_dir()
         injected = dict(adapters or {})
         self.pools = {pc.id: self._build_pool(pc, injected.get(pc.id)) for pc in config.pools}
-        self.admission = Admission(config, self.pools, self.registry, self.metrics)
+        self.admission = Admission(
+            config, self.pools, self.registry, self.metrics, self.task_finished
+        )
         self.on_started = on_started
+        self._shutdown: asyncio.Task[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
         self.app = self._build_app(token)
 
     def _model_path_for(self, pc: PoolConfig) -> Path:
@@ -91,6 +100,8 @@ class Orchestrator:
             wall_timeout_s=server.decode_wall_timeout_ms / 1000,
             restart_backoff_s=server.engine_restart_backoff_ms / 1000,
             max_restarts=server.engine_max_restarts,
+            hang_timeout_s=server.engine_hang_timeout_ms / 1000,
+            startup_timeout_s=pc.llamacpp.startup_timeout_s,
         )
         if adapter is not None:
             return Pool(pc, adapter, self.metrics, runtime=runtime)
@@ -104,6 +115,7 @@ class Orchestrator:
             ctx_per_slot=pc.ctx_max,
             slots=pc.slots,
             log_path=self.config.resolved_state_dir() / "logs" / f"{pc.id}-llama-server.log",
+            log_max_bytes=server.engine_log_max_bytes,
             port=pc.llamacpp.port,
             threads=pc.llamacpp.threads,
             extra_args=pc.llamacpp.extra_args,
@@ -131,30 +143,66 @@ class Orchestrator:
         return app
 
     async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         if any(p.process is not None and p.config.model_path is None for p in self.pools.values()):
             await asyncio.to_thread(ensure_tiny_model, self.cache_dir)
         await asyncio.gather(*(pool.start() for pool in self.pools.values()))
         if self.on_started is not None:
             self.on_started(self)
 
+    def task_finished(self, task: Task) -> None:
+        """Every task passes here exactly once, at its terminal frame."""
+        self.registry.finished(task)
+        log_task_end(self.pools[task.pool_id], task)
+
+    def begin_shutdown(self, grace_s: float) -> asyncio.Task[None]:
+        """SIGTERM: refuse new tasks (503) and end queued ones now; running tasks may
+        finish for ``grace_s``, then every one still open ends with a terminal frame."""
+        if self._shutdown is None:
+            self.shutting_down = True
+            for pool in self.pools.values():
+                pool.accepting = False
+                pool.end_queued(ErrorCode.POOL_UNAVAILABLE, "orchestratord is shutting down")
+            self._shutdown = asyncio.get_running_loop().create_task(self._finish_running(grace_s))
+        return self._shutdown
+
+    async def _finish_running(self, grace_s: float) -> None:
+        idle = asyncio.gather(*(pool.wait_idle() for pool in self.pools.values()))
+        try:
+            await asyncio.wait_for(asyncio.shield(idle), grace_s)
+        except TimeoutError:
+            for pool in self.pools.values():
+                pool.end_running(
+                    ErrorCode.POOL_UNAVAILABLE, "orchestratord shut down before the task finished"
+                )
+            await idle
+
     async def stop(self) -> None:
+        await self.begin_shutdown(0.0)
         await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
 
-    async def cancel(self, task: Task, reason: str) -> None:
-        """Cancel race-free: once this returns no token frame follows and the slot is free."""
+    async def cancel(self, task: Task, reason: str, delivered: int | None = None) -> None:
+        """Cancel race-free: once this returns no token frame follows and the slot is free.
+
+        The log is cut and closed synchronously (``cancel_now``); then the runner, if any,
+        is stopped and awaited, so a second concurrent cancel also returns only when the
+        engine slot is free.
+        """
+        self.cancel_now(task, reason, delivered)
+        runner = task.runner
+        if runner is not None and not runner.done():
+            await asyncio.wait({runner}, timeout=_CANCEL_WAIT_S)
+
+    def cancel_now(self, task: Task, reason: str, delivered: int | None = None) -> None:
         if task.finished:
             return
         pool = self.pools[task.pool_id]
         if task.state is TaskState.QUEUED and pool.queue.remove(task):
             pool.queue_changed()
-        task.cancel_output()
+        task.cancel_output(delivered)
         self.metrics.tasks_canceled.labels(**pool.replica_labels(), reason=reason).inc()
-        runner = task.runner
-        if runner is None or runner.done():
-            return
-        if task.started_at is not None:
-            runner.cancel()
-        await asyncio.wait({runner}, timeout=_CANCEL_WAIT_S)
+        if task.runner is not None:
+            task.runner.cancel()
 
 
 def create_app(

@@ -40,17 +40,40 @@ def resolve_token(config: Config) -> ApiToken:
     if config.auth.token:
         return ApiToken(config.auth.token, "config")
     path = token_file_path(config)
-    if path.exists():
-        mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise PermissionError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
-        value = path.read_text(encoding="utf-8").strip()
-        if not value:
-            raise ValueError(f"{path} is empty")
-        return ApiToken(value, "file", path)
+    if os.path.lexists(path):
+        return ApiToken(_read_token_file(path), "file", path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     value = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as fh:
         fh.write(value + "\n")
     return ApiToken(value, "generated", path)
+
+
+def _read_token_file(path: Path) -> str:
+    """Read the token only from a regular file of ours that nobody else can read.
+
+    A symlink is refused (it could point the server at another user's file or let someone
+    swap the token under it), and so is a file owned by another user.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise PermissionError(
+                f"{path} is a symlink; the token file must be a plain file"
+            ) from None
+        raise PermissionError(f"cannot open {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "r", encoding="utf-8") as fh:
+        info = os.fstat(fh.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise PermissionError(f"{path} is not a regular file")
+        if info.st_uid != os.geteuid():
+            raise PermissionError(f"{path} belongs to uid {info.st_uid}, not to this user")
+        mode = stat.S_IMODE(info.st_mode)
+        if mode & 0o077:
+            raise PermissionError(f"{path} is readable by others (mode {mode:o}); chmod 600 it")
+        value = fh.read().strip()
+    if not value:
+        raise ValueError(f"{path} is empty")
+    return value

@@ -8,8 +8,11 @@ import logging
 import socket
 import sys
 from pathlib import Path
+from types import FrameType
 
 import uvicorn
+import yaml
+from pydantic import ValidationError
 
 from orchestratord.app import Orchestrator
 from orchestratord.auth import ApiToken, resolve_token
@@ -48,7 +51,7 @@ def _bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)
-    sock.set_inheritable(True)
+    # Left non-inheritable (Python's default): no engine we spawn may hold our listener.
     return sock
 
 
@@ -81,19 +84,56 @@ def banner(orch: Orchestrator, url: str, token: ApiToken) -> str:
     return "\n".join(lines)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn, told about SIGTERM/SIGINT before it starts draining connections, so the
+    orchestrator can stop admission and end open streams with a terminal frame (an SSE
+    connection would otherwise hold uvicorn's graceful wait until its timeout)."""
+
+    def __init__(self, config: uvicorn.Config, orch: Orchestrator) -> None:
+        super().__init__(config)
+        self.orch = orch
+        self.grace_s = orch.config.server.shutdown_grace_ms / 1000
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        loop = self.orch.loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(self.orch.begin_shutdown, self.grace_s)
+        super().handle_exit(sig, frame)
+
+
+def _describe_config_error(exc: ValidationError) -> str:
+    # Never the offending value: it may be a secret (auth.token).
+    lines = [f"invalid config ({exc.error_count()} problem(s)):"]
+    for error in exc.errors(include_input=False, include_url=False):
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        lines.append(f"  {where}: {error['msg']}")
+    return "\n".join(lines)
+
+
 def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     # The GGUF writer narrates every file it writes; only its problems matter here.
     logging.getLogger("gguf").setLevel(logging.WARNING)
-    config = _with_overrides(load_config(args.config), args.host, args.port)
+    try:
+        config = _with_overrides(load_config(args.config), args.host, args.port)
+    except ValidationError as exc:
+        print(f"orchestratord: {_describe_config_error(exc)}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        print(f"orchestratord: cannot read config: {exc}", file=sys.stderr)
+        return 2
     host = config.server.host
     if not _is_loopback(host):
         logging.getLogger("orchestratord").warning(
             "binding %s: the API is reachable from other machines (HOME-101)", host
         )
-    token = resolve_token(config)
+    try:
+        token = resolve_token(config)
+    except (OSError, ValueError) as exc:
+        print(f"orchestratord: API token: {exc}", file=sys.stderr)
+        return 2
     sock = _bind(host, config.server.port)
     bound_port = sock.getsockname()[1]
     url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}"
@@ -102,14 +142,17 @@ def serve(args: argparse.Namespace) -> int:
         print(banner(orch, url, token), flush=True)
 
     orch = Orchestrator(config, token=token.value, on_started=on_started)
-    server = uvicorn.Server(
+    grace_s = config.server.shutdown_grace_ms / 1000
+    server = _Server(
         uvicorn.Config(
             orch.app,
             lifespan="on",
             log_level=args.log_level,
             access_log=args.log_level == "debug",
-            timeout_graceful_shutdown=5,
-        )
+            # Streams end by themselves once the grace is over; this is only a backstop.
+            timeout_graceful_shutdown=int(grace_s) + 15,
+        ),
+        orch,
     )
     server.run(sockets=[sock])
     return 0

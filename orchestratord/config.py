@@ -93,10 +93,37 @@ class ServerConfig(Strict):
         description="Consecutive failed restarts after which the pool stays Unready "
         "(circuit open) until orchestratord restarts.",
     )
+    engine_hang_timeout_ms: int = Field(
+        10_000,
+        ge=100,
+        description="An engine process that is alive but has not answered /health for this "
+        "long is hung: it is killed and restarted under the same backoff.",
+    )
+    engine_log_max_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=4096,
+        description="The engine log is rotated to <file>.1 when it reaches this size.",
+    )
+    shutdown_grace_ms: int = Field(
+        10_000,
+        ge=0,
+        le=3_600_000,
+        description="On SIGTERM, how long running tasks may go on before they are ended; "
+        "queued tasks end at once and new tasks get 503.",
+    )
+    shutdown_retry_after_ms: int = Field(
+        5000, ge=1, description="Retry hint on the 503s sent while shutting down."
+    )
     task_retention_s: int = Field(
         600, ge=1, description="How long a finished task's frames stay readable."
     )
     max_retained_tasks: int = Field(4096, ge=16, description="Cap on finished tasks kept.")
+    max_retained_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Cap on the bytes of finished tasks' frames kept for replay; the oldest "
+        "finished tasks are dropped first.",
+    )
 
     @field_validator("host")
     @classmethod

@@ -69,7 +69,7 @@ class ApiError(Exception):
         return body
 
     def headers(self) -> dict[str, str]:
-        if self.status != 429 or self.retry_after_ms is None:
+        if self.retry_after_ms is None:
             return {}
         # Retry-After is whole seconds (RFC 9110); round up so a client never retries early.
         seconds = max(1, math.ceil(self.retry_after_ms / 1000))

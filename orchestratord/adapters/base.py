@@ -66,6 +66,8 @@ class EngineInfo:
     model_digest: str | None
     slots_total: int
     ctx_per_slot: int
+    # The model file the engine says it serves (identity check); None if it does not say.
+    model_path: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,24 +77,56 @@ class SlotState:
 
 
 class EngineError(Exception):
+    """An engine failure, translated at the adapter boundary.
+
+    ``public_message`` is what a client may see (no addresses, no engine bodies); the
+    exception's own text (``detail``) goes to the log with the task's correlation ID.
+    ``engine_down`` says the engine itself could not be reached or dropped the connection,
+    so the pool must stop dispatching until its engine answers again.
+    """
+
     code: ErrorCode = ErrorCode.WORKER_RESET
     retriable: bool = True
+    public_message = "the engine failed"
+    engine_down = False
+
+    def __init__(self, detail: str, *, public_message: str | None = None) -> None:
+        super().__init__(detail)
+        if public_message is not None:
+            self.public_message = public_message
+
+    @property
+    def detail(self) -> str:
+        return str(self)
 
 
 class EngineUnavailable(EngineError):
-    """The engine cannot be reached at all (process gone, connection refused)."""
+    """The engine cannot be reached at all (process gone, connection refused): nothing ran."""
 
     code = ErrorCode.POOL_UNAVAILABLE
+    public_message = "the engine is unavailable"
+    engine_down = True
 
 
 class EngineReset(EngineError):
     """The engine broke off a generation midway or answered nonsense."""
 
     code = ErrorCode.WORKER_RESET
+    public_message = "the engine broke off the generation"
+
+
+class EngineConnectionLost(EngineReset):
+    """The engine dropped the connection mid-generation (it crashed or was killed)."""
+
+    public_message = "the engine connection was lost"
+    engine_down = True
 
 
 class EngineAdapter(abc.ABC):
     engine: str
+    # Longest text one token can cover, in bytes, once known (see models/vocab.py); lets
+    # admission refuse a prompt that cannot fit before any tokenizer round trip.
+    max_token_bytes: int | None = None
 
     @abc.abstractmethod
     async def healthy(self) -> bool:

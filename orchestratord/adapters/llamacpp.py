@@ -24,6 +24,7 @@ import aiohttp
 
 from orchestratord.adapters.base import (
     EngineAdapter,
+    EngineConnectionLost,
     EngineInfo,
     EngineReset,
     EngineUnavailable,
@@ -33,14 +34,25 @@ from orchestratord.adapters.base import (
     StreamEvent,
     TokenChunk,
 )
-from orchestratord.adapters.sse_client import SSEPostStream, StreamError, post_sse
+from orchestratord.adapters.sse_client import (
+    ConnectFailed,
+    HTTPStatusError,
+    SSEPostStream,
+    StreamError,
+    post_sse,
+)
 from orchestratord.models.digest import sha256_file
+from orchestratord.models.vocab import max_token_bytes
 
 _SLOT_RELEASE_TIMEOUT_S = 5.0
 _SLOT_POLL_S = 0.005
 # Control calls are quick. Generations go through sse_client with no read timeout: the
 # orchestrator's deadline watchdog, not a socket timeout, bounds them.
 _CONTROL_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
+# A health probe that takes longer than this counts as unanswered (a hung engine).
+_HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
+# Replies larger than this are parsed off the event loop.
+_BIG_REPLY_BYTES = 64 * 1024
 
 
 class LlamaCppAdapter(EngineAdapter):
@@ -81,14 +93,21 @@ class LlamaCppAdapter(EngineAdapter):
                 if response.status == 503:
                     raise EngineUnavailable(f"llama-server {path}: loading (503)")
                 if response.status != 200:
-                    raise EngineReset(f"llama-server {path}: HTTP {response.status}")
-                return await response.json(content_type=None)
+                    text = (await response.text())[:512]
+                    raise EngineReset(
+                        f"llama-server {path}: HTTP {response.status}: {text}",
+                        public_message=f"the engine answered HTTP {response.status}",
+                    )
+                raw = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise EngineUnavailable(f"llama-server {path}: {exc!r}") from exc
+        if len(raw) > _BIG_REPLY_BYTES:
+            return await asyncio.to_thread(json.loads, raw)
+        return json.loads(raw)
 
     async def healthy(self) -> bool:
         try:
-            async with self._http().get("/health", timeout=_CONTROL_TIMEOUT) as response:
+            async with self._http().get("/health", timeout=_HEALTH_TIMEOUT) as response:
                 return response.status == 200
         except (aiohttp.ClientError, TimeoutError):
             return False
@@ -97,6 +116,7 @@ class LlamaCppAdapter(EngineAdapter):
         props = await self._request_json("GET", "/props")
         if self._digest is None and self._model_path is not None:
             self._digest = "sha256:" + await asyncio.to_thread(sha256_file, self._model_path)
+            self.max_token_bytes = await asyncio.to_thread(max_token_bytes, self._model_path)
         settings = props.get("default_generation_settings", {})
         return EngineInfo(
             engine=self.engine,
@@ -104,6 +124,7 @@ class LlamaCppAdapter(EngineAdapter):
             model_digest=self._digest,
             slots_total=int(props.get("total_slots", 1)),
             ctx_per_slot=int(settings.get("n_ctx", 0)),
+            model_path=props.get("model_path"),
         )
 
     def _engine_version(self, build_info: str | None) -> str | None:
@@ -168,9 +189,16 @@ class LlamaCppAdapter(EngineAdapter):
                     text = chunk.get("content")
                     if text:
                         yield TokenChunk(text)
-            raise EngineReset("llama-server closed the stream without a final event")
+            raise EngineConnectionLost("llama-server closed the stream without a final event")
+        except ConnectFailed as exc:
+            raise EngineUnavailable(f"llama-server /completion: {exc}") from exc
+        except HTTPStatusError as exc:
+            raise EngineReset(
+                f"llama-server /completion: {exc}",
+                public_message=f"the engine refused the request (HTTP {exc.status})",
+            ) from exc
         except StreamError as exc:
-            raise EngineReset(f"llama-server /completion: {exc}") from exc
+            raise EngineConnectionLost(f"llama-server /completion: {exc}") from exc
         finally:
             if stream is not None:
                 stream.close()

@@ -4,8 +4,18 @@ A general HTTP client wakes a coroutine per received segment and runs its stream
 per token; at thousands of tokens per second that is most of the orchestrator's CPU. Here an
 ``asyncio.Protocol`` feeds bytes to httptools' C parser (which handles chunked transfer
 coding), splits the body into SSE ``data:`` payloads in the same callback, and wakes the
-consumer once per batch of whatever has arrived. One connection per stream, closed at the
-end: closing it is also how a cancel reaches the engine.
+consumer once per batch.
+
+Coalescing (``coalesce_s``): the first payload after a quiet spell wakes the consumer at
+once; payloads arriving within ``coalesce_s`` of that wake-up are handed over together when
+the window closes. A payload that carries the engine's final event (``"stop":true``) ends the
+window at once, so the terminal frame and the tokens right before it are never held back.
+
+One connection per stream, closed at the end: llama-server closes a connection after a
+streamed response anyway (measured: the next request on it finds it closed), and closing it
+is also how a cancel reaches the engine. Failures are classified for the caller:
+:class:`ConnectFailed` (nothing reached the engine), :class:`ConnectionLost` (it broke off
+after answering), :class:`HTTPStatusError` (it answered with an error status).
 """
 
 from __future__ import annotations
@@ -17,16 +27,33 @@ from typing import cast
 
 import httptools
 
+_STOP_MARK = b'"stop":true'
+_ERROR_BODY_LIMIT = 512
+
 
 class StreamError(Exception):
-    """The connection failed or the response was not a 200 event stream."""
+    """The stream failed; subclasses say how."""
+
+
+class ConnectFailed(StreamError):
+    """No connection, or it closed before the engine sent a status line."""
+
+
+class ConnectionLost(StreamError):
+    """The connection broke after the engine started answering."""
+
+
+class HTTPStatusError(StreamError):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"HTTP {status}: {body}")
+        self.status = status
 
 
 class _SSEProtocol(asyncio.Protocol):
     def __init__(self, coalesce_s: float) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.coalesce_s = coalesce_s
-        self._paused = False
+        self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.status: int | None = None
         self.payloads: deque[bytes] = deque()
@@ -35,6 +62,8 @@ class _SSEProtocol(asyncio.Protocol):
         self.error: BaseException | None = None
         self._pending = b""
         self._waiter: asyncio.Future[None] | None = None
+        self._window_until = 0.0
+        self._timer: asyncio.TimerHandle | None = None
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -46,25 +75,30 @@ class _SSEProtocol(asyncio.Protocol):
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self.error = StreamError(f"malformed HTTP response: {exc}")
+            self.error = ConnectionLost(f"malformed HTTP response: {exc}")
             self.done = True
-        self._wake()
-        gained = len(self.payloads) > queued
-        if gained and self.coalesce_s > 0 and not self._paused and not self.done and self.transport:
-            # Let the kernel gather the next tokens for a moment: one read and one wake-up
-            # per window instead of per token. What arrived now was passed on at once.
-            self._paused = True
-            self.transport.pause_reading()
-            asyncio.get_running_loop().call_later(self.coalesce_s, self._resume)
+        if self.done or len(self.payloads) == queued:
+            self._wake()
+            return
+        if self.coalesce_s <= 0 or self.payloads[-1].find(_STOP_MARK) >= 0:
+            self._wake()
+            return
+        now = self.loop.time()
+        if now >= self._window_until:
+            # First payload after a quiet spell: hand it over now, open a window.
+            self._window_until = now + self.coalesce_s
+            self._wake()
+        elif self._timer is None:
+            self._timer = self.loop.call_at(self._window_until, self._window_closed)
 
-    def _resume(self) -> None:
-        self._paused = False
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.resume_reading()
+    def _window_closed(self) -> None:
+        self._timer = None
+        self._wake()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done and self.error is None:
-            self.error = StreamError(f"connection lost mid-stream: {exc!r}")
+            kind = ConnectFailed if self.status is None else ConnectionLost
+            self.error = kind(f"connection lost: {exc!r}")
         self.done = True
         self._wake()
 
@@ -74,7 +108,7 @@ class _SSEProtocol(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         if self.status != 200:
-            self.body_if_error += body[: 512 - len(self.body_if_error)]
+            self.body_if_error += body[: _ERROR_BODY_LIMIT - len(self.body_if_error)]
             return
         *lines, self._pending = (self._pending + body).split(b"\n")
         for line in lines:
@@ -89,27 +123,39 @@ class _SSEProtocol(asyncio.Protocol):
             self._waiter.set_result(None)
 
     async def wait(self) -> None:
-        self._waiter = asyncio.get_running_loop().create_future()
+        self._waiter = self.loop.create_future()
         await self._waiter
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.transport is not None:
+            self.transport.close()
 
 
 class SSEPostStream:
-    """``async for batch in stream`` yields lists of raw ``data:`` payloads (bytes)."""
+    """``async for batch in stream.batches()`` yields lists of raw ``data:`` payloads."""
 
     def __init__(self, protocol: _SSEProtocol) -> None:
         self._proto = protocol
+
+    @property
+    def answered(self) -> bool:
+        """The engine sent a status line: the request reached it."""
+        return self._proto.status is not None
 
     async def _headers(self) -> None:
         proto = self._proto
         while proto.status is None and not proto.done:
             await proto.wait()
         if proto.status is None:
-            raise proto.error or StreamError("no response")
+            raise proto.error or ConnectFailed("no response")
         if proto.status != 200:
             while not proto.done:
                 await proto.wait()
             body = bytes(proto.body_if_error).decode("utf-8", "replace")
-            raise StreamError(f"HTTP {proto.status}: {body}")
+            raise HTTPStatusError(proto.status, body)
 
     async def batches(self) -> AsyncIterator[list[bytes]]:
         proto = self._proto
@@ -127,8 +173,7 @@ class SSEPostStream:
             await proto.wait()
 
     def close(self) -> None:
-        if self._proto.transport is not None:
-            self._proto.transport.close()
+        self._proto.close()
 
 
 async def post_sse(
@@ -140,7 +185,7 @@ async def post_sse(
             lambda: _SSEProtocol(coalesce_s), host, port
         )
     except OSError as exc:
-        raise StreamError(f"cannot connect to {host}:{port}: {exc}") from exc
+        raise ConnectFailed(f"cannot connect to {host}:{port}: {exc}") from exc
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
         f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"

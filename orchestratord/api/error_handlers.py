@@ -53,8 +53,15 @@ async def handle_http_error(
 async def handle_unexpected(
     req: falcon.asgi.Request, resp: falcon.asgi.Response, ex: Exception, params: dict[str, Any]
 ) -> None:
-    log.exception("unhandled error on %s %s", req.method, req.path, exc_info=ex)
-    _render(req, resp, ApiError(500, ErrorCode.INTERNAL, "internal error", retriable=True))
+    log.exception(
+        "unhandled error on %s %s (correlation %s)",
+        req.method,
+        req.path,
+        _correlation_id(req),
+        exc_info=ex,
+    )
+    # A bug does not go away by retrying the same request.
+    _render(req, resp, ApiError(500, ErrorCode.INTERNAL, "internal error", retriable=False))
 
 
 def install(app: falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]) -> None:

@@ -2,9 +2,10 @@
 
 Falcon's native SSE keeps routing and middleware (correlation ID, auth) on the stream and
 notices a disconnect after each send, so the emitter pings every ``heartbeat_ms`` while no
-frame is due. When the client goes away before the terminal frame, the task is canceled and
-its engine slot freed (HOME-305). One subscriber at a time: a second concurrent stream gets
-409, a finished task's frames can be replayed.
+frame is due. When the client goes away before the terminal frame, the task is canceled
+(its log cut at what this client received, in the same step) and its engine slot freed
+(HOME-305). One subscriber at a time: a second concurrent stream gets 409, a finished
+task's frames can be replayed.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import TYPE_CHECKING, cast
 import falcon.asgi
 from falcon.asgi import SSEvent
 
-from orchestratord.core.task import Burst, Frame, Task, TaskState
-from orchestratord.errors import conflict, not_found
+from orchestratord.api.tasks import find_task
+from orchestratord.core.task import Burst, Task, TaskState, encode_frame
+from orchestratord.errors import conflict
 
 if TYPE_CHECKING:
     from orchestratord.app import Orchestrator
@@ -33,9 +35,7 @@ class TaskStreamResource:
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, task_id: str
     ) -> None:
-        task = self.orch.registry.get(task_id)
-        if task is None:
-            raise not_found(f"no task {task_id}")
+        task = find_task(self.orch, task_id)
         if task.subscribed:
             raise conflict(f"a stream is already attached to task {task_id}")
         task.subscribed = True
@@ -44,21 +44,22 @@ class TaskStreamResource:
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
         # Frames are pre-serialized; Falcon only ever calls their serialize().
-        resp.sse = cast("AsyncIterator[SSEvent | None]", self._emit(task))
+        resp.sse = cast("AsyncIterator[SSEvent | None]", self.emit(task))
 
-    def _started(self, task: Task) -> Frame:
+    def _started(self, task: Task) -> bytes:
         pool = self.orch.pools[task.pool_id]
-        position = pool.queue.position(task) if task.state is TaskState.QUEUED else 0
+        queued = task.state is TaskState.QUEUED
+        position = max(pool.queue.position(task), 0) if queued else 0
         predicted = (
             pool.estimator.predicted_start_ms(position, pool.slots_total, pool.slots_free)
-            if task.state is TaskState.QUEUED
+            if queued
             else 0
         )
         info = pool.info
-        return Frame(
+        return encode_frame(
             "started",
             {
-                "queue_position": max(position, 0),
+                "queue_position": position,
                 "predicted_start_ms": predicted,
                 "engine": pool.engine,
                 "engine_version": info.engine_version if info else None,
@@ -69,39 +70,44 @@ class TaskStreamResource:
             },
         )
 
-    async def _emit(self, task: Task) -> AsyncIterator[Burst | None]:
+    async def emit(self, task: Task) -> AsyncIterator[Burst | None]:
         loop = asyncio.get_running_loop()
-        last_token_send = -1.0
+        window_until = 0.0
+        cursor = 0
+        sent_tokens = 0
         try:
             yield Burst([self._started(task)])
-            cursor = 0
             while True:
-                frames = task.frames
-                if cursor < len(frames):
-                    # Coalesce while tokens flow: a frame due within `coalesce` of the previous
-                    # token write waits for the rest of that window and goes out with whatever
-                    # else arrived, so a fast engine costs one write per window, not per token.
-                    # The first token after a pause is never held back.
-                    wait = last_token_send + self._coalesce_s - loop.time()
-                    if wait > 0 and task.terminal is None:
-                        await asyncio.sleep(wait)
-                    batch = frames[cursor:]
+                if cursor < len(task.frames):
+                    # Coalesce while tokens flow: frames due within `coalesce` of the last
+                    # token write wait for the rest of that window and go out together, so
+                    # a fast engine costs one write per window. The first token after a
+                    # pause is never held back, nor is the terminal frame.
+                    wait = window_until - loop.time()
+                    if wait > 0 and not task.finished:
+                        await task.wait_for_terminal(wait)
+                    tokens = task.tokens_out
+                    batch = task.frames[cursor:]
                     cursor += len(batch)
                     task.delivered = cursor
-                    if batch[-1].event == "token" or any(f.event == "token" for f in batch):
-                        last_token_send = loop.time()
                     yield Burst(batch)
-                    if task.terminal is not None and task.terminal in batch:
+                    if task.finished and cursor >= len(task.frames):
                         return
+                    if tokens != sent_tokens:  # the batch carried tokens
+                        sent_tokens = tokens
+                        window_until = loop.time() + self._coalesce_s
                     continue
                 await task.wait_for_frames(cursor, self._heartbeat_s)
                 if cursor >= len(task.frames):
                     yield None  # Falcon sends a ": ping" comment; a dead client shows up here
         finally:
-            task.subscribed = False
-            if not task.finished:
-                cleanup = asyncio.get_running_loop().create_task(
-                    self.orch.cancel(task, reason="client_disconnect")
-                )
+            if task.finished:
+                task.detach()
+            else:
+                # Gone before the terminal frame: cut the log at what this client got and
+                # close it now, before anyone can attach again; then free the engine slot.
+                task.subscribed = False
+                self.orch.cancel_now(task, reason="client_disconnect", delivered=cursor)
+                cleanup = loop.create_task(self.orch.cancel(task, reason="client_disconnect"))
                 self._cleanups.add(cleanup)
                 cleanup.add_done_callback(self._cleanups.discard)

@@ -8,11 +8,22 @@ import falcon
 import falcon.asgi
 from pydantic import ValidationError
 
-from orchestratord.core.request import TaskRequest
+from orchestratord.core.request import TaskRequest, is_canonical_uuid
+from orchestratord.core.task import Task
 from orchestratord.errors import ApiError, ErrorCode, invalid_params, not_found
 
 if TYPE_CHECKING:
     from orchestratord.app import Orchestrator
+
+
+def find_task(orch: Orchestrator, task_id: str) -> Task:
+    """The task a path names: 400 unless a canonical UUID, 404 unless known."""
+    if not is_canonical_uuid(task_id):
+        raise invalid_params("task id must be a UUID in canonical form (lower-case, hyphenated)")
+    task = orch.registry.get(task_id)
+    if task is None:
+        raise not_found(f"no task {task_id}")
+    return task
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -58,8 +69,6 @@ class TaskCancelResource:
     async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, task_id: str
     ) -> None:
-        task = self.orch.registry.get(task_id)
-        if task is None:
-            raise not_found(f"no task {task_id}")
+        task = find_task(self.orch, task_id)
         await self.orch.cancel(task, reason="client")
         resp.status = falcon.HTTP_204

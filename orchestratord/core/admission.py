@@ -7,11 +7,15 @@ from the pool's measured drain rate (HOME-902).
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from orchestratord.adapters.base import EngineError, Sampling
 from orchestratord.config import Config, Workload
+from orchestratord.core import dispatcher
 from orchestratord.core.queue import QueueFull
 from orchestratord.core.registry import TaskRegistry
 from orchestratord.core.request import TaskRequest
@@ -32,12 +36,18 @@ class AdmissionResult:
 
 class Admission:
     def __init__(
-        self, config: Config, pools: dict[str, Pool], registry: TaskRegistry, metrics: Metrics
+        self,
+        config: Config,
+        pools: dict[str, Pool],
+        registry: TaskRegistry,
+        metrics: Metrics,
+        on_task_finished: Callable[[Task], None],
     ) -> None:
         self.config = config
         self.pools = pools
         self.registry = registry
         self.metrics = metrics
+        self.on_task_finished = on_task_finished
 
     def _pool_for(self, request: TaskRequest) -> Pool:
         candidates = [p for p in self.pools.values() if p.config.model_ref == request.model_ref]
@@ -50,17 +60,42 @@ class Admission:
                 f"model_ref {request.model_ref!r} is served by engine(s) {engines}, "
                 f"not {request.engine.value!r}"
             )
-        ready = [p for p in matching if p.ready]
+        ready = [p for p in matching if p.ready and p.accepting]
         if not ready:
-            raise ApiError(
-                503,
-                ErrorCode.POOL_UNREADY,
-                f"no Ready pool for {request.model_ref!r}",
-                engine=request.engine.value,
-                retriable=True,
-            )
+            raise self._unavailable(request, matching)
         # Least loaded Ready pool; full placement (VRAM, device masks) arrives with HOME-1001.
         return max(ready, key=lambda p: (p.slots_free, -len(p.queue)))
+
+    def _unavailable(self, request: TaskRequest, pools: list[Pool]) -> ApiError:
+        """503 with a retry hint: Unready pools may come back; a shutdown or an open circuit
+        will not, in this process."""
+        engine = request.engine.value
+        if any(not p.accepting for p in pools):
+            return ApiError(
+                503,
+                ErrorCode.POOL_UNAVAILABLE,
+                "orchestratord is shutting down",
+                engine=engine,
+                retriable=True,
+                retry_after_ms=self.config.server.shutdown_retry_after_ms,
+            )
+        if all(p.circuit_open for p in pools):
+            return ApiError(
+                503,
+                ErrorCode.POOL_UNAVAILABLE,
+                f"the engine for {request.model_ref!r} failed to start repeatedly (circuit open)",
+                engine=engine,
+                retriable=False,
+            )
+        retry_ms = min(p.config.queue.default_backoff_ms for p in pools)
+        return ApiError(
+            503,
+            ErrorCode.POOL_UNREADY,
+            f"no Ready pool for {request.model_ref!r}",
+            engine=engine,
+            retriable=True,
+            retry_after_ms=retry_ms,
+        )
 
     def _sampling(self, request: TaskRequest) -> Sampling:
         name = request.sampler_profile_version or self.config.default_sampler_profile
@@ -84,17 +119,32 @@ class Admission:
         """Exact prompt token count, or None when it provably fits without counting.
 
         Every token of a byte-fallback or byte-level vocabulary covers at least one byte of
-        text, so UTF-8 length plus the special tokens the engine may add bounds the count;
-        only prompts that might not fit pay for a tokenizer round trip.
+        text, so UTF-8 length plus the special tokens the engine may add is an upper bound
+        on the count; and no token covers more than the vocabulary's longest piece, so
+        length divided by that is a lower bound. Only prompts between the two bounds pay
+        for a tokenizer round trip, and its reply is then small.
         """
         prompt = request.prompt or ""
-        if len(prompt.encode()) + _SPECIAL_TOKENS + request.max_tokens <= request.ctx:
+        size = len(prompt.encode())
+        room = request.ctx - request.max_tokens
+        if size + _SPECIAL_TOKENS <= room:
             return None
+        longest = pool.adapter.max_token_bytes
+        if longest is not None and size // longest > room:
+            raise invalid_params(
+                f"prompt needs at least {size // longest} tokens: with max_tokens "
+                f"({request.max_tokens}) it would exceed ctx ({request.ctx})"
+            )
         try:
             return await pool.adapter.count_tokens(prompt)
         except EngineError as exc:
             raise ApiError(
-                503, ErrorCode.POOL_UNAVAILABLE, str(exc), engine=pool.engine, retriable=True
+                503,
+                ErrorCode.POOL_UNAVAILABLE,
+                f"could not count the prompt's tokens: {exc.public_message}",
+                engine=pool.engine,
+                retriable=True,
+                retry_after_ms=pool.config.queue.default_backoff_ms,
             ) from exc
 
     async def admit(self, request: TaskRequest, correlation_id: str) -> AdmissionResult:
@@ -120,6 +170,8 @@ class Admission:
             )
         if task_id in self.registry:  # a twin may have been admitted while we tokenized
             raise conflict(f"task_id {task_id} already exists")
+        if not (pool.ready and pool.accepting):  # changed while we tokenized
+            raise self._unavailable(request, [pool])
         task = Task(
             request,
             pool.id,
@@ -144,7 +196,10 @@ class Admission:
             )
             self.metrics.tasks_canceled.labels(**pool.replica_labels(), reason="displaced").inc()
         self.registry.add(task)
-        pool.queue_changed()
+        task.on_finish = self.on_task_finished
+        task.deadline_timer = asyncio.get_running_loop().call_later(
+            task.deadline_at - time.monotonic(), dispatcher.expire_deadline, pool, task
+        )
         self.metrics.tasks_enqueued.labels(
             **pool.replica_labels(), priority=task.priority.value
         ).inc()
@@ -152,6 +207,7 @@ class Admission:
             admitted.position, pool.slots_total, pool.slots_free
         )
         now_full = len(pool.queue) >= pool.queue.capacity
+        dispatcher.pump(pool)
         backoff = (pool.estimator.drain_interval_ms(pool.slots_total) or 0) if now_full else 0
         body = {
             "task_id": task.id,

@@ -1,9 +1,20 @@
 """Moves tasks from a pool's queue onto its engine slots and relays their tokens.
 
-``dispatch_forever`` takes a slot, then the next task (interactive first), and starts a
-runner; the slot comes back only when the runner is done, which for a canceled task means
-after the adapter confirmed the engine slot idle. Every task that reaches a runner ends in
-exactly one terminal frame (``end`` or ``error``), whatever happens.
+Dispatch is a synchronous ``pump`` run whenever something changes (a task admitted, a
+runner settled, the engine Ready again): while the pool is Ready and has a free slot it
+pops the next task (interactive first) and starts a runner for it. A strict task starts
+only on an idle engine and nothing starts beside it.
+
+The lifecycle invariants live here:
+
+- every task that reaches a runner ends in exactly one terminal frame (``end`` or
+  ``error``), whatever happens: the runner's done-callback (``_settle``) runs even when the
+  runner was canceled before its first step, and closes the log if nothing else did;
+- the slot, its engine slot id and the ``running`` entry come back on every path, in that
+  same callback, and only once the adapter confirmed the engine slot idle;
+- a task that never got output because the engine was unreachable goes back to the head of
+  its queue (at most ``MAX_ATTEMPTS`` starts) instead of failing: queued work waits for the
+  engine's restart; only tasks that were decoding end with ``WORKER_RESET``.
 """
 
 from __future__ import annotations
@@ -13,15 +24,16 @@ import contextlib
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from orchestratord.adapters.base import (
     EngineError,
+    EngineUnavailable,
     GenerationRequest,
     StreamEnd,
     TokenChunk,
 )
-from orchestratord.core.request import Determinism
 from orchestratord.core.task import Task, TaskState
 from orchestratord.errors import ErrorCode
 
@@ -30,29 +42,57 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("orchestratord.task")
 
+MAX_ATTEMPTS = 3
 
-async def dispatch_forever(pool: Pool) -> None:
-    while True:
-        await pool.slot_gate.acquire()
-        try:
-            await pool.ready_event.wait()  # an Unready engine gets no work; the queue waits
-            task = await pool.queue.get()
-            strict = task.request.determinism is Determinism.STRICT
-            if strict:
-                # llama.cpp's tokens for a sequence change with what else shares its batch
-                # (the determinism scenario shows it), so a strict task runs alone: wait for
-                # the others to finish, and start nothing beside it.
-                await pool.idle.wait()
-        except asyncio.CancelledError:
-            pool.slot_gate.release()
-            raise
-        task.slot_id = pool.free_slot_ids.pop()
-        pool.running.add(task)
-        pool.idle.clear()
+
+@dataclass(slots=True)
+class RunOutcome:
+    end: StreamEnd | None = None
+    first_token_at: float | None = None
+    requeue: bool = False
+
+
+def pump(pool: Pool) -> None:
+    """Start queued tasks while the pool is Ready and has free slots."""
+    queue = pool.queue
+    while pool.dispatching and pool.free_slot_ids and not pool.strict_running:
+        head = queue.peek()
+        if head is None or (head.strict and pool.running):
+            return
+        queue.pop()
+        _start(pool, head)
+    pool.queue_changed()
+
+
+def _start(pool: Pool, task: Task) -> None:
+    task.slot_id = pool.free_slot_ids.pop()
+    task.state = TaskState.RUNNING
+    task.started_at = task.last_progress = time.monotonic()
+    task.attempts += 1
+    pool.running.add(task)
+    if task.strict:
+        pool.strict_running = True
+    pool.metrics.tasks_started.labels(**pool.replica_labels(), priority=task.priority.value).inc()
+    outcome = RunOutcome()
+    runner = asyncio.get_running_loop().create_task(
+        run_task(pool, task, outcome), name=f"task-{task.id}"
+    )
+    task.runner = runner
+    runner.add_done_callback(lambda _: _settle(pool, task, outcome))
+
+
+def expire_deadline(pool: Pool, task: Task) -> None:
+    """Deadline timer: a queued task leaves the queue, a running one is stopped."""
+    if task.finished:
+        return
+    if task.state is TaskState.QUEUED:
+        pool.queue.remove(task)
+        task.finish_error(ErrorCode.DEADLINE_UNMET, "deadline passed while queued", pool.engine)
         pool.queue_changed()
-        task.runner = asyncio.create_task(run_task(pool, task), name=f"task-{task.id}")
-        if strict:
-            await asyncio.wait({task.runner})
+        return
+    task.finish_error(ErrorCode.DEADLINE_UNMET, "deadline_ms exceeded", pool.engine)
+    if task.runner is not None:
+        task.runner.cancel()
 
 
 def on_time_probability(task: Task, now: float) -> float:
@@ -60,7 +100,7 @@ def on_time_probability(task: Task, now: float) -> float:
     remaining_s = task.deadline_at - now
     if remaining_s <= 0:
         return 0.0
-    target = task.request.expected_tokens or task.request.max_tokens
+    target = task.expected_tokens or task.max_tokens
     left = max(target - task.tokens_out, 0)
     if left == 0 or task.started_at is None or task.tokens_out == 0:
         return 1.0
@@ -79,116 +119,122 @@ def _metrics_payload(pool: Pool, task: Task, kv_warm: bool) -> dict[str, object]
 
 
 def _generation_request(task: Task) -> GenerationRequest:
-    request = task.request
     return GenerationRequest(
-        prompt=request.prompt or "",
-        max_tokens=request.max_tokens,
+        prompt=task.prompt,
+        max_tokens=task.max_tokens,
         # llama.cpp seeds are uint32 and 0xFFFFFFFF means "random": fold int64 into the rest.
         seed=task.seed % 0xFFFFFFFF,
         sampling=task.sampling,
-        reuse_kv=request.kv_hint is None or request.kv_hint.value == "reuse",
+        reuse_kv=task.reuse_kv,
         slot=task.slot_id,
     )
 
 
-async def run_task(pool: Pool, task: Task) -> None:
-    # Nothing may await before the try: a runner canceled before its first step must still
-    # give its slot back in the finally below.
-    task.started_at = task.last_progress = time.monotonic()
-    end: StreamEnd | None = None
-    first_token_at: float | None = None
+async def run_task(pool: Pool, task: Task, outcome: RunOutcome) -> None:
     every = pool.frame_every_tokens
     try:
         if task.finished:
             return
-        task.state = TaskState.RUNNING
-        pool.metrics.tasks_started.labels(
-            **pool.replica_labels(), priority=task.priority.value
-        ).inc()
-        if task.started_at >= task.deadline_at:
-            task.finish_error(ErrorCode.DEADLINE_UNMET, "deadline passed while queued", pool.engine)
-            return
         generation = _generation_request(task)
         task.append_metrics(_metrics_payload(pool, task, kv_warm=False))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + (task.deadline_at - time.monotonic())
-        async with asyncio.timeout_at(deadline):
-            events = pool.adapter.generate(generation)
-            async with contextlib.aclosing(events):
-                async for event in events:
-                    if task.finished:
-                        break
-                    if isinstance(event, TokenChunk):
-                        if first_token_at is None:
-                            first_token_at = time.monotonic()
-                        task.append_token(event.text)
-                        if task.tokens_out % every == 0:
-                            task.append_metrics(_metrics_payload(pool, task, kv_warm=False))
-                    else:
-                        end = event
+        events = pool.adapter.generate(generation)
+        async with contextlib.aclosing(events):
+            async for event in events:
+                if task.finished:
+                    break
+                if isinstance(event, TokenChunk):
+                    if outcome.first_token_at is None:
+                        outcome.first_token_at = time.monotonic()
+                    task.append_token(event.text)
+                    if task.tokens_out % every == 0:
+                        task.append_metrics(_metrics_payload(pool, task, kv_warm=False))
+                else:
+                    outcome.end = event
+        end = outcome.end
         if end is not None:
+            task.tokens_in = end.tokens_in
+            task.kv_warm = end.tokens_cached > 0
             task.append_metrics(_metrics_payload(pool, task, kv_warm=end.tokens_cached > 0))
             task.finish_end(end.finish_reason)
         elif not task.finished:
             task.finish_error(ErrorCode.WORKER_RESET, "engine stream ended early", pool.engine)
-    except TimeoutError:
-        task.finish_error(ErrorCode.DEADLINE_UNMET, "deadline_ms exceeded", pool.engine)
     except EngineError as exc:
-        task.finish_error(exc.code, str(exc), pool.engine)
-        pool.last_error = str(exc)
+        log.warning(
+            "task %s (correlation %s) on pool %s: %s",
+            task.id,
+            task.correlation_id,
+            pool.id,
+            exc.detail,
+        )
+        never_output = task.tokens_out == 0 and isinstance(exc, EngineUnavailable)
+        if never_output and task.attempts < MAX_ATTEMPTS and not task.finished:
+            outcome.requeue = True
+        else:
+            task.finish_error(exc.code, exc.public_message, pool.engine)
+        if exc.engine_down:
+            pool.engine_failed(exc.public_message)
     except asyncio.CancelledError:
         task.finish_error(ErrorCode.WORKER_RESET, "task runner stopped", pool.engine)
         raise
-    except Exception as exc:
-        log.exception("task %s failed", task.id)
-        task.finish_error(ErrorCode.INTERNAL, f"internal error: {type(exc).__name__}", pool.engine)
-    finally:
-        _settle(pool, task, end, first_token_at)
+    except Exception:
+        log.exception("task %s (correlation %s) failed", task.id, task.correlation_id)
+        task.finish_error(ErrorCode.INTERNAL, "internal error", pool.engine)
 
 
-def _settle(pool: Pool, task: Task, end: StreamEnd | None, first_token_at: float | None) -> None:
+def _settle(pool: Pool, task: Task, outcome: RunOutcome) -> None:
     pool.running.discard(task)
-    if not pool.running:
-        pool.idle.set()
+    if task.strict:
+        pool.strict_running = False
     if task.slot_id is not None:
         pool.free_slot_ids.append(task.slot_id)
-    pool.slot_gate.release()
-    pool.queue_changed()
+        task.slot_id = None
+    task.runner = None
+    if outcome.requeue and not task.finished and pool.accepting:
+        task.state = TaskState.QUEUED
+        pool.queue.requeue_front(task)
+    elif not task.finished:  # a runner stopped before its first step
+        task.finish_error(ErrorCode.WORKER_RESET, "task runner stopped", pool.engine)
+    if task.finished:
+        _account(pool, task, outcome)
+    pump(pool)
+
+
+def _account(pool: Pool, task: Task, outcome: RunOutcome) -> None:
     labels = pool.replica_labels()
+    end = outcome.end
     if end is not None:
         pool.metrics.tokens_in.labels(**labels).inc(end.tokens_in)
         pool.metrics.tokens_out.labels(**labels).inc(end.tokens_out)
         if task.started_at is not None and task.finished_at is not None:
             pool.estimator.observe((task.finished_at - task.started_at) * 1000)
-    if first_token_at is not None:
+    first = outcome.first_token_at
+    if first is not None:
         pool_labels = pool.pool_labels()
         pool.metrics.latency_first_token_ms.labels(**pool_labels).observe(
-            (first_token_at - task.admitted_at) * 1000
+            (first - task.admitted_at) * 1000
         )
         if task.finished_at is not None:
             pool.metrics.latency_decode_ms.labels(**pool_labels).observe(
-                (task.finished_at - first_token_at) * 1000
+                (task.finished_at - first) * 1000
             )
-    log_task_end(pool, task, end)
 
 
-def log_task_end(pool: Pool, task: Task, end: StreamEnd | None) -> None:
+def log_task_end(pool: Pool, task: Task) -> None:
     """One structured line per task (HOME-803): identifiers and timings, never text."""
-    terminal = task.terminal.payload if task.terminal else {}
     fields = {
         "task_id": task.id,
-        "session_id": str(task.request.session_id),
+        "session_id": task.session_id,
         "correlation_id": task.correlation_id,
         "engine": pool.engine,
         "pool_id": pool.id,
         "replica_id": pool.replica_id,
         "model_id": pool.config.model_ref,
-        "ctx": task.request.ctx,
-        "kv_warmth": bool(end and end.tokens_cached > 0),
+        "ctx": task.ctx,
+        "kv_warmth": task.kv_warm,
         "queue_time_ms": round(((task.started_at or task.admitted_at) - task.admitted_at) * 1000),
         "decode_time_ms": task.decode_ms(),
-        "tokens_in": end.tokens_in if end else task.prompt_tokens,
+        "tokens_in": task.tokens_in if task.tokens_in is not None else task.prompt_tokens,
         "tokens_out": task.tokens_out,
-        "outcome": terminal.get("finish_reason") or terminal.get("code"),
+        "outcome": task.outcome,
     }
     log.info("task end %s", json.dumps(fields, separators=(",", ":")))

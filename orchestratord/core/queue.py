@@ -1,24 +1,28 @@
-"""The bounded two-priority FIFO queue of one pool (HOME-201, HOME-202, HOME-203).
+"""The bounded two-priority FIFO queue of one pool (HOME-201, HOME-202, HOME-203, OC-CORE-1003).
 
-``interactive`` is always dequeued before ``batch``; within a priority order is FIFO. When
-the queue is full the pool's policy decides:
+``interactive`` always leaves before ``batch``; within a priority order is FIFO. When the
+queue is full the pool's policy decides:
 
 - ``reject``: the newcomer is refused (429 ``ADMISSION_REJECT``).
-- ``drop-lru``: the oldest queued task (batch first, since interactive work is never the
-  least valuable to keep) is dropped with ``QUEUE_FULL_DROP_LRU`` and the newcomer admitted.
+- ``drop-lru``: the oldest queued task, whatever its priority, is dropped with
+  ``QUEUE_FULL_DROP_LRU`` and the newcomer admitted.
 - ``shed-low-priority``: an interactive newcomer displaces the most recently queued batch
   task (it has waited least); a batch newcomer, or a queue holding no batch work, is refused.
 
-Enqueue and dequeue are O(1); removal (cancel) and position are O(n), n bounded by capacity.
+Costs, n being the number of queued items: admit, pop and len are O(1) amortized; admit's
+position needs no scan (the newcomer is last in its lane). Removal from the middle (cancel,
+deadline) leaves a tombstone that pop skips, O(log n), and ``position`` of an arbitrary item
+is O(log n): its index in the lane minus the tombstones ahead of it.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections import deque
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Generic, Protocol, TypeVar
+
+from sortedcontainers import SortedList
 
 from orchestratord.config import FullPolicy
 
@@ -48,81 +52,166 @@ class Admitted(Generic[T]):
     displaced: T | None
 
 
+class _Entry(Generic[T]):
+    __slots__ = ("arrival", "index", "item", "live")
+
+    def __init__(self, item: T, index: int, arrival: int) -> None:
+        self.item = item
+        self.index = index  # place in its lane; increases towards the tail
+        self.arrival = arrival  # order of admission across both lanes (drop-lru)
+        self.live = True
+
+
+class _Lane(Generic[T]):
+    """One priority's FIFO: a deque of entries; removed entries stay as tombstones."""
+
+    __slots__ = ("entries", "live", "next_index", "tombstones")
+
+    def __init__(self) -> None:
+        self.entries: deque[_Entry[T]] = deque()
+        self.tombstones: SortedList = SortedList()  # indexes of dead entries still queued
+        self.live = 0
+        self.next_index = 0
+
+    def append(self, entry: _Entry[T]) -> None:
+        self.entries.append(entry)
+        self.live += 1
+
+    def appendleft(self, entry: _Entry[T]) -> None:
+        self.entries.appendleft(entry)
+        self.live += 1
+
+    def _trim(self) -> None:
+        entries = self.entries
+        while entries and not entries[0].live:
+            self.tombstones.remove(entries.popleft().index)
+        if entries and not entries[-1].live:
+            while entries and not entries[-1].live:
+                self.tombstones.remove(entries.pop().index)
+            if entries:  # indexes stay gap-free: the next newcomer follows the live tail
+                self.next_index = entries[-1].index + 1
+
+    def head(self) -> _Entry[T] | None:
+        self._trim()
+        return self.entries[0] if self.entries else None
+
+    def tail(self) -> _Entry[T] | None:
+        self._trim()
+        return self.entries[-1] if self.entries else None
+
+    def kill(self, entry: _Entry[T]) -> None:
+        entry.live = False
+        self.live -= 1
+        self.tombstones.add(entry.index)
+        if not self.live:
+            self.entries.clear()
+            self.tombstones.clear()
+        elif len(self.tombstones) > 64 and len(self.tombstones) > self.live:
+            # Amortized compaction: tombstones never outnumber the live entries for long.
+            self.entries = deque(e for e in self.entries if e.live)
+            for index, live_entry in enumerate(self.entries):
+                live_entry.index = index
+            self.next_index = len(self.entries)
+            self.tombstones.clear()
+
+    def position(self, entry: _Entry[T]) -> int:
+        self._trim()
+        first = self.entries[0].index
+        ahead_dead: int = self.tombstones.bisect_left(entry.index)
+        return entry.index - first - ahead_dead
+
+
 class TaskQueue(Generic[T]):
     def __init__(self, capacity: int, policy: FullPolicy) -> None:
         self.capacity = capacity
         self.policy = policy
-        self._lanes: dict[Priority, deque[T]] = {p: deque() for p in Priority}
-        self._nonempty = asyncio.Event()
+        self._lanes: dict[Priority, _Lane[T]] = {p: _Lane() for p in Priority}
+        self._entries: dict[T, _Entry[T]] = {}
+        self._arrivals = 0
 
     def __len__(self) -> int:
-        return sum(len(lane) for lane in self._lanes.values())
+        return len(self._entries)
+
+    def __contains__(self, item: T) -> bool:
+        return item in self._entries
 
     def depth(self, priority: Priority) -> int:
-        return len(self._lanes[priority])
+        return self._lanes[priority].live
 
     def admit(self, item: T) -> Admitted[T]:
         """Enqueue ``item`` or raise :class:`QueueFull`; may displace a queued item."""
         displaced: T | None = None
-        if len(self) >= self.capacity:
+        if len(self._entries) >= self.capacity:
             displaced = self._make_room(item)
-        self._lanes[item.priority].append(item)
-        self._nonempty.set()
-        return Admitted(self.position(item), displaced)
+        lane = self._lanes[item.priority]
+        entry = _Entry(item, lane.next_index, self._arrivals)
+        lane.next_index += 1
+        self._arrivals += 1
+        lane.append(entry)
+        self._entries[item] = entry
+        ahead = self._lanes[Priority.INTERACTIVE].live if item.priority is Priority.BATCH else 0
+        return Admitted(ahead + lane.live - 1, displaced)
 
     def _make_room(self, newcomer: T) -> T:
         batch = self._lanes[Priority.BATCH]
-        interactive = self._lanes[Priority.INTERACTIVE]
         if self.policy is FullPolicy.DROP_LRU:
-            return batch.popleft() if batch else interactive.popleft()
+            heads = [e for e in (lane.head() for lane in self._lanes.values()) if e is not None]
+            oldest = min(heads, key=lambda e: e.arrival)
+            self.remove(oldest.item)
+            return oldest.item
         shed = self.policy is FullPolicy.SHED_LOW_PRIORITY
-        if shed and newcomer.priority is Priority.INTERACTIVE and batch:
-            return batch.pop()
+        newest_batch = batch.tail() if shed else None
+        if newest_batch is not None and newcomer.priority is Priority.INTERACTIVE:
+            self.remove(newest_batch.item)
+            return newest_batch.item
         raise QueueFull(self.policy)
+
+    def requeue_front(self, item: T) -> None:
+        """Put a task that could not start back at the head of its lane (engine outage)."""
+        lane = self._lanes[item.priority]
+        first = lane.head()
+        index = first.index - 1 if first is not None else lane.next_index
+        if first is None:
+            lane.next_index += 1
+        entry = _Entry(item, index, -1 - self._arrivals)
+        lane.appendleft(entry)
+        self._entries[item] = entry
+
+    def peek(self) -> T | None:
+        for priority in Priority:
+            entry = self._lanes[priority].head()
+            if entry is not None:
+                return entry.item
+        return None
 
     def pop(self) -> T | None:
         for priority in Priority:
             lane = self._lanes[priority]
-            if lane:
-                item = lane.popleft()
-                if not len(self):
-                    self._nonempty.clear()
-                return item
+            entry = lane.head()
+            if entry is not None:
+                lane.entries.popleft()
+                lane.live -= 1
+                del self._entries[entry.item]
+                return entry.item
         return None
 
-    async def get(self) -> T:
-        while True:
-            item = self.pop()
-            if item is not None:
-                return item
-            await self._nonempty.wait()
-
     def remove(self, item: T) -> bool:
-        lane = self._lanes[item.priority]
-        try:
-            lane.remove(item)
-        except ValueError:
+        entry = self._entries.pop(item, None)
+        if entry is None:
             return False
-        if not len(self):
-            self._nonempty.clear()
+        self._lanes[item.priority].kill(entry)
         return True
 
     def position(self, item: T) -> int:
         """0-based place in dequeue order; -1 if not queued."""
-        ahead = 0
-        for priority in Priority:
-            lane = self._lanes[priority]
-            if priority is item.priority:
-                try:
-                    return ahead + lane.index(item)
-                except ValueError:
-                    return -1
-            ahead += len(lane)
-        return -1
+        entry = self._entries.get(item)
+        if entry is None:
+            return -1
+        ahead = self._lanes[Priority.INTERACTIVE].live if item.priority is Priority.BATCH else 0
+        return ahead + self._lanes[item.priority].position(entry)
 
     def drain(self) -> list[T]:
-        items = [item for priority in Priority for item in self._lanes[priority]]
-        for lane in self._lanes.values():
-            lane.clear()
-        self._nonempty.clear()
+        items = [e.item for p in Priority for e in self._lanes[p].entries if e.live]
+        self._lanes = {p: _Lane() for p in Priority}
+        self._entries.clear()
         return items

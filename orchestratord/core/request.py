@@ -7,6 +7,7 @@ in a client never silently changes what runs.
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from enum import StrEnum
 from typing import Annotated
@@ -18,6 +19,19 @@ from orchestratord.core.queue import Priority
 
 INT64_MIN = -(2**63)
 INT64_MAX = 2**63 - 1
+# Upper bounds of the integer fields (the contract states the same): far beyond any model
+# this serves, small enough that no arithmetic on them can overflow.
+MAX_CTX = 1_048_576
+MAX_TOKENS = 1_048_576
+MAX_DEADLINE_MS = 86_400_000  # one day
+# task_id and session_id are UUIDs in their canonical text form only (RFC 9562: lower-case
+# hex, hyphenated), so the id a client sent is the id every route knows the task by.
+CANONICAL_UUID = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_CANONICAL_UUID_RE = re.compile(CANONICAL_UUID)
+
+
+def is_canonical_uuid(value: str) -> bool:
+    return _CANONICAL_UUID_RE.match(value) is not None
 
 
 class Determinism(StrEnum):
@@ -30,27 +44,27 @@ class KvHint(StrEnum):
     COLD = "cold"
 
 
-PositiveInt = Annotated[StrictInt, Field(ge=1)]
+CanonicalUuid = Annotated[str, Field(pattern=CANONICAL_UUID)]
 
 
 class TaskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    task_id: uuid.UUID
-    session_id: uuid.UUID
+    task_id: CanonicalUuid
+    session_id: CanonicalUuid
     workload: Workload
     model_ref: Annotated[str, Field(min_length=1, max_length=256)]
     engine: Engine
-    ctx: PositiveInt
+    ctx: Annotated[StrictInt, Field(ge=1, le=MAX_CTX)]
     priority: Priority
     seed: Annotated[StrictInt, Field(ge=INT64_MIN, le=INT64_MAX)] | None = None
     determinism: Determinism = Determinism.BEST_EFFORT
     sampler_profile_version: Annotated[str, Field(min_length=1, max_length=64)] | None = None
     prompt: str | None = None
     inputs: Annotated[list[str], Field(min_length=1)] | None = None
-    max_tokens: PositiveInt
-    deadline_ms: PositiveInt
-    expected_tokens: Annotated[StrictInt, Field(ge=0)] | None = None
+    max_tokens: Annotated[StrictInt, Field(ge=1, le=MAX_TOKENS)]
+    deadline_ms: Annotated[StrictInt, Field(ge=1, le=MAX_DEADLINE_MS)]
+    expected_tokens: Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)] | None = None
     kv_hint: KvHint | None = None
 
     @model_validator(mode="after")
@@ -63,5 +77,5 @@ class TaskRequest(BaseModel):
         """The request's seed, or one derived from task_id so reruns stay reproducible."""
         if self.seed is not None:
             return self.seed
-        digest = hashlib.sha256(self.task_id.bytes).digest()
+        digest = hashlib.sha256(uuid.UUID(self.task_id).bytes).digest()
         return int.from_bytes(digest[:8], "big") & INT64_MAX

@@ -1,9 +1,14 @@
 """Supervises one native ``llama-server`` process for a pool.
 
-The engine always binds loopback on a port of its own; only the orchestrator talks to it.
-Its output goes to a log file (never to our stdout, where it would bury the start-up
-banner), and on Linux the child is told to die with its parent so a crashed orchestrator
-never leaves an engine decoding for nobody.
+The engine binds loopback on a port of its own; only the orchestrator talks to it. A start
+is accepted only once ``/health`` answers 200 *and* the engine is provably ours: our child
+process holds the listening socket, and ``/props`` names our model file. A port another
+program grabbed between our choice and the engine's bind is simply retried on a new port.
+
+The child gets a clean environment (no ``LLORCH_*`` variables, so never the API token) and
+no descriptor of ours (every fd orchestratord opens is close-on-exec); its output goes
+through a pipe into a size-capped, rotated log (``engine_log.py``). On Linux it is told to
+die with its parent, so a crashed orchestrator never leaves an engine decoding for nobody.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import os
 import signal
 import socket
 import subprocess
@@ -20,8 +26,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 import aiohttp
+import psutil
+
+from orchestratord.pools.engine_log import RotatingLog
 
 _PR_SET_PDEATHSIG = 1
+_PORT_ATTEMPTS = 3
 
 
 def llama_server_binary() -> Path:
@@ -41,6 +51,11 @@ def free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def engine_environment() -> dict[str, str]:
+    """orchestratord's environment without its own settings (the API token among them)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("LLORCH_")}
+
+
 def _die_with_parent() -> Callable[[], None] | None:
     if not sys.platform.startswith("linux"):
         return None
@@ -52,7 +67,18 @@ def _die_with_parent() -> Callable[[], None] | None:
     return preexec
 
 
+def _same_file(a: str, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
 class EngineStartError(Exception):
+    pass
+
+
+class _PortTaken(EngineStartError):
     pass
 
 
@@ -65,19 +91,21 @@ class LlamaServerProcess:
         ctx_per_slot: int,
         slots: int,
         log_path: Path,
+        log_max_bytes: int = 8 * 1024 * 1024,
         port: int | None = None,
         threads: int | None = None,
         extra_args: list[str] | None = None,
     ) -> None:
         self.binary = binary
         self.model_path = model_path
+        self.fixed_port = port
         self.port = port or free_loopback_port()
         self.log_path = log_path
+        self.log = RotatingLog(log_path, log_max_bytes)
         self.args = [
             str(binary),
             "--model", str(model_path),
             "--host", "127.0.0.1",
-            "--port", str(self.port),
             # -c is the whole KV budget; with an explicit -np it is split per slot.
             "--ctx-size", str(ctx_per_slot * slots),
             "--parallel", str(slots),
@@ -105,44 +133,93 @@ class LlamaServerProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
+    def log_tail(self) -> str:
+        return "\n".join(self.log.tail)
 
     async def start(self, timeout_s: float) -> None:
-        """Spawn the engine and return once ``/health`` answers 200."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log:
-            self._proc = await asyncio.create_subprocess_exec(
+        """Spawn the engine; return once it is healthy and provably ours."""
+        await self.stop()
+        for attempt in range(1 if self.fixed_port else _PORT_ATTEMPTS):
+            if attempt:
+                self.port = free_loopback_port()
+            try:
+                await self._start_once(timeout_s)
+                return
+            except _PortTaken:
+                await self.stop()
+                if self.fixed_port or attempt == _PORT_ATTEMPTS - 1:
+                    raise
+            except BaseException:
+                await self.stop()
+                raise
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        read_fd, write_fd = os.pipe()
+        try:
+            proc = await asyncio.create_subprocess_exec(
                 *self.args,
+                "--port",
+                str(self.port),
                 stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                stdout=write_fd,
+                stderr=write_fd,
+                env=engine_environment(),
+                close_fds=True,
                 preexec_fn=_die_with_parent(),
             )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)
+        self.log.pump(read_fd)
+        return proc
+
+    async def _start_once(self, timeout_s: float) -> None:
+        self._proc = proc = await self._spawn()
+        probe = aiohttp.ClientTimeout(total=2.0)
         try:
-            probe = aiohttp.ClientTimeout(total=2.0)
             async with asyncio.timeout(timeout_s), aiohttp.ClientSession(timeout=probe) as client:
                 while True:
-                    if self._proc.returncode is not None:
-                        raise EngineStartError(
-                            f"llama-server exited with {self._proc.returncode}; "
-                            f"log {self.log_path}:\n{self.log_tail()}"
-                        )
+                    if proc.returncode is not None:
+                        tail = self.log_tail()
+                        kind = _PortTaken if "bind" in tail.lower() else EngineStartError
+                        raise kind(f"llama-server exited with {proc.returncode}:\n{tail}")
                     # 503 while the model loads, refused before the port opens: keep polling.
                     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                         async with client.get(self.base_url + "/health") as response:
                             if response.status == 200:
+                                await self._check_identity(client)
                                 return
                     await asyncio.sleep(0.05)
         except TimeoutError as exc:
-            await self.stop()
             raise EngineStartError(
                 f"llama-server not healthy after {timeout_s:.0f}s; log {self.log_path}"
             ) from exc
+
+    async def _check_identity(self, client: aiohttp.ClientSession) -> None:
+        """The answering server is our child, serving our model file."""
+        assert self._proc is not None
+        try:
+            listening = {
+                c.laddr.port
+                for c in psutil.Process(self._proc.pid).net_connections(kind="tcp")
+                if c.status == psutil.CONN_LISTEN
+            }
+        except psutil.Error:
+            listening = {self.port}  # cannot look: /props below still has to agree
+        if self.port not in listening:
+            raise _PortTaken(f"port {self.port} answers, but not from our llama-server")
+        async with client.get(self.base_url + "/props") as response:
+            props = await response.json(content_type=None) if response.status == 200 else {}
+        served = props.get("model_path")
+        if served is None or not await asyncio.to_thread(_same_file, served, self.model_path):
+            raise _PortTaken(f"port {self.port} serves model {served!r}, not ours")
+
+    def kill(self) -> None:
+        """Kill at once (a hung engine does not answer SIGTERM in time)."""
+        if self._proc is not None and self._proc.returncode is None:
+            self._proc.kill()
 
     async def stop(self, grace_s: float = 5.0) -> None:
         proc = self._proc

@@ -3,6 +3,9 @@
 The pool is Ready only after its engine answered healthy and its properties were read
 (OC-POOL-3001). The orchestrator owns the queue: the dispatcher hands the engine at most
 ``slots`` tasks at a time, so queue position and predicted start describe real state.
+
+Readiness drops at once when a runner sees the engine drop a connection (``engine_failed``)
+and comes back only through the supervisor, so no queued task is sent to a dead engine.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from orchestratord.adapters.base import EngineAdapter, EngineInfo
+from orchestratord.adapters.base import EngineAdapter, EngineError, EngineInfo
 from orchestratord.config import PoolConfig
-from orchestratord.core.dispatcher import dispatch_forever
+from orchestratord.core import dispatcher
 from orchestratord.core.estimates import ServiceTimeEstimator
 from orchestratord.core.queue import Priority, TaskQueue
 from orchestratord.core.task import Task
+from orchestratord.errors import ErrorCode
 from orchestratord.metrics import Metrics
 from orchestratord.pools.engine_process import LlamaServerProcess
 from orchestratord.pools.supervisor import supervise
@@ -33,8 +37,10 @@ class PoolRuntime:
     idle_timeout_s: float = 30.0
     wall_timeout_s: float = 600.0
     monitor_interval_s: float = 1.0
-    restart_backoff_s: float = 0.5  # first delay; doubles per failed restart, capped at 30 s
-    max_restarts: int = 5  # consecutive failed restarts before the circuit opens
+    restart_backoff_s: float = 0.5  # first delay; doubles per failed start, capped at 30 s
+    max_restarts: int = 5  # consecutive failed starts before the circuit opens
+    hang_timeout_s: float = 10.0  # a live engine not answering /health this long is killed
+    startup_timeout_s: float = 120.0
 
 
 class Pool:
@@ -57,26 +63,21 @@ class Pool:
         self.queue: TaskQueue[Task] = TaskQueue(config.queue.capacity, config.queue.full_policy)
         self.estimator = ServiceTimeEstimator()
         self.running: set[Task] = set()
-        self.idle = asyncio.Event()  # set while no task runs on the engine
-        self.idle.set()
-        self.slot_gate = asyncio.Semaphore(config.slots)
+        self.strict_running = False
         # Engine slot ids not running a task; the dispatcher pins each task to one.
         self.free_slot_ids: list[int] = list(range(config.slots - 1, -1, -1))
         self.info: EngineInfo | None = None
-        self.ready_event = asyncio.Event()  # the dispatcher only hands out work while set
+        self.ready = False
+        self.accepting = True  # False once orchestratord is shutting down
+        self.needs_start = False  # the engine must be (re)started by the supervisor
+        self.circuit_open = False
         self.last_error: str | None = None
+        self._check_now = asyncio.Event()
         self._background: list[asyncio.Task[None]] = []
 
     @property
-    def ready(self) -> bool:
-        return self.ready_event.is_set()
-
-    @ready.setter
-    def ready(self, value: bool) -> None:
-        if value:
-            self.ready_event.set()
-        else:
-            self.ready_event.clear()
+    def dispatching(self) -> bool:
+        return self.ready and self.accepting
 
     @property
     def engine(self) -> str:
@@ -111,46 +112,124 @@ class Pool:
         return {**self.pool_labels(), "replica_id": self.replica_id}
 
     def queue_changed(self) -> None:
+        labels = self.pool_labels()
         for priority in Priority:
-            self.metrics.queue_depth.labels(**self.pool_labels(), priority=priority.value).set(
+            self.metrics.queue_depth.labels(**labels, priority=priority.value).set(
                 self.queue.depth(priority)
             )
-        self.metrics.slots_free.labels(**self.pool_labels()).set(self.slots_free)
+        self.metrics.slots_free.labels(**labels).set(self.slots_free)
 
-    async def start(self) -> None:
-        """Preload: start the engine, wait for health, read its properties, then serve."""
+    # --- readiness ----------------------------------------------------------------------------
+
+    def set_ready(self) -> None:
+        self.ready = True
+        dispatcher.pump(self)
+
+    def engine_failed(self, reason: str) -> None:
+        """A runner saw the engine fail: dispatch nothing more until it answers again."""
+        if self.ready:
+            self.ready = False
+            self.last_error = reason
+            log.error("pool %s: %s", self.id, reason)
+        self._check_now.set()
+
+    def engine_lost(self, reason: str) -> None:
+        """The engine process is gone (or was killed): the supervisor starts a new one."""
+        self.ready = False
+        self.needs_start = True
+        self.last_error = reason
+        log.error("pool %s: %s", self.id, reason)
+        self._check_now.set()
+
+    def open_circuit(self, reason: str) -> None:
+        self.circuit_open = True
+        self.ready = False
+        self.last_error = reason
+        log.error("pool %s: %s", self.id, reason)
+        self.end_queued(ErrorCode.POOL_UNAVAILABLE, f"pool {self.id} is unavailable: {reason}")
+
+    async def wait_for_check(self, interval_s: float) -> None:
+        try:
+            async with asyncio.timeout(interval_s):
+                await self._check_now.wait()
+        except TimeoutError:
+            pass
+        self._check_now.clear()
+
+    async def bring_up(self) -> bool:
+        """Start the engine (if we own its process) and read its properties; True if Ready."""
         try:
             if self.process is not None:
-                await self.process.start(self.config.llamacpp.startup_timeout_s)
-            self.info = await self.adapter.info()
-        except Exception as exc:
-            self.last_error = str(exc)
-            log.error("pool %s failed to start: %s", self.id, exc)
-            return
-        if self.info.slots_total < self.config.slots:
+                await self.process.start(self.runtime.startup_timeout_s)
+            info = await self.adapter.info()
+        except Exception as exc:  # any failure to come up is a failed start, retried
+            detail = str(exc)
+            public = (
+                exc.public_message
+                if isinstance(exc, EngineError)
+                else detail.split("\n", maxsplit=1)[0]
+            )
+            self.last_error = f"engine start failed: {public}"
+            log.error("pool %s: engine start failed: %s", self.id, detail)
+            self.needs_start = True
+            if self.process is not None:
+                await self.process.stop()
+            return False
+        if info.slots_total < self.config.slots:
             self.last_error = (
-                f"engine has {self.info.slots_total} slots, pool declares {self.config.slots}"
+                f"engine has {info.slots_total} slots, pool declares {self.config.slots}"
             )
             log.error("pool %s: %s", self.id, self.last_error)
-            return
-        self.ready = True
+            self.needs_start = True
+            if self.process is not None:
+                await self.process.stop()
+            return False
+        self.info = info
+        self.needs_start = False
+        self.set_ready()
+        return True
+
+    async def start(self) -> None:
+        """Preload: one start attempt now; the supervisor retries a failed one with backoff."""
+        if await self.bring_up():
+            self.last_error = None
         self.queue_changed()
         self._background = [
-            asyncio.create_task(dispatch_forever(self), name=f"dispatch-{self.id}"),
             asyncio.create_task(supervise(self), name=f"supervise-{self.id}"),
             asyncio.create_task(watch_decodes(self), name=f"watchdog-{self.id}"),
         ]
 
+    # --- ending work --------------------------------------------------------------------------
+
+    def end_queued(self, code: ErrorCode, message: str) -> None:
+        for task in self.queue.drain():
+            task.finish_error(code, message, self.engine)
+        self.queue_changed()
+
+    def end_running(self, code: ErrorCode, message: str) -> None:
+        for task in list(self.running):
+            task.finish_error(code, message, self.engine)
+            if task.runner is not None:
+                task.runner.cancel()
+
+    async def wait_idle(self) -> None:
+        while self.running:
+            runners = [t.runner for t in self.running if t.runner is not None]
+            if not runners:
+                return
+            await asyncio.wait(runners)
+            await asyncio.sleep(0)  # let the runners' done-callbacks settle them
+
     async def stop(self) -> None:
+        """Stop everything: no task is left without a terminal frame, no engine running."""
+        self.accepting = False
         self.ready = False
+        self.end_queued(ErrorCode.POOL_UNAVAILABLE, "orchestratord is shutting down")
+        self.end_running(ErrorCode.POOL_UNAVAILABLE, "orchestratord is shutting down")
+        await self.wait_idle()
         for background in self._background:
             background.cancel()
-        runners = [t.runner for t in self.running if t.runner is not None]
-        for task in [*self.queue.drain(), *self.running]:
-            task.finish_error("POOL_UNAVAILABLE", "orchestratord is shutting down", self.engine)
-        for runner in runners:
-            runner.cancel()
-        await asyncio.gather(*self._background, *runners, return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.adapter.aclose()
         if self.process is not None:
             await self.process.stop()

@@ -1,17 +1,24 @@
-"""Keeps a pool's engine alive (OC-POOL-3003, OC-POOL-3010, OC-POOL-3011, ORCH-3010).
+"""Keeps a pool's engine alive (OC-POOL-3002, OC-POOL-3003, OC-POOL-3010, OC-POOL-3011, ORCH-3010).
 
-Every ``monitor_interval_s`` it asks the engine for health. A pool whose engine stops
-answering is Unready (the dispatcher hands out nothing, admission answers 503) until it
-answers again. An engine process that exited is restarted with exponential backoff; after
-``max_restarts`` consecutive failed restarts the circuit opens and the pool stays Unready
-with the reason in ``last_error`` until orchestratord is restarted.
+Every ``monitor_interval_s`` — or at once when a runner reports that the engine dropped a
+connection — it checks the engine:
+
+- an engine process that exited, or an engine whose first start failed, is (re)started
+  after a delay of ``restart_backoff_s`` doubling per consecutive failure (capped at 30 s);
+- an engine that does not answer ``/health`` makes the pool Unready (nothing is dispatched,
+  queued tasks wait, admission answers 503) until it answers again; one whose process is
+  alive but that has not answered for ``hang_timeout_s`` is hung: it is killed and restarted
+  under the same backoff;
+- after ``max_restarts`` consecutive failed starts the circuit opens: the pool stays Unready
+  for good, its queued tasks end with ``POOL_UNAVAILABLE``, and ``last_error`` says why,
+  until orchestratord is restarted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import time
 from typing import TYPE_CHECKING
 
 from orchestratord.adapters.base import EngineError
@@ -27,43 +34,51 @@ _BACKOFF_CAP_S = 30.0
 async def supervise(pool: Pool) -> None:
     runtime = pool.runtime
     failures = 0
-    while True:
-        await asyncio.sleep(runtime.monitor_interval_s)
+    unanswered_since: float | None = None
+    while not pool.circuit_open:
+        await pool.wait_for_check(runtime.monitor_interval_s)
+        if pool.needs_start:
+            unanswered_since = None
+            reason = pool.last_error
+            delay = min(runtime.restart_backoff_s * 2**failures, _BACKOFF_CAP_S)
+            await asyncio.sleep(delay)
+            if await pool.bring_up():
+                failures = 0
+                pool.last_error = f"engine restarted after: {reason}"
+                log.warning("pool %s: %s", pool.id, pool.last_error)
+                continue
+            failures += 1
+            log.error("pool %s: start %d failed: %s", pool.id, failures, pool.last_error)
+            if failures >= runtime.max_restarts:
+                pool.open_circuit(f"circuit open after {failures} failed starts")
+            continue
         process = pool.process
         if process is not None and not process.running():
-            if failures >= runtime.max_restarts:
-                continue  # circuit open: last_error says so
-            pool.ready = False
-            delay = min(runtime.restart_backoff_s * 2**failures, _BACKOFF_CAP_S)
-            pool.last_error = f"engine exited ({process.exit_code}); restarting in {delay:.1f}s"
-            log.error("pool %s: %s", pool.id, pool.last_error)
-            await asyncio.sleep(delay)
-            try:
-                await process.start(pool.config.llamacpp.startup_timeout_s)
-                pool.info = await pool.adapter.info()
-            except Exception as exc:
-                failures += 1
-                pool.last_error = f"restart {failures} failed: {exc}"
-                if failures >= runtime.max_restarts:
-                    pool.last_error = f"circuit open after {failures} failed restarts; last: {exc}"
-                log.error("pool %s: %s", pool.id, pool.last_error)
-                continue
-            failures = 0
-            pool.last_error = "engine restarted after exiting"
-            pool.ready = True
-            log.warning("pool %s: engine restarted", pool.id)
+            pool.engine_lost(f"engine exited ({process.exit_code})")
             continue
-        healthy = await pool.adapter.healthy()
-        if not healthy and pool.ready:
-            pool.last_error = "engine stopped answering /health"
-            log.error("pool %s: %s", pool.id, pool.last_error)
-        pool.ready = healthy and pool.info is not None
-        if healthy:
-            with contextlib.suppress(EngineError):
-                record_engine_metrics(pool, await pool.adapter.metrics_text())
+        if await pool.adapter.healthy():
+            unanswered_since = None
+            if not pool.ready:
+                pool.last_error = "engine answers again"
+                pool.set_ready()
+            await _scrape(pool)
+            continue
+        now = time.monotonic()
+        unanswered_since = unanswered_since or now
+        if pool.ready:
+            pool.engine_failed("engine stopped answering /health")
+        if process is not None and now - unanswered_since >= runtime.hang_timeout_s:
+            process.kill()
+            pool.engine_lost(
+                f"engine hung: no /health answer for {runtime.hang_timeout_s:g}s; killed"
+            )
 
 
-def record_engine_metrics(pool: Pool, text: str) -> None:
+async def _scrape(pool: Pool) -> None:
+    try:
+        text = await pool.adapter.metrics_text()
+    except EngineError:
+        return
     for line in text.splitlines():
         if line.startswith("llamacpp:kv_cache_usage_ratio "):
             ratio = float(line.split()[1])

@@ -54,11 +54,14 @@ def test_killed_engine_ends_the_task_with_worker_reset_and_is_restarted(
         health: dict[str, object] = {}
         while time.monotonic() < deadline:
             health = client.get("/v1/pools/default/health").json()
-            if health["ready"] and health["last_error"] == "engine restarted after exiting":
+            if (
+                health["ready"]
+                and health["last_error"] == "engine restarted after: engine exited (-9)"
+            ):
                 break
             time.sleep(0.05)
         assert health["ready"] is True, health
-        assert health["last_error"] == "engine restarted after exiting"
+        assert health["last_error"] == "engine restarted after: engine exited (-9)"
         assert engine_process(server).pid != killed.pid
 
         again = task_body(max_tokens=8)

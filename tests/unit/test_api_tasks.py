@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from orchestratord import API_VERSION
 from orchestratord.adapters.base import EngineUnavailable
 from orchestratord.adapters.mock import MockAdapter, seeded_words
-from orchestratord.core.task import Frame
+from orchestratord.core.task import encode_frame
 from tests.contract_schemas import assert_frames_match, assert_matches
 from tests.sse import SSEParser
 from tests.unit.conftest import AUTH, chunks, collect_stream, held_handler, task_body
@@ -80,7 +80,7 @@ async def test_correlation_id_is_echoed_or_generated(conductor_for: Any) -> None
         fresh = await conductor.simulate_get("/v1/capabilities", headers=AUTH)
         assert uuid.UUID(fresh.headers["X-Correlation-Id"])
         missing = await conductor.simulate_get(
-            "/v1/tasks/nope/stream", headers={**AUTH, "X-Correlation-Id": "corr-404"}
+            f"/v1/tasks/{uuid.uuid4()}/stream", headers={**AUTH, "X-Correlation-Id": "corr-404"}
         )
         assert assert_envelope(missing, 404, "NOT_FOUND")["correlation_id"] == "corr-404"
 
@@ -320,7 +320,7 @@ async def test_client_disconnect_cancels_and_frees_the_slot(conductor_for: Any) 
                 break
             await asyncio.sleep(0.01)
         assert task.terminal is not None
-        assert task.terminal.payload["finish_reason"] == "canceled"
+        assert task.terminal["finish_reason"] == "canceled"
         assert adapter.active == 0
         assert orch.pools["p1"].slots_free == 2
 
@@ -385,8 +385,8 @@ async def test_metrics_count_tasks_and_tokens(conductor_for: Any) -> None:
 
 
 def test_frame_payloads_are_single_line_json() -> None:
-    frame = Frame("token", {"t": "line\nbreak", "i": 0})
-    event, data, blank, end = frame.raw.decode().split("\n")
+    frame = encode_frame("token", {"t": "line\nbreak", "i": 0})
+    event, data, blank, end = frame.decode().split("\n")
     assert (event, blank, end) == ("event: token", "", "")
     assert json.loads(data.removeprefix("data: ")) == {"t": "line\nbreak", "i": 0}
 
@@ -500,7 +500,7 @@ async def test_pool_health_reports_a_ready_pool(conductor_for: Any) -> None:
 
 class _FailingPreload(MockAdapter):
     async def info(self) -> Any:
-        raise EngineUnavailable("model file is corrupt")
+        raise EngineUnavailable("disk error", public_message="model file is corrupt")
 
 
 @pytest.mark.req("HOME-506", "OC-POOL-3002", "ORCH-3002", "OC-CORE-1010")

@@ -1,10 +1,20 @@
-"""The llama.cpp adapter turns transport failures into the envelope's codes (OC-ADAPT-5011)."""
+"""The llama.cpp adapter turns transport failures into the envelope's codes (OC-ADAPT-5011).
+
+What a client may see (``public_message``) never carries the engine's address or body; the
+detail, for the log, does.
+"""
 
 from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 import pytest
 
 from orchestratord.adapters.base import (
+    EngineConnectionLost,
+    EngineError,
     EngineReset,
     EngineUnavailable,
     GenerationRequest,
@@ -14,34 +24,98 @@ from orchestratord.adapters.llamacpp import LlamaCppAdapter
 from orchestratord.errors import ErrorCode
 from orchestratord.pools.engine_process import free_loopback_port
 
-pytestmark = pytest.mark.req("OC-ADAPT-5011")
+REQUEST = GenerationRequest("hi", 4, 1, Sampling(0.8, 40, 0.95, 0.05, 1.0, False))
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
 
-def dead_engine() -> LlamaCppAdapter:
-    # A port nothing listens on: connection refused, like an engine that crashed.
-    return LlamaCppAdapter(f"http://127.0.0.1:{free_loopback_port()}", None, max_connections=1)
+def adapter_for(port: int) -> LlamaCppAdapter:
+    return LlamaCppAdapter(f"http://127.0.0.1:{port}", None, max_connections=1)
 
 
+@asynccontextmanager
+async def fake_engine(handler: Handler) -> AsyncIterator[int]:
+    server = await asyncio.start_server(handler, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def generate_error(adapter: LlamaCppAdapter) -> EngineError:
+    with pytest.raises(EngineError) as raised:
+        async for _ in adapter.generate(REQUEST):
+            pass
+    await adapter.aclose()
+    return raised.value
+
+
+def assert_public(error: EngineError, port: int) -> None:
+    assert str(port) not in error.public_message
+    assert "127.0.0.1" not in error.public_message
+
+
+@pytest.mark.req("OC-ADAPT-5011")
 async def test_unreachable_engine_is_pool_unavailable() -> None:
-    adapter = dead_engine()
+    port = free_loopback_port()  # nothing listens: connection refused, like a crashed engine
+    adapter = adapter_for(port)
     try:
         assert await adapter.healthy() is False
         with pytest.raises(EngineUnavailable) as raised:
             await adapter.count_tokens("hello")
         assert raised.value.code is ErrorCode.POOL_UNAVAILABLE
         assert raised.value.__cause__ is not None
+        assert_public(raised.value, port)
     finally:
         await adapter.aclose()
 
 
-async def test_a_generation_that_cannot_reach_the_engine_is_worker_reset() -> None:
-    adapter = dead_engine()
-    request = GenerationRequest("hi", 4, 1, Sampling(0.8, 40, 0.95, 0.05, 1.0, False))
-    try:
-        with pytest.raises(EngineReset) as raised:
-            async for _ in adapter.generate(request):
-                pass
-        assert raised.value.code is ErrorCode.WORKER_RESET
-        assert "cannot connect" in str(raised.value)
-    finally:
-        await adapter.aclose()
+@pytest.mark.req("OC-ADAPT-5011")
+async def test_a_generation_that_cannot_reach_the_engine_never_ran() -> None:
+    port = free_loopback_port()
+    error = await generate_error(adapter_for(port))
+    assert isinstance(error, EngineUnavailable)
+    assert error.engine_down  # the pool must stop dispatching
+    assert "cannot connect" in error.detail and str(port) in error.detail
+    assert_public(error, port)
+
+
+@pytest.mark.req("OC-ADAPT-5011")
+async def test_a_connection_dropped_mid_stream_is_worker_reset_and_engine_down() -> None:
+    async def answer_then_die(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+            b'14\r\ndata: {"content":"a"}\n\n\r\n'
+        )
+        await writer.drain()
+        writer.transport.abort()
+
+    async with fake_engine(answer_then_die) as port:
+        error = await generate_error(adapter_for(port))
+    assert isinstance(error, EngineConnectionLost)
+    assert error.code is ErrorCode.WORKER_RESET and error.engine_down
+    assert_public(error, port)
+
+
+@pytest.mark.req("OC-ADAPT-5011", "HOME-901")
+async def test_an_engine_error_status_keeps_its_body_out_of_the_public_message() -> None:
+    body = b'{"error":"secret internal detail at 10.1.2.3"}'
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(
+            b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: %d\r\n\r\n%s"
+            % (len(body), body)
+        )
+        await writer.drain()
+        writer.close()
+
+    async with fake_engine(refuse) as port:
+        error = await generate_error(adapter_for(port))
+    assert type(error) is EngineReset
+    assert not error.engine_down  # the engine answered: it is alive
+    assert error.public_message == "the engine refused the request (HTTP 500)"
+    assert "secret internal detail" in error.detail
+    assert_public(error, port)

@@ -84,7 +84,7 @@ async def test_a_crashed_engine_is_restarted_and_the_pool_is_ready_again() -> No
     async def body(pool: Pool) -> None:
         process.crash()
         await eventually(lambda: process.starts == 2 and pool.ready)
-        assert pool.last_error == "engine restarted after exiting"
+        assert pool.last_error == "engine restarted after: engine exited (-9)"
 
     await with_pool(process, MockAdapter(), body)
 
