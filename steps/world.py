@@ -18,7 +18,7 @@ from tests.contract_schemas import assert_frames_match, assert_matches, load_ope
 from tests.sse import SSEParser
 from xtask.live_server import LiveServer, task_body
 
-_ENVELOPE_DOC = "common"
+_ENVELOPE_DOC = "data"
 
 
 # Field variants for the validation outline: field -> {value label: JSON value or removal}.

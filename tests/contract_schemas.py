@@ -20,13 +20,9 @@ from referencing.jsonschema import DRAFT202012
 
 OPENAPI_DIR = Path(__file__).resolve().parent.parent / "contracts" / "openapi"
 DOCUMENTS = ("data", "control")
-# Former name of the shared components' file; they are now repeated verbatim in both
-# documents (a unit test keeps them identical), so "common" reads them from data.yaml.
-_ALIASES = {"common": "data"}
 
 
 def _document_name(name: str) -> str:
-    name = _ALIASES.get(name, name)
     if name not in DOCUMENTS:
         raise ValueError(f"unknown OpenAPI document {name!r}; expected one of {DOCUMENTS}")
     return name

@@ -140,7 +140,7 @@ def test_full_queue_gets_429_with_backoff(client: httpx.Client, server: LiveServ
         assert rejected is not None, "queue never filled"
         assert len(accepted) == 6
         body = rejected.json()
-        assert_matches("common", "ErrorEnvelope", body)
+        assert_matches("data", "ErrorEnvelope", body)
         assert body["code"] == "ADMISSION_REJECT"
         assert body["policy_label"] == "reject"
         assert body["retriable"] is True

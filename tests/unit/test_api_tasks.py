@@ -31,7 +31,7 @@ def assert_envelope(result: Any, status: int, code: str) -> dict[str, Any]:
     assert body["code"] == code
     assert body["message"]
     assert body["correlation_id"] == result.headers["X-Correlation-Id"]
-    assert_matches("common", "ErrorEnvelope", body)
+    assert_matches("data", "ErrorEnvelope", body)
     return dict(body)
 
 

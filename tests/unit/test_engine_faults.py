@@ -1,0 +1,229 @@
+"""Engine faults: who waits, who fails, and what admission says meanwhile (mock engine).
+
+- A failed engine call makes the pool Unready at once, before the supervisor's next tick.
+- Queued tasks stay queued and run after the engine is back; a task handed to a dead engine
+  before anyone noticed goes back to the head of the queue; only tasks that were decoding
+  end with WORKER_RESET.
+- Admission while Unready is 503 POOL_UNREADY with Retry-After and X-Backoff-Ms.
+- A queued task's deadline fires whatever the pool's state.
+- A hung engine (alive, not answering) is killed and restarted; a failed first start is
+  retried, and the engine it spawned is stopped; an open circuit ends queued work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from orchestratord.app import Orchestrator
+from orchestratord.core.task import Task
+from tests.unit.conftest import AUTH, collect_stream, task_body
+from tests.unit.faulty_engine import FaultyEngine
+
+Conductor = Any
+
+
+async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not check():  # noqa: ASYNC110 - observing state from outside, as a client would
+            await asyncio.sleep(0.005)
+
+
+def fast(orch: Orchestrator, **runtime: float) -> None:
+    pool = orch.pools["p1"]
+    pool.runtime = dataclasses.replace(pool.runtime, **runtime)
+
+
+async def submit(conductor: Conductor, **fields: Any) -> Any:
+    return await conductor.simulate_post("/v1/tasks", json=task_body(**fields), headers=AUTH)
+
+
+def task(orch: Orchestrator, task_id: str) -> Task:
+    found = orch.registry.get(task_id)
+    assert found is not None
+    return found
+
+
+@pytest.mark.req("OC-POOL-3003", "ORCH-3010", "OC-ADAPT-5011", "OC-CORE-1010")
+async def test_a_crash_resets_only_decoding_tasks_and_queued_ones_run_after_recovery(
+    conductor_for: Any,
+) -> None:
+    engine = FaultyEngine(slots=1, token_delay_s=0.02)
+    async with conductor_for(engine, slots=1, queue={"capacity": 4}) as (orch, conductor):
+        # Slow checks: whatever makes the pool Unready below is not the supervisor's tick.
+        fast(orch, monitor_interval_s=30.0)
+        running = (await submit(conductor, max_tokens=200)).json["task_id"]
+        await eventually(lambda: task(orch, running).tokens_out > 0)
+        queued = [(await submit(conductor, max_tokens=3)).json["task_id"] for _ in range(2)]
+        engine.down = True
+        await eventually(lambda: task(orch, running).finished)
+        assert task(orch, running).terminal == {
+            "code": "WORKER_RESET",
+            "message": "the engine connection was lost",
+            "engine": "llamacpp",
+        }
+        pool = orch.pools["p1"]
+        assert not pool.ready, "the failed call must make the pool Unready at once"
+        await asyncio.sleep(0.05)
+        assert [task(orch, t).finished for t in queued] == [False, False]
+        assert len(pool.queue) == 2
+
+        refused = await submit(conductor)
+        assert refused.status_code == 503
+        assert refused.json["code"] == "POOL_UNREADY" and refused.json["retriable"] is True
+        assert refused.headers["X-Backoff-Ms"] == str(refused.json["retry_after_ms"])
+        assert int(refused.headers["Retry-After"]) >= 1
+
+        engine.down = False
+        fast(orch, monitor_interval_s=0.01)
+        pool.engine_failed("poke")  # wake the supervisor now rather than in 30 s
+        for task_id in queued:
+            frames = await collect_stream(conductor, task_id)
+            assert frames[-1][0] == "end", frames[-1]
+        assert pool.slots_free == 1
+
+
+@pytest.mark.req("OC-POOL-3003", "ORCH-3010")
+async def test_a_task_sent_to_a_dead_engine_before_anyone_noticed_is_requeued(
+    conductor_for: Any,
+) -> None:
+    engine = FaultyEngine(slots=1)
+    async with conductor_for(engine, slots=1) as (orch, conductor):
+        fast(orch, monitor_interval_s=0.02)
+        engine.down = True  # killed between two health checks: the pool still says Ready
+        assert orch.pools["p1"].ready
+        accepted = await submit(conductor, max_tokens=4)
+        assert accepted.status_code == 202
+        task_id = accepted.json["task_id"]
+        await eventually(lambda: engine.connect_attempts == 1)
+        await asyncio.sleep(0.01)
+        assert not orch.pools["p1"].ready
+        assert not task(orch, task_id).finished
+        assert orch.pools["p1"].queue.position(task(orch, task_id)) == 0
+        engine.down = False
+        frames = await collect_stream(conductor, task_id)
+    assert frames[-1][0] == "end"
+    assert sum(1 for e, _ in frames if e == "token") == 4
+    assert engine.connect_attempts == 2
+
+
+@pytest.mark.req("OC-CORE-1022", "HOME-901")
+async def test_a_queued_task_meets_its_deadline_while_the_pool_is_unready(
+    conductor_for: Any,
+) -> None:
+    engine = FaultyEngine(slots=1, token_delay_s=0.01)
+    async with conductor_for(engine, slots=1) as (orch, conductor):
+        fast(orch, monitor_interval_s=30.0)
+        holder = (await submit(conductor, ctx=512, max_tokens=500)).json["task_id"]
+        await eventually(lambda: task(orch, holder).tokens_out > 0)
+        waiting = (await submit(conductor, max_tokens=2, deadline_ms=150)).json["task_id"]
+        orch.pools["p1"].engine_failed("engine stopped answering /health")
+        frames = await collect_stream(conductor, waiting)
+        await orch.cancel(task(orch, holder), "client")
+    assert frames[-1] == (
+        "error",
+        {"code": "DEADLINE_UNMET", "message": "deadline passed while queued", "engine": "llamacpp"},
+    )
+    assert len(orch.pools["p1"].queue) == 0
+
+
+class FakeProcess:
+    """Stands in for LlamaServerProcess: can exit, hang, fail to start."""
+
+    def __init__(self, fail_first_starts: int = 0) -> None:
+        self.alive = False
+        self.starts = 0
+        self.stops = 0
+        self.kills = 0
+        self.fail_first_starts = fail_first_starts
+        self.exit_code: int | None = None
+        self.log_path = "engine.log"
+
+    def running(self) -> bool:
+        return self.alive
+
+    async def start(self, timeout_s: float) -> None:
+        self.starts += 1
+        self.alive = True  # spawned
+        if self.starts <= self.fail_first_starts:
+            raise RuntimeError("llama-server exited with 1")
+        self.exit_code = None
+
+    def kill(self) -> None:
+        self.kills += 1
+        self.alive = False
+        self.exit_code = -9
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        self.stops += 1
+        self.alive = False
+
+
+def with_process(orch: Orchestrator, process: FakeProcess) -> None:
+    orch.pools["p1"].process = process  # type: ignore[assignment]
+
+
+@pytest.mark.req("OC-POOL-3002", "OC-POOL-3010")
+async def test_a_failed_first_start_is_retried_and_its_engine_stopped(tmp_path: Any) -> None:
+    from tests.unit.conftest import TOKEN, make_config  # noqa: PLC0415
+
+    engine = FaultyEngine()
+    orch = Orchestrator(make_config(tmp_path), token=TOKEN, adapters={"p1": engine})
+    process = FakeProcess(fail_first_starts=2)
+    with_process(orch, process)
+    fast(orch, monitor_interval_s=0.01, restart_backoff_s=0.01)
+    pool = orch.pools["p1"]
+    await orch.start()
+    try:
+        assert not pool.ready
+        assert pool.last_error == "engine start failed: llama-server exited with 1"
+        assert process.stops >= 1 and not process.alive  # the failed engine was not left running
+        await eventually(lambda: pool.ready)
+        assert process.starts == 3
+        assert pool.last_error is not None and pool.last_error.startswith("engine restarted")
+    finally:
+        await orch.stop()
+
+
+@pytest.mark.req("OC-POOL-3003", "OC-POOL-3010")
+async def test_a_hung_engine_is_killed_and_restarted(tmp_path: Any) -> None:
+    from tests.unit.conftest import TOKEN, make_config  # noqa: PLC0415
+
+    engine = FaultyEngine()
+    orch = Orchestrator(make_config(tmp_path), token=TOKEN, adapters={"p1": engine})
+    process = FakeProcess()
+    with_process(orch, process)
+    fast(orch, monitor_interval_s=0.01, restart_backoff_s=0.01, hang_timeout_s=0.1)
+    pool = orch.pools["p1"]
+    await orch.start()
+    try:
+        assert pool.ready
+        engine.hang()  # alive, but /health goes unanswered
+        await eventually(lambda: process.kills == 1)
+        engine.unhang()  # the new engine answers
+        await eventually(lambda: pool.ready and process.starts == 2)
+        assert pool.last_error is not None and "hung" in pool.last_error
+    finally:
+        await orch.stop()
+
+
+@pytest.mark.req("OC-POOL-3011", "ORCH-3018")
+async def test_an_open_circuit_ends_queued_work_and_refuses_new_work(
+    conductor_for: Any,
+) -> None:
+    engine = FaultyEngine(slots=1, token_delay_s=0.01)
+    async with conductor_for(engine, slots=1, queue={"capacity": 4}) as (orch, conductor):
+        holder = (await submit(conductor, ctx=512, max_tokens=500)).json["task_id"]
+        await eventually(lambda: task(orch, holder).tokens_out > 0)
+        queued = (await submit(conductor, max_tokens=2)).json["task_id"]
+        orch.pools["p1"].open_circuit("circuit open after 5 failed starts")
+        frames = await collect_stream(conductor, queued)
+        refused = await submit(conductor)
+        await orch.cancel(task(orch, holder), "client")
+    assert frames[-1][0] == "error" and frames[-1][1]["code"] == "POOL_UNAVAILABLE"
+    assert refused.status_code == 503
+    assert refused.json["code"] == "POOL_UNAVAILABLE" and refused.json["retriable"] is False
