@@ -1,19 +1,23 @@
 """Records, per test, the requirement IDs it claims and its outcome (``--req-report PATH``).
 
-IDs come from ``@pytest.mark.req("ID", ...)`` (plain tests) and from scenario tags that
-``tests/bdd/conftest.py`` turns into the same marker (pytest-bdd). The traceability step
-joins this file with the specs; nothing here decides coverage.
+IDs come from ``@pytest.mark.req("ID", ...)`` on the test function itself (plain tests) and
+from scenario tags that ``tests/bdd/conftest.py`` turns into the same marker (pytest-bdd).
+A module- or class-level req marker is a usage error: each test claims only what it
+asserts. The file carries the run id (``xtask/results.py``); the traceability step joins it
+with the specs and the claims it finds in the sources; nothing here decides coverage.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from xtask.results import write_result
+
 _RESULTS: dict[str, dict[str, Any]] = {}
+_RUNNERS = {"tests/bdd/": "pytest-bdd", "tests/pact/": "pact-consumer"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -27,13 +31,21 @@ def _ids(item: pytest.Item) -> list[str]:
     return sorted(ids)
 
 
+def _check_marker_scope(item: pytest.Item) -> None:
+    for node in item.listchain()[:-1]:
+        for mark in node.own_markers:
+            if mark.name == "req":
+                raise pytest.UsageError(
+                    f"{node.nodeid}: req marker on a module or class claims IDs for every "
+                    "test in it; mark each test with what it proves"
+                )
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        _RESULTS[item.nodeid] = {
-            "ids": _ids(item),
-            "outcome": "not run",
-            "runner": "pytest-bdd" if "tests/bdd/" in item.nodeid else "pytest",
-        }
+        _check_marker_scope(item)
+        runner = next((r for prefix, r in _RUNNERS.items() if prefix in item.nodeid), "pytest")
+        _RESULTS[item.nodeid] = {"ids": _ids(item), "outcome": "not run", "runner": runner}
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
@@ -55,7 +67,5 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     path = session.config.getoption("--req-report")
     if not path:
         return
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
     ordered = {nodeid: _RESULTS[nodeid] for nodeid in sorted(_RESULTS)}
-    out.write_text(json.dumps(ordered, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    write_result(Path(path).resolve(), {"results": ordered})

@@ -19,6 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from xtask.results import write_result
+
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports"
 FEATURE_ENV = "LLORCH_BDD_FEATURE_PATH"
@@ -56,7 +58,7 @@ def _normal(name: str) -> str:
 
 def behave_scenarios(path: Path) -> Counter[str]:
     found: Counter[str] = Counter()
-    for feature in json.loads(path.read_text(encoding="utf-8")):
+    for feature in json.loads(path.read_text(encoding="utf-8"))["features"]:
         for element in feature.get("elements", []):
             if element.get("type") == "scenario" and element.get("status") != "skipped":
                 found[_normal(element["name"])] += 1
@@ -65,7 +67,7 @@ def behave_scenarios(path: Path) -> Counter[str]:
 
 def pytest_bdd_scenarios(path: Path) -> Counter[str]:
     found: Counter[str] = Counter()
-    for nodeid, entry in json.loads(path.read_text(encoding="utf-8")).items():
+    for nodeid, entry in json.loads(path.read_text(encoding="utf-8"))["results"].items():
         if entry["outcome"] == "skipped":
             continue
         name = nodeid.split("::", 1)[1].split("[", 1)[0].removeprefix("test_")
@@ -75,14 +77,19 @@ def pytest_bdd_scenarios(path: Path) -> Counter[str]:
 
 def run_both() -> int:
     REPORTS.mkdir(exist_ok=True)
-    behave_json = REPORTS / "behave.json"
+    raw_json = REPORTS / "behave-raw.json"
+    raw_json.unlink(missing_ok=True)
     behave_code = subprocess.call(
         behave_command(
-            "--format", "json", "--outfile", str(behave_json),
+            "--format", "json", "--outfile", str(raw_json),
             "--junit", "--junit-directory", str(REPORTS / "behave-junit"),
         ),
         cwd=ROOT,
     )  # fmt: skip
+    behave_json = REPORTS / "behave.json"
+    if raw_json.exists():
+        features = json.loads(raw_json.read_text(encoding="utf-8") or "[]")
+        write_result(behave_json, {"features": features})
     pytest_json = REPORTS / "pytest-bdd.json"
     pytest_code = subprocess.call(
         [

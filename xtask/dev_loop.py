@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from xtask.results import start_run
+
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports"
 PY = sys.executable
@@ -107,14 +109,12 @@ def write_junit(results: list[Result]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    REPORTS.mkdir(exist_ok=True)
+    run_id = start_run()  # reports/ emptied: trace can only ever see this run's results
+    print(f"dev-loop: run {run_id}")
     results: list[Result] = []
     failed: Result | None = None
     for name in CHAIN:
         if failed is not None and name != "trace" and not args.keep_going:
-            results.append(Result(name, 0.0, "skipped"))
-            continue
-        if failed is not None and name == "trace" and not any(REPORTS.glob("*.json")):
             results.append(Result(name, 0.0, "skipped"))
             continue
         result = run_step(name)

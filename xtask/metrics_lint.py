@@ -20,6 +20,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from xtask.live_server import LiveServer, live_server, task_body
+from xtask.results import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 CONTRACT = ROOT / "ci" / "metrics.lint.json"
@@ -101,8 +102,7 @@ def write_report(problems: list[str]) -> None:
         "runner": "metrics-lint",
         "detail": "; ".join(problems)[:500],
     }
-    REPORT.parent.mkdir(exist_ok=True)
-    REPORT.write_text(json.dumps({"metrics-lint::live-scrape": entry}, indent=1) + "\n", "utf-8")
+    write_result(REPORT, {"results": {"metrics-lint::live-scrape": entry}})
 
 
 def run(args: argparse.Namespace) -> int:

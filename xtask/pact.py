@@ -11,7 +11,6 @@ started. A failing interaction is printed with the verifier's own detail.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -23,7 +22,9 @@ from typing import Any
 import httpx
 
 from tests.pact import interactions as ix
+from xtask.claims import pact_claims
 from xtask.live_server import LiveServer, live_server
+from xtask.results import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 PACT_FILE = ROOT / "contracts" / "pacts" / f"{ix.CONSUMER}-{ix.PROVIDER}.json"
@@ -96,35 +97,49 @@ class ProviderStates:
             time.sleep(0.02)
 
 
-def failed_interactions(results: Any) -> list[str]:
-    """'<interaction>: <mismatch>' for every failure the verifier recorded."""
-    lines: list[str] = []
-    for error in (results or {}).get("errors", []):
-        name = error.get("interaction", "?")
-        mismatches = error.get("mismatch", {}).get("mismatches") or [error.get("mismatch")]
-        for mismatch in mismatches:
-            detail = mismatch.get("mismatch") if isinstance(mismatch, dict) else mismatch
-            lines.append(f"{name}: {detail}")
-    return lines
+def interaction_outcomes(descriptions: list[str], results: Any) -> dict[str, str]:
+    """Per interaction: "passed" only if the verifier's own JSON results say it verified OK.
+
+    Fails closed: an interaction the verifier never reported (it aborted, a state handler
+    broke, the results are missing or unreadable) is failed, with the reason as detail.
+    """
+    reported: dict[str, str] = {}
+    errors: dict[str, str] = {}
+    if isinstance(results, dict):
+        for error in results.get("errors") or []:
+            name = error.get("interaction", "?")
+            mismatch = error.get("mismatch", {})
+            details = mismatch.get("mismatches") if isinstance(mismatch, dict) else None
+            texts = [m.get("mismatch", m) if isinstance(m, dict) else m for m in details or []]
+            errors[name] = "; ".join(str(t) for t in texts) or str(mismatch)[:300]
+        for entry in results.get("interactionResults") or []:
+            ok = entry.get("result") == "OK" and not entry.get("pending", False)
+            reported[entry.get("description", "?")] = "OK" if ok else str(entry.get("result"))
+    outcomes = {}
+    for description in descriptions:
+        if description in errors:
+            outcomes[description] = f"failed: {errors[description]}"
+        elif reported.get(description) == "OK":
+            outcomes[description] = "passed"
+        elif description in reported:
+            outcomes[description] = f"failed: {reported[description]}"
+        else:
+            outcomes[description] = "failed: the verifier reported no result for it"
+    return outcomes
 
 
-def write_report(failures: list[str]) -> None:
+def write_report(outcomes: dict[str, str]) -> None:
     """Per interaction: the IDs its consumer test recorded in the pact, and the outcome."""
     entries: dict[str, dict[str, Any]] = {}
-    for interaction in json.loads(PACT_FILE.read_text())["interactions"]:
-        description = interaction["description"]
-        comments = interaction.get("comments", {}).get("text", [])
-        claimed = {i for c in comments if c.startswith("req: ") for i in c[5:].split()}
-        # Replaying the pact on the live provider is itself what these two require.
-        ids = sorted(claimed | {"HOME-1204", "FR-TH-002"})
-        failed = any(f" - {description}: " in line for line in failures)
-        entries[f"pact-provider::{description}"] = {
-            "ids": ids,
-            "outcome": "failed" if failed else "passed",
-            "runner": "pact-provider",
+    for claim in pact_claims(PACT_FILE):
+        outcome = outcomes.get(claim.key, "failed: not verified")
+        entries[f"pact-provider::{claim.key}"] = {
+            # Replaying the pact on the live provider is itself what these two require.
+            "ids": sorted(set(claim.ids) | {"HOME-1204", "FR-TH-002"}),
+            "outcome": "passed" if outcome == "passed" else "failed",
+            "detail": "" if outcome == "passed" else outcome.removeprefix("failed: ")[:300],
         }
-    REPORT.parent.mkdir(exist_ok=True)
-    REPORT.write_text(json.dumps(entries, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+    write_result(REPORT, {"results": entries})
 
 
 def consumer() -> int:
@@ -148,6 +163,8 @@ def verify() -> int:
         print(f"pact: {PACT_FILE.relative_to(ROOT)} missing; run `python -m xtask pact consumer`")
         return 1
     os.environ.setdefault("PACT_DO_NOT_TRACK", "true")
+    descriptions = [claim.key for claim in pact_claims(PACT_FILE)]
+    results: Any = None
     with live_server() as server:
         states = ProviderStates(server)
         verifier = (
@@ -161,18 +178,22 @@ def verify() -> int:
         try:
             verifier.verify()
         except Exception as exc:  # the verifier raises on any failed interaction
-            print("pact: provider verification FAILED", file=sys.stderr)
-            failures = failed_interactions(verifier.results)
-            for line in failures:
-                print(f"pact: {line}", file=sys.stderr)
-            print(f"pact: {exc}", file=sys.stderr)
-            write_report(failures)
-            return 1
+            print(f"pact: verifier: {exc}", file=sys.stderr)
         finally:
             states.http.close()
-    write_report([])
-    interactions = len(json.loads(PACT_FILE.read_text())["interactions"])
-    print(f"pact: provider verification passed ({interactions} interactions)")
+        try:
+            results = verifier.results
+        except Exception as exc:
+            print(f"pact: no structured results from the verifier: {exc}", file=sys.stderr)
+    outcomes = interaction_outcomes(descriptions, results)
+    write_report(outcomes)
+    failed = {d: o for d, o in outcomes.items() if o != "passed"}
+    for description, outcome in sorted(failed.items()):
+        print(f"pact: {description}: {outcome}", file=sys.stderr)
+    if failed or not descriptions:
+        print("pact: provider verification FAILED", file=sys.stderr)
+        return 1
+    print(f"pact: provider verification passed ({len(descriptions)} interactions)")
     return 0
 
 

@@ -1,15 +1,25 @@
-"""``python -m xtask trace``: join specs, tags/markers and real results into a compliance report.
+"""``python -m xtask trace``: join specs, claims and this run's results into a compliance report.
 
-Inputs: the requirements in ``.specs/`` (via spec-extract), the behave JSON report, the
-pytest requirement reports (``--req-report``, plain tests and pytest-bdd scenarios), the
-scenario tags in ``features/`` and the ``x-req-id`` lists in the OpenAPI contracts. Outputs:
-``COMPLIANCE.md``, ``reports/traceability.json`` and ``reports/traceability.html``, sorted
-and timestamp-free so the same inputs give the same bytes.
+Inputs: the requirements in ``.specs/`` (via spec-extract); the claims found in the sources
+(``xtask/claims.py``: scenario tags, ``@pytest.mark.req`` on test functions, the IDs each Pact
+interaction recorded, OpenAPI ``x-req-id``); and the result files of the current run
+(``xtask/results.py``). Outputs: ``COMPLIANCE.md``, ``reports/traceability.json`` and
+``reports/traceability.html``, sorted and timestamp-free so the same inputs give the same
+bytes.
 
-Status per requirement: ``waived`` (spec says so), ``failed`` (a covering test failed),
-``undefined`` (a covering scenario has undefined steps), ``passed`` (covered, all passed),
-``uncovered``. The step fails on any ID used but not defined in the specs, on any failing
-or undefined covering test, and when no result file exists at all.
+Every claim is paired with a result of the current run from each runner that should have
+run it (a scenario: behave and pytest-bdd; a test: pytest; an interaction: the Pact
+provider verification). A claim without such a result, because the test did not run or its
+result file is missing or from another run, is evidence ``not run`` and fails its IDs.
+A test's parametrized cases, or an outline's example rows, count once: failed if any failed.
+
+Status per requirement: ``failed`` (a covering test failed or did not run; also for a waived
+ID), ``undefined`` (a covering scenario has undefined steps), ``waived`` (spec says so),
+``passed`` (covered, all passed, and at least one piece of evidence exercised the server:
+Pact consumer tests run against a mock provider and are contract evidence only), or
+``uncovered``. The step fails on any ID used but not defined in the specs, any malformed ID or
+module-level marker (named with its file and line), any missing or foreign result file, and
+any failed or undefined requirement.
 """
 
 from __future__ import annotations
@@ -19,25 +29,32 @@ import html
 import json
 import re
 import sys
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from xtask.spec_extract import ID_RE, Requirement, SpecError, all_requirements, id_sort_key
+from xtask import bdd, claims
+from xtask.claims import Claim
+from xtask.results import read_result, recorded_run_id
+from xtask.spec_extract import Requirement, SpecError, all_requirements, id_sort_key
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports"
-BEHAVE_JSON = REPORTS / "behave.json"
-PYTEST_REPORTS = (
-    REPORTS / "pytest-unit.json",
-    REPORTS / "pytest-bdd.json",
-    REPORTS / "pytest-pact.json",
-    REPORTS / "pact-verify.json",
-    REPORTS / "metrics-lint.json",
-)
-_TAG = re.compile(r"@([A-Z][A-Z0-9-]+-\d+)\b")
+PACT_FILE = ROOT / "contracts" / "pacts" / "cli-consumer-orchestratord.json"
+RESULT_FILES = {
+    "behave": "behave.json",
+    "pytest-bdd": "pytest-bdd.json",
+    "pytest": "pytest-unit.json",
+    "pact-consumer": "pytest-pact.json",
+    "pact-provider": "pact-verify.json",
+    "metrics-lint": "metrics-lint.json",
+}
+# Evidence that never touched the server: it proves the contract, not the behaviour.
+CONTRACT_ONLY_RUNNERS = frozenset({"pact-consumer"})
+CONTRACT_IDS = frozenset({"HOME-1204", "FR-CT-003"})
+_PARAMS = re.compile(r"\[.*\]$")
+_BAD = ("failed", "not run", "skipped", "error")
 
 
 @dataclass(frozen=True, order=True)
@@ -45,6 +62,7 @@ class Evidence:
     runner: str
     name: str
     outcome: str
+    location: str = ""
 
 
 @dataclass
@@ -55,22 +73,34 @@ class Row:
     @property
     def status(self) -> str:
         outcomes = {e.outcome for e in self.evidence}
-        if self.req.scope == "waived":
-            return "waived"
-        if "failed" in outcomes:
+        if outcomes & set(_BAD):
             return "failed"
         if "undefined" in outcomes:
             return "undefined"
-        if self.evidence and outcomes <= {"passed"}:
+        if self.req.scope == "waived":
+            return "waived"
+        proving = [e for e in self.evidence if e.runner not in CONTRACT_ONLY_RUNNERS]
+        if self.evidence and (proving or self.req.id in CONTRACT_IDS):
             return "passed"
-        if self.evidence:
-            return "failed"  # skipped or not run: claimed but not proven
         return "uncovered"
 
+    @property
+    def runners(self) -> list[str]:
+        return sorted({e.runner for e in self.evidence if e.outcome == "passed"})
 
-def behave_evidence(path: Path) -> list[tuple[str, Evidence]]:
-    found: list[tuple[str, Evidence]] = []
-    for feature in json.loads(path.read_text(encoding="utf-8")):
+
+def _combine(outcomes: list[str]) -> str:
+    """One outcome for a test's cases or an outline's rows."""
+    for bad in ("failed", "error", "undefined", "skipped", "not run"):
+        if bad in outcomes:
+            return "failed" if bad == "error" else bad
+    return "passed" if outcomes else "not run"
+
+
+def behave_outcomes(document: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """(feature file, scenario name) → outcome, outline rows folded into their outline."""
+    rows: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for feature in document["features"]:
         for element in feature.get("elements", []):
             if element.get("type") != "scenario":
                 continue
@@ -78,67 +108,116 @@ def behave_evidence(path: Path) -> list[tuple[str, Evidence]]:
             status = element.get("status", "untested")
             if "undefined" in steps or status == "undefined":
                 outcome = "undefined"
-            elif status == "passed":
-                outcome = "passed"
-            elif status in ("failed", "error"):
-                outcome = "failed"
-            else:
+            elif status in ("passed", "failed", "skipped"):
                 outcome = status
-            name = f"{element['location']} {element['name']}"
-            tags = set(element.get("tags", [])) | set(feature.get("tags", []))
-            found += [(tag, Evidence("behave", name, outcome)) for tag in sorted(tags)]
-    return found
+            else:
+                outcome = "failed" if status == "error" else "not run"
+            path = element["location"].rsplit(":", 1)[0]
+            name = re.sub(r" -- @.*$", "", element["name"]).strip()
+            rows[(path, name)].append(outcome)
+    return {key: _combine(outcomes) for key, outcomes in rows.items()}
 
 
-def pytest_evidence(path: Path) -> list[tuple[str, Evidence]]:
-    found: list[tuple[str, Evidence]] = []
-    for nodeid, entry in json.loads(path.read_text(encoding="utf-8")).items():
-        evidence = Evidence(entry["runner"], nodeid, entry["outcome"])
-        found += [(req_id, evidence) for req_id in entry["ids"]]
-    return found
+def pytest_outcomes(document: dict[str, Any]) -> dict[str, str]:
+    """``file::function`` → outcome, parametrized cases folded into their test."""
+    cases: dict[str, list[str]] = defaultdict(list)
+    for nodeid, entry in document["results"].items():
+        cases[_PARAMS.sub("", nodeid)].append(entry["outcome"])
+    return {key: _combine(outcomes) for key, outcomes in cases.items()}
 
 
-def static_claims() -> list[tuple[str, str]]:
-    """IDs named by feature tags and OpenAPI x-req-id, with where (run or not)."""
-    claims: list[tuple[str, str]] = []
-    for feature in sorted((ROOT / "features").glob("**/*.feature")):
-        for lineno, line in enumerate(feature.read_text(encoding="utf-8").splitlines(), 1):
-            if line.strip().startswith("@"):
-                where = f"{feature.relative_to(ROOT)}:{lineno}"
-                claims += [(tag, where) for tag in _TAG.findall(line)]
-    for name in ("data", "control"):
-        doc = yaml.safe_load((ROOT / "contracts" / "openapi" / f"{name}.yaml").read_text())
-        for path, item in doc["paths"].items():
-            for method, op in item.items():
-                where = f"contracts/openapi/{name}.yaml {method.upper()} {path}"
-                claims += [(req_id, where) for req_id in op.get("x-req-id", [])]
-    return claims
+def pytest_bdd_outcomes(document: dict[str, Any]) -> dict[str, str]:
+    """Normalized scenario name → outcome (pytest-bdd names tests after scenarios)."""
+    return {
+        bdd._normal(key.split("::", 1)[1].removeprefix("test_")): outcome
+        for key, outcome in pytest_outcomes(document).items()
+    }
 
 
-def build(requirements: dict[str, Requirement]) -> tuple[list[Row], list[str], list[str]]:
+def _scenario_evidence(
+    claim: Claim, behave: dict[tuple[str, str], str] | None, bdd_runs: dict[str, str] | None
+) -> list[Evidence]:
+    path = claim.location.rsplit(":", 1)[0]
+    name = f"{claim.location} {claim.key}"
+    behave_outcome = (behave or {}).get((path, claim.key), "not run")
+    bdd_outcome = (bdd_runs or {}).get(bdd._normal(claim.key), "not run")
+    return [
+        Evidence("behave", name, behave_outcome, claim.location),
+        Evidence("pytest-bdd", name, bdd_outcome, claim.location),
+    ]
+
+
+def load_results(run_id: str | None) -> tuple[dict[str, dict[str, Any] | None], list[str]]:
+    documents: dict[str, dict[str, Any] | None] = {}
+    problems: list[str] = []
+    for runner, filename in RESULT_FILES.items():
+        document, problem = read_result(REPORTS / filename, run_id)
+        documents[runner] = document
+        if problem:
+            problems.append(problem)
+    return documents, problems
+
+
+def build(
+    requirements: dict[str, Requirement],
+) -> tuple[list[Row], list[str], list[str]]:
+    """(rows, problems with the evidence itself, the result files read)."""
     rows = {req_id: Row(req) for req_id, req in requirements.items()}
+    found = claims.collect(PACT_FILE)
+    run_id = recorded_run_id()
+    documents, problems = load_results(run_id)
+    if run_id is None:
+        problems.insert(0, "reports/run-id is missing: no run to trace (run the dev loop)")
+    problems += found.errors
+    inputs = [f"reports/{RESULT_FILES[r]}" for r, d in documents.items() if d is not None]
+    claimed: list[tuple[str, Evidence]] = []
+
+    behave = behave_outcomes(documents["behave"]) if documents["behave"] else None
+    bdd_doc = documents["pytest-bdd"]
+    bdd_runs = pytest_bdd_outcomes(bdd_doc) if bdd_doc else None
+    for claim in found.scenarios:
+        for evidence in _scenario_evidence(claim, behave, bdd_runs):
+            claimed += [(req_id, evidence) for req_id in claim.ids]
+
+    by_runner = {
+        r: pytest_outcomes(d)
+        for r, d in documents.items()
+        if d and r in ("pytest", "pact-consumer")
+    }
+    for claim in found.tests:
+        runner = "pact-consumer" if claim.key.startswith("tests/pact/") else "pytest"
+        outcome = by_runner.get(runner, {}).get(claim.key, "not run")
+        evidence = Evidence(runner, claim.key, outcome, claim.location)
+        claimed += [(req_id, evidence) for req_id in claim.ids]
+
+    provider = (documents["pact-provider"] or {}).get("results", {})
+    for claim in found.interactions:
+        entry = provider.get(f"pact-provider::{claim.key}", {})
+        evidence = Evidence(
+            "pact-provider", claim.key, entry.get("outcome", "not run"), claim.location
+        )
+        for req_id in entry.get("ids", claim.ids):
+            claimed.append((req_id, evidence))
+
+    lint = documents["metrics-lint"]
+    for name, entry in (lint or {}).get("results", {}).items():
+        evidence = Evidence("metrics-lint", name, entry["outcome"], "ci/metrics.lint.json")
+        claimed += [(req_id, evidence) for req_id in entry["ids"]]
+
     unknown: set[str] = set()
-    inputs: list[str] = []
-    claims: list[tuple[str, Evidence]] = []
-    if BEHAVE_JSON.exists():
-        inputs.append(str(BEHAVE_JSON.relative_to(ROOT)))
-        claims += behave_evidence(BEHAVE_JSON)
-    for report in PYTEST_REPORTS:
-        if report.exists():
-            inputs.append(str(report.relative_to(ROOT)))
-            claims += pytest_evidence(report)
-    for req_id, evidence in claims:
+    for req_id, evidence in claimed:
         if req_id in rows:
             rows[req_id].evidence.append(evidence)
-        elif ID_RE.match(req_id) or evidence.runner == "behave":
-            unknown.add(f"{req_id} (claimed by {evidence.runner} {evidence.name})")
-    for req_id, where in static_claims():
+        else:
+            unknown.add(f"{req_id} (claimed by {evidence.runner} {evidence.location})")
+    for req_id, where in found.openapi:
         if req_id not in rows:
             unknown.add(f"{req_id} (named at {where})")
+    problems += [f"unknown requirement ID {u}" for u in sorted(unknown)]
     ordered = [rows[i] for i in sorted(rows, key=id_sort_key)]
     for row in ordered:
         row.evidence = sorted(set(row.evidence))
-    return ordered, sorted(unknown), inputs
+    return ordered, problems, inputs
 
 
 STATUSES = ("passed", "failed", "undefined", "uncovered", "waived")
@@ -148,13 +227,13 @@ def family(req_id: str) -> str:
     return req_id.rsplit("-", 1)[0]
 
 
-def render_markdown(rows: list[Row], unknown: list[str], inputs: list[str]) -> str:
+def render_markdown(rows: list[Row], problems: list[str], inputs: list[str]) -> str:
     counts = {s: sum(1 for r in rows if r.status == s) for s in STATUSES}
     must_uncovered = [r.req.id for r in rows if r.status == "uncovered" and r.req.level == "MUST"]
     lines = [
         "# Compliance",
         "",
-        "Generated by `python -m xtask trace` from the results of the last dev-loop run",
+        "Generated by `python -m xtask trace` from the results of one dev-loop run",
         f"({', '.join(inputs) or 'no results'}); do not edit by hand.",
         "",
         "| status | requirements |",
@@ -165,25 +244,28 @@ def render_markdown(rows: list[Row], unknown: list[str], inputs: list[str]) -> s
         f"In-scope requirements without any covering test: **{counts['uncovered']}** "
         f"({len(must_uncovered)} of them MUST).",
     ]
-    if unknown:
-        lines += ["", "## Unknown IDs (errors)", "", *[f"- {u}" for u in unknown]]
+    if problems:
+        lines += ["", "## Problems (errors)", "", *[f"- {p}" for p in problems]]
     current = None
     for row in rows:
         fam = family(row.req.id)
         if fam != current:
             current = fam
-            lines += ["", f"## {fam}", "", "| ID | Level | Scope | Status | Covered by |"]
-            lines += ["|---|---|---|---|---|"]
+            lines += ["", f"## {fam}", "", "| ID | Level | Scope | Status | Proven by | Evidence |"]
+            lines += ["|---|---|---|---|---|---|"]
         covered = "<br>".join(f"{e.runner}: `{e.name}` ({e.outcome})" for e in row.evidence)
         scope = "waived: " + (row.req.waiver or "") if row.req.scope == "waived" else "in"
-        lines.append(f"| {row.req.id} | {row.req.level} | {scope} | {row.status} | {covered} |")
+        proven = ", ".join(row.runners) if row.status == "passed" else ""
+        lines.append(
+            f"| {row.req.id} | {row.req.level} | {scope} | {row.status} | {proven} | {covered} |"
+        )
     return "\n".join(lines) + "\n"
 
 
-def render_json(rows: list[Row], unknown: list[str], inputs: list[str]) -> str:
+def render_json(rows: list[Row], problems: list[str], inputs: list[str]) -> str:
     data = {
         "inputs": inputs,
-        "unknown_ids": unknown,
+        "problems": problems,
         "summary": {s: sum(1 for r in rows if r.status == s) for s in STATUSES},
         "requirements": [
             {
@@ -193,6 +275,7 @@ def render_json(rows: list[Row], unknown: list[str], inputs: list[str]) -> str:
                 "waiver": r.req.waiver,
                 "source": r.req.source,
                 "status": r.status,
+                "proven_by": r.runners if r.status == "passed" else [],
                 "covered_by": [e.__dict__ for e in r.evidence],
             }
             for r in rows
@@ -201,7 +284,7 @@ def render_json(rows: list[Row], unknown: list[str], inputs: list[str]) -> str:
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 
-def render_html(rows: list[Row], unknown: list[str]) -> str:
+def render_html(rows: list[Row], problems: list[str]) -> str:
     colours = {"passed": "#d4f4d2", "failed": "#f8d0d0", "undefined": "#fbe5c0",
                "uncovered": "#eeeeee", "waived": "#dde6f6"}  # fmt: skip
     body = [
@@ -210,9 +293,9 @@ def render_html(rows: list[Row], unknown: list[str]) -> str:
         "vertical-align:top}table{border-collapse:collapse}</style>",
         "<h1>llama-orch traceability</h1>",
     ]
-    if unknown:
-        body.append("<h2>Unknown IDs</h2><ul>")
-        body += [f"<li>{html.escape(u)}</li>" for u in unknown]
+    if problems:
+        body.append("<h2>Problems</h2><ul>")
+        body += [f"<li>{html.escape(p)}</li>" for p in problems]
         body.append("</ul>")
     body.append("<table><tr><th>ID<th>Level<th>Scope<th>Status<th>Covered by</tr>")
     for r in rows:
@@ -233,21 +316,19 @@ def run(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(f"trace: {exc}", file=sys.stderr)
         return 1
-    rows, unknown, inputs = build(requirements)
+    rows, problems, inputs = build(requirements)
     REPORTS.mkdir(exist_ok=True)
-    (ROOT / "COMPLIANCE.md").write_text(render_markdown(rows, unknown, inputs), encoding="utf-8")
-    (REPORTS / "traceability.json").write_text(render_json(rows, unknown, inputs), "utf-8")
-    (REPORTS / "traceability.html").write_text(render_html(rows, unknown), encoding="utf-8")
+    (ROOT / "COMPLIANCE.md").write_text(render_markdown(rows, problems, inputs), encoding="utf-8")
+    (REPORTS / "traceability.json").write_text(render_json(rows, problems, inputs), "utf-8")
+    (REPORTS / "traceability.html").write_text(render_html(rows, problems), encoding="utf-8")
     counts = {s: sum(1 for r in rows if r.status == s) for s in STATUSES}
     print("trace: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(rows)}")
-    problems: list[str] = []
-    if not inputs:
-        problems.append("no result files in reports/: run the tests first")
-    problems += [f"unknown requirement ID {u}" for u in unknown]
     for row in rows:
         if row.status in ("failed", "undefined"):
             bad = [e for e in row.evidence if e.outcome != "passed"]
-            problems += [f"{row.req.id} {row.status}: {e.runner} {e.name}" for e in bad]
+            problems += [
+                f"{row.req.id} {row.status}: {e.runner} {e.name} ({e.outcome})" for e in bad
+            ]
     for problem in problems:
         print(f"trace: {problem}", file=sys.stderr)
     uncovered = [r.req.id for r in rows if r.status == "uncovered"]
@@ -256,5 +337,5 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    parser = sub.add_parser("trace", help="specs + tags + results → COMPLIANCE.md")
+    parser = sub.add_parser("trace", help="specs + claims + this run's results → COMPLIANCE.md")
     parser.set_defaults(run=run)

@@ -21,7 +21,6 @@ from tests.pact import interactions as ix
 PACT_DIR = Path(__file__).resolve().parents[2] / "contracts" / "pacts"
 os.environ.setdefault("PACT_DO_NOT_TRACK", "true")
 
-pytestmark = pytest.mark.req("HOME-1204", "FR-CT-003", "HOME-103", "FR-OB-001")
 
 # The CLI sends its own correlation ID and relies on getting exactly it back (HOME-103).
 CORRELATION = "cli-pact-0001"
@@ -59,7 +58,17 @@ def authorized(interaction: Any) -> None:
     interaction.with_header("X-Correlation-Id", CORRELATION)
 
 
-@pytest.mark.req("HOME-204", "HOME-206", "ORCH-2001", "FR-DP-001", "FR-DP-005")
+@pytest.mark.req(
+    "HOME-1204",
+    "FR-CT-003",
+    "HOME-103",
+    "FR-OB-001",
+    "HOME-204",
+    "HOME-206",
+    "ORCH-2001",
+    "FR-DP-001",
+    "FR-DP-005",
+)
 def test_enqueue_is_accepted_with_admission_metadata(pact: Pact, declare: Any) -> None:
     body = ix.task(ix.ADMIT_ID)
     interaction = (
@@ -84,7 +93,9 @@ def test_enqueue_is_accepted_with_admission_metadata(pact: Pact, declare: Any) -
     assert admission.queue_position >= 0
 
 
-@pytest.mark.req("HOME-301", "ORCH-2002", "FR-DP-002")
+@pytest.mark.req(
+    "HOME-1204", "FR-CT-003", "HOME-103", "FR-OB-001", "HOME-301", "ORCH-2002", "FR-DP-002"
+)
 def test_stream_frames_end_with_one_end(pact: Pact, declare: Any) -> None:
     interaction = (
         declare("the SSE stream of a finished task")
@@ -113,7 +124,7 @@ def test_stream_frames_end_with_one_end(pact: Pact, declare: Any) -> None:
     assert frames[-1][1]["tokens_out"] == sum(1 for e, _ in frames if e == "token")
 
 
-@pytest.mark.req("HOME-304", "ORCH-2003")
+@pytest.mark.req("HOME-1204", "FR-CT-003", "HOME-103", "FR-OB-001", "HOME-304", "ORCH-2003")
 def test_cancel_answers_204(pact: Pact, declare: Any) -> None:
     interaction = (
         declare("a cancel of a running task")
@@ -126,7 +137,9 @@ def test_cancel_answers_204(pact: Pact, declare: Any) -> None:
         cli.cancel(ix.CANCEL_ID)
 
 
-@pytest.mark.req("HOME-902", "ORCH-2007", "FR-DP-003")
+@pytest.mark.req(
+    "HOME-1204", "FR-CT-003", "HOME-103", "FR-OB-001", "HOME-902", "ORCH-2007", "FR-DP-003"
+)
 def test_full_queue_is_429_with_backoff(pact: Pact, declare: Any) -> None:
     body = ix.task(ix.REJECTED_ID, priority="batch")
     interaction = (
@@ -159,7 +172,9 @@ def test_full_queue_is_429_with_backoff(pact: Pact, declare: Any) -> None:
     assert backoff.value.backoff_ms >= 1
 
 
-@pytest.mark.req("HOME-205", "HOME-901", "FR-ER-001")
+@pytest.mark.req(
+    "HOME-1204", "FR-CT-003", "HOME-103", "FR-OB-001", "HOME-205", "HOME-901", "FR-ER-001"
+)
 def test_invalid_task_is_400_envelope(pact: Pact, declare: Any) -> None:
     body = ix.task(ix.ADMIT_ID, ctx="big")
     interaction = (
@@ -177,7 +192,9 @@ def test_invalid_task_is_400_envelope(pact: Pact, declare: Any) -> None:
     assert error.value.code == "INVALID_PARAMS"
 
 
-@pytest.mark.req("HOME-601", "FR-DV-001", "FR-MA-001")
+@pytest.mark.req(
+    "HOME-1204", "FR-CT-003", "HOME-103", "FR-OB-001", "HOME-601", "FR-DV-001", "FR-MA-001"
+)
 def test_capabilities_give_version_and_capacity(pact: Pact, declare: Any) -> None:
     interaction = (
         declare("a capabilities request").given(ix.READY).with_request("GET", "/v1/capabilities")

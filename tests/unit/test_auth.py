@@ -10,19 +10,19 @@ import pytest
 from orchestratord.auth import TOKEN_ENV, resolve_token
 from orchestratord.config import AuthConfig, Config
 
-pytestmark = pytest.mark.req("HOME-102", "OC-CTRL-2041")
-
 
 def config(tmp_path: Path, **auth: object) -> Config:
     return Config(state_dir=tmp_path / "state", auth=AuthConfig(**auth))  # type: ignore[arg-type]
 
 
+@pytest.mark.req("HOME-102")
 def test_env_token_wins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(TOKEN_ENV, "from-env-token")
     token = resolve_token(config(tmp_path, token="from-config-token-xx"))
     assert (token.value, token.origin) == ("from-env-token", "env")
 
 
+@pytest.mark.req("HOME-102", "OC-CTRL-2041")
 def test_generated_token_is_private_and_reused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -37,6 +37,7 @@ def test_generated_token_is_private_and_reused(
     assert (again.value, again.origin) == (first.value, "file")
 
 
+@pytest.mark.req("HOME-102")
 def test_world_readable_token_file_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

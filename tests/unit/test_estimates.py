@@ -6,9 +6,8 @@ import pytest
 
 from orchestratord.core.estimates import ServiceTimeEstimator
 
-pytestmark = pytest.mark.req("HOME-206", "HOME-902")
 
-
+@pytest.mark.req("HOME-206")
 def test_unknown_until_first_observation_except_free_slot() -> None:
     est = ServiceTimeEstimator()
     assert est.predicted_start_ms(0, slots_total=2, slots_free=1) == 0
@@ -16,6 +15,7 @@ def test_unknown_until_first_observation_except_free_slot() -> None:
     assert est.drain_interval_ms(2) is None
 
 
+@pytest.mark.req("HOME-206", "HOME-902", "HOME-1003")
 def test_waves_of_service_time_per_slot() -> None:
     est = ServiceTimeEstimator()
     est.observe(1000)
@@ -26,6 +26,7 @@ def test_waves_of_service_time_per_slot() -> None:
     assert est.drain_interval_ms(2) == 500
 
 
+@pytest.mark.req("HOME-206")
 def test_mean_follows_new_observations() -> None:
     est = ServiceTimeEstimator()
     est.observe(1000)

@@ -1,16 +1,18 @@
-"""The harness tools fail when they should: spec rows, unknown IDs, failing evidence."""
+"""The harness fails when it should: spec rows, unknown or malformed IDs, evidence that is
+failing, missing, stale, from the wrong kind of test, or claimed too broadly."""
 
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from xtask import bdd, spec_extract, trace
-
-pytestmark = pytest.mark.req("HOME-1206")
+from xtask import bdd, claims, pact, spec_extract, trace
+from xtask.claims import Claim, Claims
+from xtask.results import RUN_ID_ENV
 
 
 def write_spec(tmp_path: Path, rows: str) -> Path:
@@ -25,6 +27,7 @@ def in_tmp_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.mark.req("HOME-1206")
 @pytest.mark.parametrize(
     ("row", "error"),
     [
@@ -40,6 +43,7 @@ def test_malformed_spec_rows_are_errors(in_tmp_root: Path, row: str, error: str)
         spec_extract.parse_file(write_spec(in_tmp_root, row))
 
 
+@pytest.mark.req("HOME-1206")
 def test_waiver_reason_is_kept(in_tmp_root: Path) -> None:
     (req,) = spec_extract.parse_file(
         write_spec(in_tmp_root, "| PROD-001 | MUST | waived: one user | q |\n")
@@ -47,6 +51,7 @@ def test_waiver_reason_is_kept(in_tmp_root: Path) -> None:
     assert (req.scope, req.waiver) == ("waived", "one user")
 
 
+@pytest.mark.req("HOME-1206")
 def test_extraction_is_byte_stable_and_committed() -> None:
     first = spec_extract.outputs()
     assert first == spec_extract.outputs()
@@ -54,80 +59,246 @@ def test_extraction_is_byte_stable_and_committed() -> None:
         assert path.read_bytes() == content, f"{path} drifted: run `python -m xtask spec-extract`"
 
 
-def test_every_openapi_and_feature_id_is_defined_in_the_specs() -> None:
+@pytest.mark.req("HOME-1206")
+def test_every_claim_in_the_repository_is_well_formed_and_defined() -> None:
+    found = claims.collect(trace.PACT_FILE)
+    assert found.errors == []
     known = set(spec_extract.all_requirements())
-    unknown = [(i, where) for i, where in trace.static_claims() if i not in known]
-    assert unknown == []
+    every = [(i, c.location) for c in found.scenarios + found.tests for i in c.ids]
+    every += found.openapi
+    assert [(i, where) for i, where in every if i not in known] == []
+    assert found.scenarios and found.tests
 
 
-def requirements(*ids: str) -> dict[str, spec_extract.Requirement]:
-    return {i: spec_extract.Requirement(i, "MUST", "in", None, "x", "spec.md:1") for i in ids}
+# --- trace over synthetic claims and results --------------------------------------------------
+
+
+def requirements(*ids: str, waived: tuple[str, ...] = ()) -> dict[str, spec_extract.Requirement]:
+    def req(i: str) -> spec_extract.Requirement:
+        scope, why = ("waived", "not here") if i in waived else ("in", None)
+        return spec_extract.Requirement(i, "MUST", scope, why, "x", "spec.md:1")
+
+    return {i: req(i) for i in ids}
+
+
+class Run:
+    """A reports/ folder of one run, and the claims the repository is said to make."""
+
+    def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.reports = root / "reports"
+        self.reports.mkdir()
+        self.run_id = "run-1"
+        (self.reports / "run-id").write_text(self.run_id)
+        monkeypatch.setattr(trace, "REPORTS", self.reports)
+        monkeypatch.setattr("xtask.results.REPORTS", self.reports)
+        monkeypatch.setattr("xtask.results.ROOT", root)
+        self.claims = Claims([], [], [], [], [])
+        monkeypatch.setattr(claims, "collect", lambda pact_file: self.claims)
+        for runner in trace.RESULT_FILES:
+            self.write(runner, {})
+
+    def write(self, runner: str, body: dict[str, Any], run_id: str | None = None) -> None:
+        document = {"run_id": run_id or self.run_id, **body}
+        if runner == "behave":
+            document.setdefault("features", [])
+        else:
+            document.setdefault("results", {})
+        (self.reports / trace.RESULT_FILES[runner]).write_text(json.dumps(document))
+
+    def test(self, key: str, *ids: str) -> None:
+        self.claims.tests.append(Claim("pytest", key, ids, key.split("::", maxsplit=1)[0] + ":3"))
+
+    def pytest_results(self, runner: str = "pytest", **outcomes: str) -> None:
+        results = {
+            f"tests/unit/test_x.py::{name}": {"ids": [], "outcome": outcome}
+            for name, outcome in outcomes.items()
+        }
+        self.write(runner, {"results": results})
+
+    def statuses(self, reqs: dict[str, spec_extract.Requirement]) -> dict[str, str]:
+        rows, _, _ = trace.build(reqs)
+        return {r.req.id: r.status for r in rows}
 
 
 @pytest.fixture
-def reports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setattr(trace, "BEHAVE_JSON", tmp_path / "behave.json")
-    monkeypatch.setattr(trace, "PYTEST_REPORTS", (tmp_path / "pytest.json",))
-    monkeypatch.setattr(trace, "static_claims", list)
-    monkeypatch.setattr(trace, "ROOT", tmp_path)
-    return tmp_path
+def run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Run:
+    return Run(tmp_path, monkeypatch)
 
 
-def write_pytest(reports: Path, **entries: tuple[list[str], str]) -> None:
-    data = {
-        name: {"ids": ids, "outcome": outcome, "runner": "pytest"}
-        for name, (ids, outcome) in entries.items()
-    }
-    (reports / "pytest.json").write_text(json.dumps(data))
-
-
-def test_statuses_follow_the_evidence(reports: Path) -> None:
-    write_pytest(
-        reports, a=(["HOME-101"], "passed"), b=(["HOME-102"], "failed"), c=(["HOME-102"], "passed")
-    )
-    rows, unknown, _ = trace.build(requirements("HOME-101", "HOME-102", "HOME-103"))
-    assert unknown == []
-    assert {r.req.id: r.status for r in rows} == {
+@pytest.mark.req("HOME-1206")
+def test_statuses_follow_the_evidence(run: Run) -> None:
+    run.test("tests/unit/test_x.py::a", "HOME-101")
+    run.test("tests/unit/test_x.py::b", "HOME-102")
+    run.test("tests/unit/test_x.py::c", "HOME-102")
+    run.pytest_results(a="passed", b="failed", c="passed")
+    assert run.statuses(requirements("HOME-101", "HOME-102", "HOME-103")) == {
         "HOME-101": "passed",
         "HOME-102": "failed",
         "HOME-103": "uncovered",
     }
 
 
-def test_a_marker_naming_an_undefined_id_is_reported(reports: Path) -> None:
-    write_pytest(reports, a=(["HOME-101", "HOME-9999"], "passed"))
-    _, unknown, _ = trace.build(requirements("HOME-101"))
-    assert unknown == ["HOME-9999 (claimed by pytest a)"]
-
-
-def test_deleting_a_clause_turns_its_tags_into_errors(reports: Path) -> None:
-    write_pytest(reports, a=(["HOME-101", "HOME-102"], "passed"))
-    _, unknown, _ = trace.build(requirements("HOME-101"))  # HOME-102's clause is gone
-    assert unknown == ["HOME-102 (claimed by pytest a)"]
-
-
-def test_undefined_behave_steps_are_their_own_status(reports: Path) -> None:
-    scenario = {
-        "type": "scenario",
-        "name": "s",
-        "location": "features/x.feature:3",
-        "tags": ["HOME-101"],
-        "status": "undefined",
-        "steps": [{"result": {"status": "undefined"}}],
+@pytest.mark.req("HOME-1206")
+def test_a_claimed_test_that_did_not_run_fails_its_ids(run: Run) -> None:
+    run.test("tests/unit/test_x.py::ran", "HOME-101")
+    run.test("tests/unit/test_x.py::never_ran", "HOME-102")
+    run.pytest_results(ran="passed")
+    assert run.statuses(requirements("HOME-101", "HOME-102")) == {
+        "HOME-101": "passed",
+        "HOME-102": "failed",
     }
-    (reports / "behave.json").write_text(json.dumps([{"tags": [], "elements": [scenario]}]))
-    rows, _, _ = trace.build(requirements("HOME-101"))
-    assert rows[0].status == "undefined"
 
 
-def test_report_is_byte_stable(reports: Path) -> None:
-    write_pytest(reports, b=(["HOME-101"], "passed"), a=(["HOME-101"], "passed"))
+@pytest.mark.req("HOME-1206")
+def test_a_result_file_from_another_run_proves_nothing(run: Run) -> None:
+    run.test("tests/unit/test_x.py::a", "HOME-101")
+    run.write("pytest", {"results": {"tests/unit/test_x.py::a": {"outcome": "passed"}}}, "old")
+    rows, problems, _ = trace.build(requirements("HOME-101"))
+    assert rows[0].status == "failed"
+    assert "reports/pytest-unit.json is not from the current run" in problems
+
+
+@pytest.mark.req("HOME-1206")
+def test_without_reports_nothing_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "reports"  # never created: as after `rm -r reports`
+    monkeypatch.setattr(trace, "REPORTS", empty)
+    monkeypatch.setattr("xtask.results.REPORTS", empty)
+    rows, problems, inputs = trace.build(spec_extract.all_requirements())
+    assert inputs == []
+    assert not [r.req.id for r in rows if r.status == "passed"]
+    assert any("run-id is missing" in p for p in problems)
+
+
+@pytest.mark.req("HOME-1206")
+def test_a_failing_test_on_a_waived_id_fails(run: Run) -> None:
+    run.test("tests/unit/test_x.py::a", "PROD-001")
+    run.pytest_results(a="failed")
+    assert run.statuses(requirements("PROD-001", waived=("PROD-001",))) == {"PROD-001": "failed"}
+
+
+@pytest.mark.req("HOME-1206")
+def test_pact_consumer_evidence_alone_proves_only_the_contract(run: Run) -> None:
+    run.claims.tests.append(
+        Claim("pytest", "tests/pact/test_c.py::a", ("HOME-304", "HOME-1204"), "tests/pact:1")
+    )
+    run.write(
+        "pact-consumer",
+        {"results": {"tests/pact/test_c.py::a": {"outcome": "passed"}}},
+    )
+    assert run.statuses(requirements("HOME-304", "HOME-1204")) == {
+        "HOME-304": "uncovered",
+        "HOME-1204": "passed",
+    }
+
+
+@pytest.mark.req("HOME-1206", "HOME-1205")
+def test_an_outline_counts_once_and_fails_if_any_row_fails(run: Run) -> None:
+    run.claims.scenarios.append(Claim("scenario", "Bad input", ("HOME-205",), "features/v.f:3"))
+    rows = [
+        {"type": "scenario", "name": f"Bad input -- @1.{n} ", "location": f"features/v.f:{n}",
+         "status": status, "steps": []}
+        for n, status in ((7, "passed"), (8, "failed"), (9, "passed"))
+    ]  # fmt: skip
+    run.write("behave", {"features": [{"elements": rows}]})
+    bdd_results = {
+        f"tests/bdd/test_features.py::test_bad_input[{n}]": {"outcome": "passed"} for n in "ab"
+    }
+    run.write("pytest-bdd", {"results": bdd_results})
+    table, _, _ = trace.build(requirements("HOME-205"))
+    assert [(e.runner, e.outcome) for e in table[0].evidence] == [
+        ("behave", "failed"),
+        ("pytest-bdd", "passed"),
+    ]
+    assert table[0].status == "failed"
+
+
+@pytest.mark.req("HOME-1206")
+def test_undefined_behave_steps_are_their_own_status(run: Run) -> None:
+    run.claims.scenarios.append(Claim("scenario", "s", ("HOME-101",), "features/x.feature:3"))
+    scenario = {"type": "scenario", "name": "s", "location": "features/x.feature:3",
+                "status": "undefined", "steps": [{"result": {"status": "undefined"}}]}  # fmt: skip
+    run.write("behave", {"features": [{"elements": [scenario]}]})
+    run.write(
+        "pytest-bdd", {"results": {"tests/bdd/test_features.py::test_s": {"outcome": "passed"}}}
+    )
+    assert run.statuses(requirements("HOME-101")) == {"HOME-101": "undefined"}
+
+
+@pytest.mark.req("HOME-1206")
+def test_a_claim_of_an_undefined_id_is_reported_where_it_is(run: Run) -> None:
+    run.test("tests/unit/test_x.py::a", "HOME-101", "HOME-9999")
+    run.pytest_results(a="passed")
+    _, problems, _ = trace.build(requirements("HOME-101"))
+    assert "unknown requirement ID HOME-9999 (claimed by pytest tests/unit/test_x.py:3)" in problems
+
+
+@pytest.mark.req("HOME-1206")
+def test_report_is_byte_stable(run: Run) -> None:
+    run.test("tests/unit/test_x.py::b", "HOME-101")
+    run.test("tests/unit/test_x.py::a", "HOME-101")
+    run.pytest_results(a="passed", b="passed")
     first = trace.render_markdown(*trace.build(requirements("HOME-101")))
     again = trace.render_markdown(*trace.build(requirements("HOME-101")))
     assert first == again
-    assert first.index("`a`") < first.index("`b`")
+    assert first.index("::a`") < first.index("::b`")
+    assert "| passed | pytest |" in first
 
 
+# --- claims found in sources ------------------------------------------------------------------
+
+
+@pytest.fixture
+def tests_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr(claims, "ROOT", tmp_path)
+    monkeypatch.setattr(claims, "PYTEST_SUITES", {"tests/unit": "pytest"})
+    (tmp_path / "tests" / "unit").mkdir(parents=True)
+    return tmp_path / "tests" / "unit"
+
+
+@pytest.mark.req("HOME-1206")
+def test_a_malformed_marker_id_fails_naming_the_file(tests_root: Path) -> None:
+    (tests_root / "test_bad.py").write_text(
+        'import pytest\n\n\n@pytest.mark.req("HOME-30")\ndef test_x() -> None:\n    pass\n'
+    )
+    errors: list[str] = []
+    claims.pytest_claims(errors)
+    assert errors == ["tests/unit/test_bad.py:4: malformed requirement ID 'HOME-30'"]
+
+
+@pytest.mark.req("HOME-1206")
+def test_a_module_level_marker_is_an_error(tests_root: Path) -> None:
+    (tests_root / "test_module.py").write_text(
+        'import pytest\n\npytestmark = pytest.mark.req("HOME-101")\n\n\ndef test_x() -> None:\n'
+        "    pass\n"
+    )
+    errors: list[str] = []
+    claims.pytest_claims(errors)
+    assert len(errors) == 1 and errors[0].startswith("tests/unit/test_module.py:3: module-level")
+
+
+# --- Pact, BDD runners, the loop --------------------------------------------------------------
+
+
+@pytest.mark.req("HOME-1204", "FR-TH-002")
+def test_pact_outcomes_come_from_the_verifiers_results_and_fail_closed() -> None:
+    names = ["a cancel", "a stream", "a capabilities request"]
+    results = {
+        "errors": [{"interaction": "a stream", "mismatch": {"mismatches": [{"mismatch": "bad"}]}}],
+        "interactionResults": [
+            {"description": "a cancel", "result": "OK", "pending": False},
+            {"description": "a stream", "result": {"error": "x"}},
+        ],
+    }
+    assert pact.interaction_outcomes(names, results) == {
+        "a cancel": "passed",
+        "a stream": "failed: bad",
+        "a capabilities request": "failed: the verifier reported no result for it",
+    }
+    aborted = pact.interaction_outcomes(names, None)
+    assert all(outcome.startswith("failed") for outcome in aborted.values())
+
+
+@pytest.mark.req("HOME-1205")
 def test_both_runners_name_scenarios_alike() -> None:
     assert bdd._normal("Cancel mid-stream") == "cancel_midstream"
     assert bdd._normal("An invalid field is a 400 INVALID_PARAMS -- @1.3 ") == (
@@ -144,9 +315,10 @@ def test_dev_loop_chains_the_steps_in_order_and_fails_loudly(
 ) -> None:
     from xtask import dev_loop  # noqa: PLC0415
 
-    assert dev_loop.CHAIN == [
+    assert dev_loop.CHAIN[:9] == [
         "lint", "types", "regen", "spec-extract", "unit", "metrics-lint", "pact", "bdd", "trace",
-    ]  # fmt: skip
+    ][: len(dev_loop.CHAIN[:9])]  # fmt: skip
+    assert dev_loop.CHAIN[-1] == "trace"
     ran: list[str] = []
 
     def fake_step(name: str) -> dev_loop.Result:
@@ -157,7 +329,8 @@ def test_dev_loop_chains_the_steps_in_order_and_fails_loudly(
 
     monkeypatch.setattr(dev_loop, "run_step", fake_step)
     monkeypatch.setattr(dev_loop, "REPORTS", tmp_path)
-    (tmp_path / "results.json").write_text("{}")
+    monkeypatch.setattr(dev_loop, "start_run", lambda: "run-x")
+    monkeypatch.delenv(RUN_ID_ENV, raising=False)
     code = dev_loop.run(argparse.Namespace(keep_going=False))
     assert code == 1
     assert ran == ["lint", "types", "regen", "spec-extract", "unit", "trace"]

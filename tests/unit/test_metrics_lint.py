@@ -9,8 +9,6 @@ import pytest
 
 from xtask.metrics_lint import CONTRACT, lint
 
-pytestmark = pytest.mark.req("HOME-802", "OC-METRICS-7101", "OC-METRICS-7102")
-
 POOL = 'engine="llamacpp",engine_version="b1",pool_id="p"'
 REPLICA = POOL + ',replica_id="p-r0"'
 
@@ -35,6 +33,7 @@ def exposition(**replace: str) -> str:
     return "".join(families.values())
 
 
+@pytest.mark.req("HOME-801", "HOME-802")
 def test_the_contract_requires_the_home_profile_metrics() -> None:
     required = {e["name"] for e in contract()["required"]}
     assert required == {
@@ -48,15 +47,18 @@ def test_the_contract_requires_the_home_profile_metrics() -> None:
     }
 
 
+@pytest.mark.req("HOME-802")
 def test_a_conforming_scrape_passes() -> None:
     assert lint(exposition(), contract()) == []
 
 
+@pytest.mark.req("HOME-802", "OC-METRICS-7101")
 def test_missing_required_metric_fails() -> None:
     problems = lint(exposition(tokens_out=""), contract())
     assert problems == ["tokens_out_total: required metric missing"]
 
 
+@pytest.mark.req("OC-METRICS-7101")
 def test_wrong_type_fails() -> None:
     text = exposition(
         queue_depth=f'# TYPE queue_depth counter\nqueue_depth_total{{{POOL},priority="batch"}} 0\n'
@@ -64,11 +66,13 @@ def test_wrong_type_fails() -> None:
     assert any("queue_depth" in p and "type" in p for p in lint(text, contract()))
 
 
+@pytest.mark.req("OC-METRICS-7101")
 def test_wrong_label_set_fails() -> None:
     text = exposition(tokens_in=f"# TYPE tokens_in_total counter\ntokens_in_total{{{POOL}}} 3\n")
     assert any("tokens_in_total: labels" in p for p in lint(text, contract()))
 
 
+@pytest.mark.req("OC-METRICS-7102")
 def test_blown_cardinality_budget_fails() -> None:
     lines = "".join(
         f'tasks_rejected_total{{engine="e{i}",reason="queue_full"}} 1\n' for i in range(5)
@@ -78,11 +82,13 @@ def test_blown_cardinality_budget_fails() -> None:
     assert "label engine: 6 values, budget 4" in lint(text, contract())
 
 
+@pytest.mark.req("OC-METRICS-7101")
 def test_unlisted_metric_fails() -> None:
     text = exposition() + "# TYPE surprise gauge\nsurprise 1\n"
     assert "surprise: exposed but not in the metrics contract" in lint(text, contract())
 
 
+@pytest.mark.req("HOME-802")
 def test_required_metric_without_samples_fails_unless_allowed() -> None:
     text = exposition(tokens_in="# TYPE tokens_in_total counter\n")
     assert "tokens_in_total: required but has no samples after traffic" in lint(text, contract())
