@@ -5,7 +5,7 @@ Feature: Cancel and disconnect free the engine slot
   Background:
     Given a running orchestratord with a Ready llama.cpp pool
 
-  @HOME-304 @ORCH-2003 @ORCH-3017 @ORCH-3026 @OC-CTRL-2012 @OC-ADAPT-5010
+  @HOME-304 @ORCH-2003 @ORCH-3026 @OC-CTRL-2012 @OC-ADAPT-5010
   Scenario: Cancel mid-stream
     When I submit a completion task for 1900 fixed-length tokens
     And I read 3 token frames and cancel the task

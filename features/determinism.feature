@@ -6,7 +6,7 @@ Feature: Determinism by seed
   Background:
     Given a running orchestratord with a Ready llama.cpp pool
 
-  @HOME-207 @ORCH-3045 @FR-DE-001 @OC-CORE-1030 @OC-CORE-1031
+  @HOME-207 @ORCH-3045 @FR-DE-001 @OC-CORE-1030
   Scenario: Same seed, same text; other seed, other text
     When I submit a completion task for 32 fixed-length tokens with seed 1234
     And I remember the streamed text as first

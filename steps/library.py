@@ -117,6 +117,11 @@ def fill_queue(world: World) -> None:
     world.fill_queue()
 
 
+@then("the pool accepted exactly its slots plus its queue capacity")
+def accepted_exactly_capacity(world: World) -> None:
+    world.expect_accepted_capacity()
+
+
 @when("I submit a task without a token")
 def submit_without_token(world: World) -> None:
     world.submit(auth=False)

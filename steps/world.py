@@ -45,6 +45,7 @@ class World:
         self.texts: dict[str, str] = {}
         self.accepted: list[str] = []
         self.metrics_text = ""
+        self.filled = 0
 
     def close(self) -> None:
         for task_id in self.accepted:  # leave no long task running for the next scenario
@@ -99,12 +100,19 @@ class World:
         self.response = self.client.post("/v1/tasks", json=self.body, headers=self.server.auth)
 
     def fill_queue(self) -> None:
-        # 2 slots + 4 queue places in the live config: the 7th long task finds the queue full.
-        for _ in range(12):
+        self.filled = 0
+        for _ in range(40):
             self.submit(max_tokens=1900, sampler_profile_version="fixed-length", prompt="a")
             if self.response is not None and self.response.status_code != 202:
                 return
+            self.filled += 1
         raise AssertionError("the queue never filled")
+
+    def expect_accepted_capacity(self) -> None:
+        """As many admitted as the engine has slots plus the queue has places, no more."""
+        caps = self.client.get("/v1/capabilities", headers=self.server.auth).json()
+        (pool,) = [p for e in caps["engines"] for p in e["pools"]]
+        assert self.filled == pool["slots_total"] + pool["queue_capacity"], (self.filled, pool)
 
     def get(self, path: str) -> None:
         self.response = self.client.get(path, headers=self.server.auth)

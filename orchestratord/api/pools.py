@@ -26,7 +26,9 @@ class PoolHealthResource:
         resp.media = {
             "live": pool.process.running() if pool.process is not None else pool.info is not None,
             "ready": pool.ready,
-            "draining": False,
+            # Admission stopped while running work finishes: today that is the shutdown
+            # grace; POST /v1/pools/{id}/drain will set it too.
+            "draining": not pool.accepting,
             "metrics": {
                 "slots_total": pool.slots_total,
                 "slots_free": pool.slots_free if pool.ready else 0,
