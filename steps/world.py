@@ -195,8 +195,7 @@ class World:
         raise AssertionError("the long task never started decoding")
 
     def engine_busy_slots(self) -> list[int]:
-        slots = httpx.get(self.server.engine_url + "/slots", timeout=5.0).json()
-        return [s["id"] for s in slots if s["is_processing"]]
+        return self.server.engine_busy_slots()
 
     def scrape_metrics(self) -> None:
         self.metrics_text = httpx.get(self.server.url + "/metrics", timeout=5.0).text

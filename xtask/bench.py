@@ -125,8 +125,11 @@ async def relay_bench(
         # One client stack for both paths: aiohttp (TCP_NODELAY, C parser), so the figures
         # show the relay's cost rather than the client library's.
         timeout = aiohttp.ClientTimeout(total=120)
-        async with aiohttp.ClientSession(timeout=timeout) as client:
-            await direct_run(client, server, 16, seed)  # warm the prompt cache and allocator
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as client,
+            server.engine_session(timeout=timeout) as engine,
+        ):
+            await direct_run(engine, server, 16, seed)  # warm the prompt cache and allocator
             await relay_run(client, server, 16, seed)
             direct: list[Run] = []
             relay: list[Run] = []
@@ -134,7 +137,7 @@ async def relay_bench(
             for index in range(pairs):
                 for path in ("direct", "relay") if index % 2 == 0 else ("relay", "direct"):
                     if path == "direct":
-                        direct.append(await direct_run(client, server, tokens, seed))
+                        direct.append(await direct_run(engine, server, tokens, seed))
                     else:
                         before = cpu_seconds(server.pid)
                         relay.append(await relay_run(client, server, tokens, seed))

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+import httpx
 import yaml
 
 from orchestratord.models.tiny_gguf import TINY_MODEL_REF
-from orchestratord.pools.engine_process import free_loopback_port
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
 TEST_TOKEN = "live-test-token-0123456789abcdef"
@@ -54,7 +55,7 @@ def task_body(**overrides: Any) -> dict[str, Any]:
 class LiveServer:
     url: str
     token: str
-    engine_url: str
+    engine_socket: Path  # the default pool's llama-server listens here (a Unix socket)
     pid: int
     output: list[str]
     workdir: Path
@@ -63,9 +64,27 @@ class LiveServer:
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
 
+    engine_url = "http://localhost"
+
+    def engine_client(self, timeout_s: float = 5.0) -> httpx.Client:
+        """A client for the engine itself, past orchestratord (its Unix socket)."""
+        transport = httpx.HTTPTransport(uds=str(self.engine_socket))
+        return httpx.Client(base_url=self.engine_url, transport=transport, timeout=timeout_s)
+
+    def engine_session(self, **kwargs: Any) -> aiohttp.ClientSession:
+        """An aiohttp session for the engine itself (benchmarks' direct path)."""
+        connector = aiohttp.UnixConnector(path=str(self.engine_socket), limit=64)
+        return aiohttp.ClientSession(connector=connector, **kwargs)
+
+    def engine_busy_slots(self) -> list[int]:
+        """The slot ids llama-server's own ``/slots`` says are decoding."""
+        with self.engine_client() as engine:
+            slots = engine.get("/slots").json()
+        return [s["id"] for s in slots if s["is_processing"]]
+
 
 def default_live_config(
-    workdir: Path, engine_port: int, server: dict[str, Any] | None = None, **pool: Any
+    workdir: Path, server: dict[str, Any] | None = None, **pool: Any
 ) -> dict[str, Any]:
     pool_config: dict[str, Any] = {
         "id": "default",
@@ -74,7 +93,6 @@ def default_live_config(
         "slots": 2,
         "ctx_max": 2048,
         "queue": {"capacity": 4, "full_policy": "reject"},
-        "llamacpp": {"port": engine_port},
     }
     pool_config.update(pool)
     return {
@@ -99,8 +117,7 @@ def live_server(
 ) -> Iterator[LiveServer]:
     with tempfile.TemporaryDirectory(prefix="llorch-live-") as tmp:
         workdir = Path(tmp)
-        engine_port = free_loopback_port()
-        config = config or default_live_config(workdir, engine_port, server, **pool)
+        config = config or default_live_config(workdir, server, **pool)
         config_path = workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         env = {**os.environ, "LLORCH_API_TOKEN": TEST_TOKEN, "PYTHONUNBUFFERED": "1"}
@@ -137,7 +154,7 @@ def live_server(
             yield LiveServer(
                 url=url_box[0],
                 token=TEST_TOKEN,
-                engine_url=f"http://127.0.0.1:{engine_port}",
+                engine_socket=Path(config["state_dir"]) / "engines" / "default.sock",
                 pid=proc.pid,
                 output=output,
                 workdir=workdir,

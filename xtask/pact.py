@@ -91,8 +91,7 @@ class ProviderStates:
         # Leave the engine idle for the next interaction.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
-            slots = httpx.get(self.server.engine_url + "/slots", timeout=5.0).json()
-            if not any(s["is_processing"] for s in slots):
+            if not self.server.engine_busy_slots():
                 return
             time.sleep(0.02)
 

@@ -66,8 +66,10 @@ class LlamaCppAdapter(EngineAdapter):
         max_connections: int,
         version_hint: str | None = None,
         coalesce_s: float = 0.0,
+        unix_socket: Path | None = None,
     ) -> None:
         self.base_url = base_url
+        self._unix_socket = str(unix_socket) if unix_socket is not None else None
         self._coalesce_s = coalesce_s
         parsed = urllib.parse.urlsplit(base_url)
         self._host = parsed.hostname or "127.0.0.1"
@@ -81,7 +83,12 @@ class LlamaCppAdapter(EngineAdapter):
     def _http(self) -> aiohttp.ClientSession:
         # Created lazily: an aiohttp session belongs to the running event loop.
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._max_connections + 4)
+            limit = self._max_connections + 4
+            connector: aiohttp.BaseConnector = (
+                aiohttp.UnixConnector(path=self._unix_socket, limit=limit)
+                if self._unix_socket
+                else aiohttp.TCPConnector(limit=limit)
+            )
             self._session = aiohttp.ClientSession(self.base_url, connector=connector)
         return self._session
 
@@ -177,7 +184,12 @@ class LlamaCppAdapter(EngineAdapter):
         try:
             body = json.dumps(self._completion_body(request)).encode()
             stream = await post_sse(
-                self._host, self._port, "/completion", body, coalesce_s=self._coalesce_s
+                self._host,
+                self._port,
+                "/completion",
+                body,
+                coalesce_s=self._coalesce_s,
+                unix_socket=self._unix_socket,
             )
             async for batch in stream.batches():
                 for payload in batch:

@@ -177,15 +177,28 @@ class SSEPostStream:
 
 
 async def post_sse(
-    host: str, port: int, path: str, body: bytes, *, coalesce_s: float = 0.0
+    host: str,
+    port: int,
+    path: str,
+    body: bytes,
+    *,
+    coalesce_s: float = 0.0,
+    unix_socket: str | None = None,
 ) -> SSEPostStream:
+    """POST ``body`` to ``path`` on ``host:port``, or on the Unix socket ``unix_socket``."""
     loop = asyncio.get_running_loop()
     try:
-        transport, protocol = await loop.create_connection(
-            lambda: _SSEProtocol(coalesce_s), host, port
-        )
+        if unix_socket is not None:
+            transport, protocol = await loop.create_unix_connection(
+                lambda: _SSEProtocol(coalesce_s), unix_socket
+            )
+        else:
+            transport, protocol = await loop.create_connection(
+                lambda: _SSEProtocol(coalesce_s), host, port
+            )
     except OSError as exc:
-        raise ConnectFailed(f"cannot connect to {host}:{port}: {exc}") from exc
+        where = unix_socket or f"{host}:{port}"
+        raise ConnectFailed(f"cannot connect to {where}: {exc}") from exc
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
         f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"

@@ -76,7 +76,17 @@ class TaskStreamResource:
         cursor = 0
         sent_tokens = 0
         try:
-            yield Burst([self._started(task)])
+            # `started` goes out with whatever the log already holds: a short task that is
+            # done by the time its stream opens is one write.
+            batch = [self._started(task), *task.frames]
+            cursor = len(batch) - 1
+            task.delivered = cursor
+            sent_tokens = task.tokens_out
+            yield Burst(batch)
+            if task.finished:
+                return
+            if sent_tokens:
+                window_until = loop.time() + self._coalesce_s
             while True:
                 if cursor < len(task.frames):
                     # Coalesce while tokens flow: frames due within `coalesce` of the last

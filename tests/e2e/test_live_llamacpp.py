@@ -60,8 +60,7 @@ def run_text(client: httpx.Client, **overrides: Any) -> str:
 
 
 def engine_busy_slots(server: LiveServer) -> list[int]:
-    slots = httpx.get(server.engine_url + "/slots", timeout=5.0).json()
-    return [s["id"] for s in slots if s["is_processing"]]
+    return server.engine_busy_slots()
 
 
 @pytest.mark.req("HOME-601", "HOME-1002", "OC-POOL-3001")
