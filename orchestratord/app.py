@@ -24,6 +24,7 @@ from orchestratord.api import error_handlers
 from orchestratord.api.capabilities import CapabilitiesResource
 from orchestratord.api.metrics_endpoint import MetricsResource
 from orchestratord.api.middleware import AuthMiddleware, CorrelationIdMiddleware
+from orchestratord.api.planned import add_planned_routes
 from orchestratord.api.pools import PoolHealthResource
 from orchestratord.api.stream import TaskStreamResource
 from orchestratord.api.tasks import TaskCancelResource, TasksResource
@@ -149,6 +150,7 @@ class Orchestrator:
         app.add_route("/v1/capabilities", CapabilitiesResource(self))
         app.add_route("/v1/pools/{pool_id}/health", PoolHealthResource(self))
         app.add_route("/metrics", MetricsResource(self.metrics))
+        add_planned_routes(app)
         return app
 
     async def start(self) -> None:

@@ -30,6 +30,7 @@ class ErrorCode(enum.StrEnum):
     FORBIDDEN = "FORBIDDEN"
     NOT_FOUND = "NOT_FOUND"
     CONFLICT = "CONFLICT"
+    NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
 
 
 class ApiError(Exception):
@@ -100,6 +101,7 @@ _STATUS_CODES: dict[int, ErrorCode] = {
     411: ErrorCode.INVALID_PARAMS,
     413: ErrorCode.INVALID_PARAMS,
     415: ErrorCode.INVALID_PARAMS,
+    501: ErrorCode.NOT_IMPLEMENTED,
 }
 
 

@@ -5,7 +5,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from xtask import bdd, bench, dev_loop, metrics_lint, pact, regen, spec_extract, trace
+from xtask import (
+    bdd,
+    bench,
+    conformance,
+    dev_loop,
+    metrics_lint,
+    pact,
+    regen,
+    soak,
+    spec_extract,
+    trace,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
     bdd.add_parser(sub)
     trace.add_parser(sub)
     bench.add_parser(sub)
+    soak.add_parser(sub)
+    conformance.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

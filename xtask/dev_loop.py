@@ -1,7 +1,8 @@
 """``python -m xtask dev-loop``: the whole chain CI runs (HOME-1207).
 
 lint → types → regen (drift) → spec-extract (drift) → unit (unit + e2e tests) → metrics-lint
-→ pact (consumer + provider verify) → bdd (behave + pytest-bdd) → trace.
+→ pact (consumer + provider verify) → bdd (behave + pytest-bdd) → conformance (schemathesis
+against both contracts, live) → soak (the short load and fault probes) → trace.
 
 Each step is its own ``python -m xtask <step>`` and runs as a child process, starting and
 stopping whatever servers it needs. The loop stops at the first failing step; ``trace`` still
@@ -41,7 +42,10 @@ TOOL_STEPS: dict[str, tuple[str, list[str]]] = {
         ],
     ),
 }  # fmt: skip
-CHAIN = ["lint", "types", "regen", "spec-extract", "unit", "metrics-lint", "pact", "bdd", "trace"]
+CHAIN = [
+    "lint", "types", "regen", "spec-extract", "unit", "metrics-lint", "pact", "bdd",
+    "conformance", "soak", "trace",
+]  # fmt: skip
 
 
 def step_command(name: str) -> list[str]:
@@ -51,6 +55,8 @@ def step_command(name: str) -> list[str]:
         return TOOL_STEPS[name][1]
     if name in ("regen", "spec-extract"):
         return [PY, "-m", "xtask", name, "--check"]
+    if name == "soak":
+        return [PY, "-m", "xtask", "soak", "--short"]
     return [PY, "-m", "xtask", name]
 
 

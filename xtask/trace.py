@@ -49,6 +49,8 @@ RESULT_FILES = {
     "pact-consumer": "pytest-pact.json",
     "pact-provider": "pact-verify.json",
     "metrics-lint": "metrics-lint.json",
+    "soak": "soak.json",
+    "schemathesis": "schemathesis.json",
 }
 # Evidence that never touched the server: it proves the contract, not the behaviour.
 CONTRACT_ONLY_RUNNERS = frozenset({"pact-consumer"})
@@ -199,10 +201,15 @@ def build(
         for req_id in entry.get("ids", claim.ids):
             claimed.append((req_id, evidence))
 
-    lint = documents["metrics-lint"]
-    for name, entry in (lint or {}).get("results", {}).items():
-        evidence = Evidence("metrics-lint", name, entry["outcome"], "ci/metrics.lint.json")
-        claimed += [(req_id, evidence) for req_id in entry["ids"]]
+    generated = (
+        ("metrics-lint", "ci/metrics.lint.json"),
+        ("soak", "xtask/soak.py"),
+        ("schemathesis", "xtask/conformance.py"),
+    )
+    for runner, where in generated:
+        for name, entry in (documents[runner] or {}).get("results", {}).items():
+            evidence = Evidence(runner, name, entry["outcome"], where)
+            claimed += [(req_id, evidence) for req_id in entry["ids"]]
 
     unknown: set[str] = set()
     for req_id, evidence in claimed:

@@ -82,6 +82,7 @@ SHARED = {
         "PayloadTooLarge",
         "Accepted",
         "NoContent",
+        "NotImplemented",
     },
 }
 CORRELATION_PARAMETER = "#/components/parameters/CorrelationId"
@@ -391,7 +392,7 @@ def test_component_validator_knows_only_declared_schemas() -> None:
 
 
 @pytest.mark.req("HOME-1201", "HOME-1202")
-async def test_implemented_operations_are_routed_and_planned_ones_are_not(
+async def test_implemented_operations_are_routed_and_planned_ones_answer_a_typed_501(
     conductor_for: Any,
 ) -> None:
     async with conductor_for() as (_, conductor):
@@ -402,11 +403,27 @@ async def test_implemented_operations_are_routed_and_planned_ones_are_not(
             unrouted = result.status_code == 404 and (
                 result.json["message"] == router_404["message"]
             )
-            if op["x-status"] == "implemented":
-                assert not unrouted, (method, path, "implemented but not routed")
-                assert result.status_code != 405, (method, path)
+            assert not unrouted, (method, path, "documented but not routed")
+            assert result.status_code != 405, (method, path)
+            if op["x-status"] == "planned":
+                assert result.status_code == 501, (method, path)
+                assert result.json["code"] == "NOT_IMPLEMENTED"
+                assert "501" in op["responses"], (method, path, "501 not documented")
             else:
-                assert unrouted, (method, path, "planned but routed: set x-status")
+                assert result.status_code != 501, (method, path, "implemented: set x-status")
+
+
+@pytest.mark.req("HOME-1201")
+def test_the_planned_routes_are_the_contracts_planned_operations() -> None:
+    from orchestratord.api.planned import PLANNED_ROUTES  # noqa: PLC0415
+
+    served = {
+        (method, re.sub(r"\{[a-z_]+\}", "{id}", route))
+        for route, methods in PLANNED_ROUTES.items()
+        for method in methods
+    }
+    planned = {key for _, key, op in all_operations() if op["x-status"] == "planned"}
+    assert served == planned
 
 
 @pytest.mark.req("HOME-1202", "FR-CT-002")
