@@ -11,6 +11,7 @@ from xtask import (
     conformance,
     dev_loop,
     metrics_lint,
+    mutate,
     pact,
     regen,
     soak,
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_parser(sub)
     soak.add_parser(sub)
     conformance.add_parser(sub)
+    mutate.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.run(args))
 
