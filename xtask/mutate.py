@@ -11,6 +11,7 @@ survived) and every surviving mutant, writes ``reports/mutation.json``, and fail
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -26,10 +27,16 @@ KILLED = {"killed", "timeout"}
 SURVIVED = {"survived", "no tests"}
 
 
+# Fewer property examples and a shorter stream timeout: a mutant that hangs a stream should
+# fail in seconds, and 15 random schedules per mutant still reach every lifecycle path.
+FAST_TESTS = {"LLORCH_PROPERTY_EXAMPLES": "15", "LLORCH_TEST_STREAM_TIMEOUT_S": "3"}
+
+
 def mutmut(*args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "mutmut", *args],
         cwd=ROOT,
+        env={**os.environ, **FAST_TESTS},
         check=False,
         text=True,
         capture_output=capture,

@@ -74,9 +74,8 @@ def _start(pool: Pool, task: Task) -> None:
         pool.strict_running = True
     pool.metrics.tasks_started.labels(**pool.replica_labels(), priority=task.priority.value).inc()
     outcome = RunOutcome()
-    runner = asyncio.get_running_loop().create_task(
-        run_task(pool, task, outcome), name=f"task-{task.id}"
-    )
+    runner = asyncio.get_running_loop().create_task(run_task(pool, task, outcome))
+    runner.set_name(f"task-{task.id}")  # pragma: no mutate - for debugging only
     task.runner = runner
     runner.add_done_callback(lambda _: _settle(pool, task, outcome))
 

@@ -135,21 +135,20 @@ class Task:
         self.frame_bytes += len(frame)
         self._wakeup.set()
 
-    def append_token(self, text: str) -> bool:
+    def append_token(self, text: str) -> None:
         if self.terminal is not None:
-            return False
+            return
         self._append(encode_token(text, self.tokens_out))
         self.tokens_out += 1
         self.last_progress = time.monotonic()
-        return True
 
     def append_metrics(self, payload: dict[str, Any]) -> None:
         if self.terminal is None:
             self._append(encode_frame("metrics", payload))
 
-    def finish_end(self, finish_reason: str) -> bool:
+    def finish_end(self, finish_reason: str) -> None:
         if self.terminal is not None:
-            return False
+            return
         self._close()
         payload = {
             "tokens_out": self.tokens_out,
@@ -157,32 +156,30 @@ class Task:
             "finish_reason": finish_reason,
         }
         self._terminate("end", payload)
-        return True
 
-    def finish_error(self, code: str, message: str, engine: str | None = None) -> bool:
+    def finish_error(self, code: str, message: str, engine: str | None = None) -> None:
         if self.terminal is not None:
-            return False
+            return
         self._close()
         payload: dict[str, Any] = {"code": code, "message": message}
         if engine is not None:
             payload["engine"] = engine
         self._terminate("error", payload)
-        return True
 
-    def cancel_output(self, delivered: int | None = None) -> bool:
+    def cancel_output(self, delivered: int | None = None) -> None:
         """Close the log as canceled, keeping only what the subscriber already received.
 
         ``delivered`` is the cut point of a subscriber that just went away; by default the
         attached subscriber's (nothing is cut when nobody is attached).
         """
         if self.terminal is not None:
-            return False
+            return
         cut = delivered if delivered is not None else (self.delivered if self.subscribed else None)
         if cut is not None and cut < len(self.frames):
             del self.frames[cut:]
             self.frame_bytes = sum(len(f) for f in self.frames)
             self.tokens_out = sum(1 for f in self.frames if f.startswith(_TOKEN_PREFIX))
-        return self.finish_end("canceled")
+        self.finish_end("canceled")
 
     def _close(self) -> None:
         self.state = TaskState.DONE

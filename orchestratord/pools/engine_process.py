@@ -78,11 +78,17 @@ def _same_file(a: str, b: Path) -> bool:
 
 
 class EngineStartError(Exception):
-    pass
+    """The engine did not come up. ``public_message`` is safe to show a client (pool health);
+    the detail (log tail, paths, addresses) is for the log."""
+
+    def __init__(self, detail: str, public_message: str) -> None:
+        super().__init__(detail)
+        self.public_message = public_message
 
 
 class _PortTaken(EngineStartError):
-    pass
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, "the engine's address was taken by another program")
 
 
 class LlamaServerProcess:
@@ -203,7 +209,12 @@ class LlamaServerProcess:
                     if proc.returncode is not None:
                         tail = self.log_tail()
                         kind = _PortTaken if "bind" in tail.lower() else EngineStartError
-                        raise kind(f"llama-server exited with {proc.returncode}:\n{tail}")
+                        detail = f"llama-server exited with {proc.returncode}:\n{tail}"
+                        if kind is _PortTaken:
+                            raise _PortTaken(detail)
+                        raise EngineStartError(
+                            detail, f"llama-server exited with {proc.returncode}"
+                        )
                     # 503 while the model loads, refused before the port opens: keep polling.
                     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
                         async with client.get(self.base_url + "/health") as response:
@@ -213,7 +224,8 @@ class LlamaServerProcess:
                     await asyncio.sleep(0.05)
         except TimeoutError as exc:
             raise EngineStartError(
-                f"llama-server not healthy after {timeout_s:.0f}s; log {self.log_path}"
+                f"llama-server not healthy after {timeout_s:.0f}s; log {self.log_path}",
+                f"llama-server not healthy after {timeout_s:.0f}s",
             ) from exc
 
     async def _check_identity(self, client: aiohttp.ClientSession) -> None:

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from orchestratord.adapters.base import EngineAdapter, EngineError, EngineInfo
+from orchestratord.adapters.base import EngineAdapter, EngineInfo
 from orchestratord.config import PoolConfig
 from orchestratord.core import dispatcher
 from orchestratord.core.estimates import ServiceTimeEstimator
@@ -164,11 +164,9 @@ class Pool:
             info = await self.adapter.info()
         except Exception as exc:  # any failure to come up is a failed start, retried
             detail = str(exc)
-            public = (
-                exc.public_message
-                if isinstance(exc, EngineError)
-                else detail.split("\n", maxsplit=1)[0]
-            )
+            # Health is client-visible: only a message meant for clients (no paths, ports or
+            # engine output); the detail goes to the log.
+            public = getattr(exc, "public_message", None) or "see the engine log"
             self.last_error = f"engine start failed: {public}"
             log.error("pool %s: engine start failed: %s", self.id, detail)
             self.needs_start = True

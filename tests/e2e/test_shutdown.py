@@ -37,7 +37,7 @@ def follow(
     out[task_id] = parser
 
 
-@pytest.mark.req("HOME-301", "FR-DP-002", "OC-POOL-3001")
+@pytest.mark.req("HOME-301", "FR-DP-002")
 def test_sigterm_ends_every_open_stream_once_and_stops_the_engine() -> None:
     with live_server(server={"shutdown_grace_ms": 300}) as server:
         engine = [p for p in psutil.Process(server.pid).children() if "llama" in p.name()]

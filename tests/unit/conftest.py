@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -78,7 +79,11 @@ def conductor_for(tmp_path: Path) -> Callable[..., Any]:
     return _Ctx
 
 
-async def chunks(result: Any, timeout_s: float = 10.0) -> AsyncIterator[bytes]:
+# Mutation runs (xtask mutate) shorten it: a mutant that breaks a stream fails sooner.
+STREAM_TIMEOUT_S = float(os.environ.get("LLORCH_TEST_STREAM_TIMEOUT_S", "10"))
+
+
+async def chunks(result: Any, timeout_s: float = STREAM_TIMEOUT_S) -> AsyncIterator[bytes]:
     """Body chunks of a streamed test result as they arrive (bounded in time)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_s

@@ -21,6 +21,7 @@ import pytest
 
 from orchestratord.app import Orchestrator
 from orchestratord.core.task import Task
+from orchestratord.pools.engine_process import EngineStartError
 from tests.unit.conftest import AUTH, collect_stream, task_body
 from tests.unit.faulty_engine import FaultyEngine
 
@@ -75,6 +76,8 @@ async def test_a_crash_resets_only_decoding_tasks_and_queued_ones_run_after_reco
         refused = await submit(conductor)
         assert refused.status_code == 503
         assert refused.json["code"] == "POOL_UNREADY" and refused.json["retriable"] is True
+        assert refused.json["engine"] == "llamacpp"
+        assert refused.json["message"] == "no Ready pool for 'test/mock-model'"
         assert refused.headers["X-Backoff-Ms"] == str(refused.json["retry_after_ms"])
         assert int(refused.headers["Retry-After"]) >= 1
 
@@ -111,7 +114,7 @@ async def test_a_task_sent_to_a_dead_engine_before_anyone_noticed_is_requeued(
     assert engine.connect_attempts == 2
 
 
-@pytest.mark.req("OC-CORE-1022", "HOME-901")
+@pytest.mark.req("HOME-301", "HOME-901")
 async def test_a_queued_task_meets_its_deadline_while_the_pool_is_unready(
     conductor_for: Any,
 ) -> None:
@@ -123,6 +126,7 @@ async def test_a_queued_task_meets_its_deadline_while_the_pool_is_unready(
         waiting = (await submit(conductor, max_tokens=2, deadline_ms=150)).json["task_id"]
         orch.pools["p1"].engine_failed("engine stopped answering /health")
         frames = await collect_stream(conductor, waiting)
+        assert len(orch.pools["p1"].queue) == 0  # it left the queue when its deadline fired
         await orch.cancel(task(orch, holder), "client")
     assert frames[-1] == (
         "error",
@@ -150,7 +154,10 @@ class FakeProcess:
         self.starts += 1
         self.alive = True  # spawned
         if self.starts <= self.fail_first_starts:
-            raise RuntimeError("llama-server exited with 1")
+            raise EngineStartError(
+                "llama-server exited with 1:\nerror: /secret/path/model.gguf",
+                "llama-server exited with 1",
+            )
         self.exit_code = None
 
     def kill(self) -> None:
@@ -180,7 +187,7 @@ async def test_a_failed_first_start_is_retried_and_its_engine_stopped(tmp_path: 
     await orch.start()
     try:
         assert not pool.ready
-        assert pool.last_error == "engine start failed: llama-server exited with 1"
+        assert pool.last_error == "engine start failed: llama-server exited with 1"  # no path
         assert process.stops >= 1 and not process.alive  # the failed engine was not left running
         await eventually(lambda: pool.ready)
         assert process.starts == 3
@@ -226,4 +233,35 @@ async def test_an_open_circuit_ends_queued_work_and_refuses_new_work(
         await orch.cancel(task(orch, holder), "client")
     assert frames[-1][0] == "error" and frames[-1][1]["code"] == "POOL_UNAVAILABLE"
     assert refused.status_code == 503
-    assert refused.json["code"] == "POOL_UNAVAILABLE" and refused.json["retriable"] is False
+    assert refused.json == {
+        "code": "POOL_UNAVAILABLE",
+        "message": "the engine for 'test/mock-model' failed to start repeatedly (circuit open)",
+        "engine": "llamacpp",
+        "retriable": False,
+        "correlation_id": refused.headers["X-Correlation-Id"],
+    }
+
+
+@pytest.mark.req("OC-POOL-3010", "HOME-301")
+async def test_a_task_whose_engine_is_never_reachable_gives_up_after_three_starts(
+    conductor_for: Any,
+) -> None:
+    engine = FaultyEngine(slots=1)
+    async with conductor_for(engine, slots=1) as (orch, conductor):
+        fast(orch, monitor_interval_s=0.005)
+        engine.down = True
+        engine.healthy_flag = True
+        pool = orch.pools["p1"]
+
+        async def healthy_anyway() -> bool:  # answers /health, refuses every generation
+            return True
+
+        engine.healthy = healthy_anyway  # type: ignore[method-assign]
+        accepted = await submit(conductor, max_tokens=4)
+        frames = await collect_stream(conductor, accepted.json["task_id"])
+        assert pool.ready
+    assert engine.connect_attempts == 3
+    assert frames[-1] == (
+        "error",
+        {"code": "POOL_UNAVAILABLE", "message": "the engine is unavailable", "engine": "llamacpp"},
+    )

@@ -161,3 +161,36 @@ async def test_health_says_draining_while_running_work_finishes_after_admission_
         await shutdown
     assert before["draining"] is False
     assert during["draining"] is True
+
+
+@pytest.mark.req("HOME-301")
+async def test_a_finished_task_can_be_replayed_again_and_again(conductor_for: Any) -> None:
+    async with conductor_for() as (_, conductor):
+        body = task_body(max_tokens=5)
+        await conductor.simulate_post("/v1/tasks", json=body, headers=AUTH)
+        first = await collect_stream(conductor, body["task_id"])
+        again = await collect_stream(conductor, body["task_id"])
+        third = await collect_stream(conductor, body["task_id"])
+    assert first == again == third
+    assert first[-1][0] == "end"
+
+
+@pytest.mark.req("HOME-301", "FR-DP-002")
+async def test_tokens_reach_the_client_while_the_engine_still_decodes(conductor_for: Any) -> None:
+    from tests.sse import SSEParser  # noqa: PLC0415
+    from tests.unit.conftest import chunks  # noqa: PLC0415
+
+    engine = FaultyEngine(slots=1, token_delay_s=0.02)  # 40 tokens over about a second
+    async with conductor_for(engine, slots=1) as (orch, conductor):
+        body = task_body(max_tokens=40)
+        await conductor.simulate_post("/v1/tasks", json=body, headers=AUTH)
+        task = orch.registry.get(body["task_id"])
+        assert task is not None
+        parser = SSEParser()
+        path = f"/v1/tasks/{body['task_id']}/stream"
+        async with conductor.simulate_get_stream(path, headers=AUTH) as stream:
+            async for chunk in chunks(stream):
+                if any(e == "token" for e, _ in parser.feed(chunk)):
+                    break
+            assert not task.finished, "the first token waited for the end of the decode"
+            await orch.cancel(task, "client")

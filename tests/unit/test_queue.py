@@ -178,3 +178,16 @@ def test_admission_work_does_not_grow_with_the_queue() -> None:
     # O(1): admitting into a queue of 20,000 looks at exactly as many items as into one of 10
     # (a scan for position, removal or pruning would touch the queued items).
     assert touches_per_admission(10) == touches_per_admission(20_000) <= 4
+
+
+@pytest.mark.req("HOME-203", "OC-CORE-1002")
+def test_a_task_put_back_after_an_engine_failure_counts_as_the_oldest() -> None:
+    queue: TaskQueue[Item] = TaskQueue(2, FullPolicy.DROP_LRU)
+    queue.admit(b("b1"))
+    queue.admit(b("b2"))
+    first = queue.pop()
+    assert first is not None
+    queue.requeue_front(first)  # it had been handed to an engine that was gone
+    assert queue.position(first) == 0
+    displaced = queue.admit(i("i1")).displaced
+    assert displaced is first
