@@ -80,7 +80,6 @@ class Orchestrator:
             config.server.max_retained_tasks,
             config.server.max_retained_bytes,
         )
-        self.shutting_down = False
         self.cache_dir = config.cache_dir or default_cache_dir()
         injected = dict(adapters or {})
         self.pools = {pc.id: self._build_pool(pc, injected.get(pc.id)) for pc in config.pools}
@@ -170,7 +169,6 @@ class Orchestrator:
         """SIGTERM: refuse new tasks (503) and end queued ones now; running tasks may
         finish for ``grace_s``, then every one still open ends with a terminal frame."""
         if self._shutdown is None:
-            self.shutting_down = True
             for pool in self.pools.values():
                 pool.accepting = False
                 pool.end_queued(ErrorCode.POOL_UNAVAILABLE, "orchestratord is shutting down")

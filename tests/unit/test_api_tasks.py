@@ -83,6 +83,12 @@ async def test_correlation_id_is_echoed_or_generated(conductor_for: Any) -> None
             f"/v1/tasks/{uuid.uuid4()}/stream", headers={**AUTH, "X-Correlation-Id": "corr-404"}
         )
         assert assert_envelope(missing, 404, "NOT_FOUND")["correlation_id"] == "corr-404"
+        for unusable in ("", "has space", "x" * 129, "caf\u00e9"):
+            replaced = await conductor.simulate_get(
+                "/v1/capabilities", headers={**AUTH, "X-Correlation-Id": unusable}
+            )
+            assert replaced.status_code == 200
+            assert uuid.UUID(replaced.headers["X-Correlation-Id"])
 
 
 @pytest.mark.req("HOME-102", "OC-CTRL-2040")
