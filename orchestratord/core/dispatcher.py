@@ -8,8 +8,9 @@ only on an idle engine and nothing starts beside it.
 The lifecycle invariants live here:
 
 - every task that reaches a runner ends in exactly one terminal frame (``end`` or
-  ``error``), whatever happens: the runner's done-callback (``_settle``) runs even when the
-  runner was canceled before its first step, and closes the log if nothing else did;
+  ``error``), whatever happens: whoever stops a runner (cancel, watchdog, deadline,
+  shutdown) closes the log first, and the runner's done-callback (``_settle``), which runs
+  even when the runner was canceled before its first step, closes it if nothing else did;
 - the slot, its engine slot id and the ``running`` entry come back on every path, in that
   same callback, and only once the adapter confirmed the engine slot idle;
 - a task that never got output because the engine was unreachable goes back to the head of
@@ -172,9 +173,6 @@ async def run_task(pool: Pool, task: Task, outcome: RunOutcome) -> None:
             task.finish_error(exc.code, exc.public_message, pool.engine)
         if exc.engine_down:
             pool.engine_failed(exc.public_message)
-    except asyncio.CancelledError:
-        task.finish_error(ErrorCode.WORKER_RESET, "task runner stopped", pool.engine)
-        raise
     except Exception:
         log.exception("task %s (correlation %s) failed", task.id, task.correlation_id)
         task.finish_error(ErrorCode.INTERNAL, "internal error", pool.engine)

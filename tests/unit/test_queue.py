@@ -182,12 +182,13 @@ def test_admission_work_does_not_grow_with_the_queue() -> None:
 
 @pytest.mark.req("HOME-203", "OC-CORE-1002")
 def test_a_task_put_back_after_an_engine_failure_counts_as_the_oldest() -> None:
-    queue: TaskQueue[Item] = TaskQueue(2, FullPolicy.DROP_LRU)
+    queue: TaskQueue[Item] = TaskQueue(3, FullPolicy.DROP_LRU)
     queue.admit(b("b1"))
     queue.admit(b("b2"))
     first = queue.pop()
     assert first is not None
-    queue.requeue_front(first)  # it had been handed to an engine that was gone
-    assert queue.position(first) == 0
-    displaced = queue.admit(i("i1")).displaced
-    assert displaced is first
+    queue.admit(i("i1"))  # arrives after b1 was handed out
+    queue.requeue_front(first)  # b1 had been handed to an engine that was gone
+    assert queue.position(first) == 1  # behind the interactive task, first of the batch
+    displaced = queue.admit(i("i2")).displaced
+    assert displaced is first  # the oldest queued task, though it was put back last
