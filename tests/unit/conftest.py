@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 from orchestratord.adapters.base import (
     EngineAdapter,
     GenerationRequest,
+    Sampling,
     StreamEnd,
     StreamEvent,
     TokenChunk,
@@ -21,6 +23,8 @@ from orchestratord.adapters.base import (
 from orchestratord.adapters.mock import Handler, MockAdapter, seeded_words
 from orchestratord.app import Orchestrator
 from orchestratord.config import Config, PoolConfig, QueueConfig, ServerConfig
+from orchestratord.core.request import TaskRequest
+from orchestratord.core.task import Task
 from tests.contract_schemas import assert_frames_match
 from tests.sse import SSEParser
 from xtask.live_server import task_body as live_task_body
@@ -55,6 +59,22 @@ def make_config(tmp_path: Path, **pool: Any) -> Config:
         state_dir=tmp_path / "state",
         cache_dir=tmp_path / "c",
     )
+
+
+def new_task(tokens: int = 0) -> Task:
+    """A task outside any pool, with ``tokens`` token frames in its log."""
+    request = TaskRequest.model_validate_json(json.dumps(task_body()))
+    task = Task(
+        request,
+        "p1",
+        seed=1,
+        sampling=Sampling(0.8, 40, 0.95, 0.05, 1.0, False),
+        prompt_tokens=None,
+        correlation_id="c",
+    )
+    for n in range(tokens):
+        task.append_token(f" w{n}")
+    return task
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from orchestratord.config import AuthConfig, Config
 from orchestratord.core.registry import TaskRegistry
 from orchestratord.core.task import Task
 from orchestratord.pools.engine_log import RotatingLog
-from tests.unit.conftest import AUTH, collect_stream, held_handler, task_body
+from tests.unit.conftest import AUTH, collect_stream, held_handler, new_task, task_body
 from tests.unit.faulty_engine import FaultyEngine
 
 Conductor = Any
@@ -165,28 +165,15 @@ def test_a_token_file_owned_by_another_user_is_refused(
 # --- memory ----------------------------------------------------------------------------------
 
 
-def finished_task(index: int, tokens: int) -> Task:
-    from orchestratord.adapters.base import Sampling  # noqa: PLC0415
-    from orchestratord.core.request import TaskRequest  # noqa: PLC0415
-
-    request = TaskRequest.model_validate_json(json.dumps(task_body()))
-    task = Task(
-        request,
-        "p1",
-        seed=1,
-        sampling=Sampling(0.8, 40, 0.95, 0.05, 1.0, False),
-        prompt_tokens=None,
-        correlation_id=f"c{index}",
-    )
-    for n in range(tokens):
-        task.append_token(f" w{n}")
+def finished_task(tokens: int) -> Task:
+    task = new_task(tokens)
     task.finish_end("length")
     return task
 
 
 def test_retention_is_bounded_in_bytes_count_and_age() -> None:
     registry = TaskRegistry(retention_s=600, max_finished=1000, max_bytes=1_000_000)
-    tasks = [finished_task(i, 2000) for i in range(40)]
+    tasks = [finished_task(2000) for _ in range(40)]
     for task in tasks:
         registry.add(task)
         registry.finished(task)

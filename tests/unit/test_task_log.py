@@ -7,25 +7,8 @@ from typing import Any
 
 import pytest
 
-from orchestratord.adapters.base import Sampling
-from orchestratord.core.request import TaskRequest
 from orchestratord.core.task import Task, TaskState
-from tests.unit.conftest import task_body
-
-
-def new_task(tokens: int = 0) -> Task:
-    request = TaskRequest.model_validate_json(json.dumps(task_body()))
-    task = Task(
-        request,
-        "p1",
-        seed=1,
-        sampling=Sampling(0.8, 40, 0.95, 0.05, 1.0, False),
-        prompt_tokens=None,
-        correlation_id="c",
-    )
-    for n in range(tokens):
-        task.append_token(f" w{n}")
-    return task
+from tests.unit.conftest import new_task
 
 
 def frames(task: Task) -> list[tuple[str, Any]]:
