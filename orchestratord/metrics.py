@@ -17,6 +17,32 @@ REPLICA = (*POOL, "replica_id")
 _LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000)
 
 
+class PoolSeries:
+    """One pool's series, resolved from their families once per engine version: ``labels()``
+    validates and looks up its arguments on every call, and the task path would call it a
+    dozen times per task."""
+
+    def __init__(self, metrics: Metrics, pool: dict[str, str], replica_id: str) -> None:
+        from orchestratord.core.queue import Priority  # noqa: PLC0415 - avoids a cycle
+
+        replica = {**pool, "replica_id": replica_id}
+        self.engine_version = pool["engine_version"]
+        self.queue_depth = {
+            p: metrics.queue_depth.labels(**pool, priority=p.value) for p in Priority
+        }
+        self.slots_free = metrics.slots_free.labels(**pool)
+        self.enqueued = {
+            p: metrics.tasks_enqueued.labels(**replica, priority=p.value) for p in Priority
+        }
+        self.started = {
+            p: metrics.tasks_started.labels(**replica, priority=p.value) for p in Priority
+        }
+        self.tokens_in = metrics.tokens_in.labels(**replica)
+        self.tokens_out = metrics.tokens_out.labels(**replica)
+        self.first_token_ms = metrics.latency_first_token_ms.labels(**pool)
+        self.decode_ms = metrics.latency_decode_ms.labels(**pool)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)

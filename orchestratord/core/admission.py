@@ -200,9 +200,7 @@ class Admission:
         task.deadline_timer = asyncio.get_running_loop().call_later(
             task.deadline_at - time.monotonic(), dispatcher.expire_deadline, pool, task
         )
-        self.metrics.tasks_enqueued.labels(
-            **pool.replica_labels(), priority=task.priority.value
-        ).inc()
+        pool.series.enqueued[task.priority].inc()
         predicted = pool.estimator.predicted_start_ms(
             admitted.position, pool.slots_total, pool.slots_free
         )

@@ -73,7 +73,7 @@ def _start(pool: Pool, task: Task) -> None:
     pool.running.add(task)
     if task.strict:
         pool.strict_running = True
-    pool.metrics.tasks_started.labels(**pool.replica_labels(), priority=task.priority.value).inc()
+    pool.series.started[task.priority].inc()
     outcome = RunOutcome()
     runner = asyncio.get_running_loop().create_task(run_task(pool, task, outcome))
     runner.set_name(f"task-{task.id}")  # pragma: no mutate - for debugging only
@@ -197,23 +197,18 @@ def _settle(pool: Pool, task: Task, outcome: RunOutcome) -> None:
 
 
 def _account(pool: Pool, task: Task, outcome: RunOutcome) -> None:
-    labels = pool.replica_labels()
+    series = pool.series
     end = outcome.end
     if end is not None:
-        pool.metrics.tokens_in.labels(**labels).inc(end.tokens_in)
-        pool.metrics.tokens_out.labels(**labels).inc(end.tokens_out)
+        series.tokens_in.inc(end.tokens_in)
+        series.tokens_out.inc(end.tokens_out)
         if task.started_at is not None and task.finished_at is not None:
             pool.estimator.observe((task.finished_at - task.started_at) * 1000)
     first = outcome.first_token_at
     if first is not None:
-        pool_labels = pool.pool_labels()
-        pool.metrics.latency_first_token_ms.labels(**pool_labels).observe(
-            (first - task.admitted_at) * 1000
-        )
+        series.first_token_ms.observe((first - task.admitted_at) * 1000)
         if task.finished_at is not None:
-            pool.metrics.latency_decode_ms.labels(**pool_labels).observe(
-                (task.finished_at - first) * 1000
-            )
+            series.decode_ms.observe((task.finished_at - first) * 1000)
 
 
 def log_task_end(pool: Pool, task: Task) -> None:

@@ -21,7 +21,7 @@ from orchestratord.core.estimates import ServiceTimeEstimator
 from orchestratord.core.queue import Priority, TaskQueue
 from orchestratord.core.task import Task
 from orchestratord.errors import ErrorCode
-from orchestratord.metrics import Metrics
+from orchestratord.metrics import Metrics, PoolSeries
 from orchestratord.pools.engine_process import LlamaServerProcess
 from orchestratord.pools.supervisor import supervise
 from orchestratord.pools.watchdog import watch_decodes
@@ -73,6 +73,7 @@ class Pool:
         self.circuit_open = False
         self.last_error: str | None = None
         self._check_now = asyncio.Event()
+        self._series: PoolSeries | None = None
         self._background: list[asyncio.Task[None]] = []
 
     @property
@@ -111,13 +112,18 @@ class Pool:
     def replica_labels(self) -> dict[str, str]:
         return {**self.pool_labels(), "replica_id": self.replica_id}
 
+    @property
+    def series(self) -> PoolSeries:
+        """This pool's metric series for the current engine version, resolved once."""
+        if self._series is None or self._series.engine_version != self.engine_version:
+            self._series = PoolSeries(self.metrics, self.pool_labels(), self.replica_id)
+        return self._series
+
     def queue_changed(self) -> None:
-        labels = self.pool_labels()
+        series = self.series
         for priority in Priority:
-            self.metrics.queue_depth.labels(**labels, priority=priority.value).set(
-                self.queue.depth(priority)
-            )
-        self.metrics.slots_free.labels(**labels).set(self.slots_free)
+            series.queue_depth[priority].set(self.queue.depth(priority))
+        series.slots_free.set(self.slots_free)
 
     # --- readiness ----------------------------------------------------------------------------
 
