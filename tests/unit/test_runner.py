@@ -55,11 +55,12 @@ async def test_a_stream_that_stops_without_a_final_event_is_worker_reset(
     )
 
 
-class _DropsAtOnce(MockAdapter):
-    async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
-        self.started += 1
+async def _drops_before_the_first_token(
+    request: GenerationRequest,
+) -> AsyncGenerator[StreamEvent, None]:
+    if request.max_tokens:  # always: the engine took the request, then the connection broke
         raise EngineConnectionLost("reset by peer at 10.0.0.1:8080")
-        yield TokenChunk("never")  # pragma: no cover - makes this an async generator
+    yield TokenChunk("")
 
 
 @pytest.mark.req("OC-POOL-3010", "OC-ADAPT-5011")
@@ -67,7 +68,7 @@ async def test_an_engine_that_took_the_task_and_died_resets_it_without_a_retry(
     conductor_for: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING)
-    adapter = _DropsAtOnce()
+    adapter = MockAdapter(_drops_before_the_first_token)
     async with conductor_for(adapter) as (_, conductor):
         frames = await run_one(conductor)
     assert frames[-1][1]["code"] == "WORKER_RESET"
