@@ -59,7 +59,7 @@ def pump(pool: Pool) -> None:
     while pool.dispatching and pool.free_slot_ids and not pool.strict_running:
         head = queue.peek()
         if head is None or (head.strict and pool.running):
-            return
+            break
         queue.pop()
         _start(pool, head)
     pool.queue_changed()

@@ -531,3 +531,32 @@ async def test_a_failed_preload_leaves_the_pool_unready_with_the_reason(
     assert "model file is corrupt" in health["last_error"]
     body = assert_envelope(refused, 503, "POOL_UNREADY")
     assert body["retriable"] is True
+
+
+def gauge(text: str, name: str, **labels: str) -> float:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    raise AssertionError(f"no {name} {labels}")
+
+
+@pytest.mark.req("HOME-801")
+async def test_queue_depth_and_free_slots_follow_the_pool(conductor_for: Any) -> None:
+    release = asyncio.Event()
+    adapter = MockAdapter(held_handler(release, first_tokens=0))
+    async with conductor_for(adapter, slots=1, queue={"capacity": 4}) as (_, conductor):
+        first, second = task_body(), task_body(priority="batch")
+        await submit(conductor, first)
+        await submit(conductor, second)
+        busy = (await conductor.simulate_get("/metrics")).text
+        release.set()
+        await collect_stream(conductor, first["task_id"])
+        await collect_stream(conductor, second["task_id"])
+        await asyncio.sleep(0.01)
+        idle = (await conductor.simulate_get("/metrics")).text
+    assert gauge(busy, "queue_depth", priority="batch") == 1
+    assert gauge(busy, "queue_depth", priority="interactive") == 0
+    assert gauge(busy, "slots_free") == 0
+    assert gauge(idle, "queue_depth", priority="batch") == 0
+    assert gauge(idle, "slots_free") == 1
