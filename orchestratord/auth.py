@@ -41,7 +41,7 @@ def resolve_token(config: Config) -> ApiToken:
         return ApiToken(config.auth.token, "config")
     path = token_file_path(config)
     if os.path.lexists(path):
-        return ApiToken(_read_token_file(path), "file", path)
+        return ApiToken(read_secret_file(path), "file", path)
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     value = secrets.token_urlsafe(32)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
@@ -50,7 +50,7 @@ def resolve_token(config: Config) -> ApiToken:
     return ApiToken(value, "generated", path)
 
 
-def _read_token_file(path: Path) -> str:
+def read_secret_file(path: Path) -> str:
     """Read the token only from a regular file of ours that nobody else can read.
 
     A symlink is refused (it could point the server at another user's file or let someone

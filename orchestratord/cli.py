@@ -19,7 +19,10 @@ from pydantic import ValidationError
 from orchestratord.app import Orchestrator
 from orchestratord.auth import ApiToken, resolve_token
 from orchestratord.config import Config, load_config
+from orchestratord.devices.inventory import MIB
+from orchestratord.devices.nvml import NvmlUnavailable
 from orchestratord.logdrain import LogDrain
+from orchestratord.placement.plan import PlacementError
 from orchestratord.version import API_VERSION, __version__
 
 
@@ -71,13 +74,31 @@ def banner(orch: Orchestrator, url: str, token: ApiToken) -> str:
     else:
         made = "generated" if token.origin == "generated" else "existing"
         lines.append(f"  token file: {token.path} ({made}, mode 0600)")
+    inventory = orch.inventory
+    if inventory is not None and inventory.devices():
+        cards = ", ".join(
+            f"GPU{d.index} {d.name} {d.vram_total_bytes // MIB} MiB" for d in inventory.devices()
+        )
+        lines.append(f"  gpus ({inventory.source}): {cards}")
+        if inventory.source == "declared":
+            lines.append(
+                "  declared inventory: placement and engine flags as for these GPUs; the "
+                "engines run wherever this llama-server build runs (a CPU build: the CPU)"
+            )
     for pool in orch.pools.values():
         state = "Ready" if pool.ready else f"NOT ready ({pool.last_error})"
         engine = f"{pool.engine} ({pool.engine_version})"
         detail = f"engine={engine} model={pool.config.model_ref} slots={pool.slots_total}"
-        if pool.process is not None:
-            detail += f" engine-log={pool.process.log_path}"
         lines.append(f"  pool {pool.id}: {state} {detail} ctx_max={pool.ctx_max}")
+        for replica in pool.replicas:
+            where = replica.spec.remote or (
+                "+".join(f"GPU{i}" for i in replica.devices) if replica.devices else "CPU"
+            )
+            rstate = "Ready" if replica.ready else f"NOT ready ({replica.last_error})"
+            line = f"    replica {replica.id} on {where}: {rstate}"
+            if replica.process is not None:
+                line += f" engine-log={replica.process.log_path}"
+            lines.append(line)
     auth = (
         '"Authorization: Bearer $LLORCH_API_TOKEN"'
         if token.path is None
@@ -165,7 +186,12 @@ def _serve(args: argparse.Namespace) -> int:
         gc.freeze()
         print(banner(orch, url, token), flush=True)
 
-    orch = Orchestrator(config, token=token.value, on_started=on_started)
+    try:
+        orch = Orchestrator(config, token=token.value, on_started=on_started)
+    except (PlacementError, NvmlUnavailable) as exc:
+        sock.close()
+        print(f"orchestratord: cannot place the pools: {exc}", file=sys.stderr)
+        return 2
     grace_s = config.server.shutdown_grace_ms / 1000
     server = _Server(
         uvicorn.Config(

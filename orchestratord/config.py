@@ -114,6 +114,11 @@ class ServerConfig(Strict):
     shutdown_retry_after_ms: int = Field(
         5000, ge=1, description="Retry hint on the 503s sent while shutting down."
     )
+    device_monitor_interval_ms: int = Field(
+        1000,
+        ge=50,
+        description="How often free VRAM (for placement) and the GPU metrics are refreshed.",
+    )
     task_retention_s: int = Field(
         600, ge=1, description="How long a finished task's frames stay readable."
     )
@@ -181,6 +186,19 @@ class LlamaCppOptions(Strict):
     startup_timeout_s: float = Field(120.0, gt=0)
 
 
+class RemoteEngine(Strict):
+    """An engine already running elsewhere: orchestratord only health-checks and uses it."""
+
+    url: str = Field(
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="Base URL of the engine (http or https), e.g. http://10.0.0.2:8080.",
+    )
+    token_file: Path | None = Field(
+        None,
+        description="File holding a bearer token the engine requires (not the API token).",
+    )
+
+
 class PoolConfig(Strict):
     id: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
     engine: Engine = Engine.LLAMACPP
@@ -192,8 +210,28 @@ class PoolConfig(Strict):
     slots: int = Field(2, ge=1, le=256, description="Concurrent tasks the engine runs.")
     devices: list[int] = Field(
         default_factory=list,
-        description="GPU indices the pool may use; empty declares an explicit CPU pool. "
-        "Recorded and published now; NVML checks and placement arrive with HOME-1001.",
+        description="The pool's device mask: GPU indices (from gpus) its replicas may use; "
+        "empty declares an explicit CPU pool. Pools may share devices: replicas are placed "
+        "where their VRAM need fits, and no work lands outside the mask.",
+    )
+    replicas: int | Literal["auto"] = Field(
+        "auto",
+        description="Engine instances serving this pool. auto: one per device of the mask "
+        "the model fits on (one for a CPU pool, a split pool or a remote pool: one per "
+        "endpoint). A number places that many, most free VRAM first, several per device if "
+        "they fit.",
+    )
+    tensor_split: list[float] | None = Field(
+        None,
+        description="Split each replica across all devices of the mask with these ratios "
+        "(one per device, in mask order). Without it a model is never split.",
+    )
+    gpu_layers: int = Field(
+        999, ge=0, description="Layers offloaded to the GPU (llama.cpp --n-gpu-layers)."
+    )
+    endpoints: list[RemoteEngine] = Field(
+        default_factory=list,
+        description="Remote engines (one replica each) instead of spawned ones.",
     )
     supported_workloads: list[Workload] = Field(default_factory=lambda: [Workload.COMPLETION])
     queue: QueueConfig = Field(default_factory=QueueConfig)
@@ -202,8 +240,73 @@ class PoolConfig(Strict):
     @model_validator(mode="after")
     def _model_file_known(self) -> PoolConfig:
         generated = self.model_ref == TINY_MODEL_REF
-        if self.engine is Engine.LLAMACPP and self.model_path is None and not generated:
+        spawned = self.engine is Engine.LLAMACPP and not self.endpoints
+        if spawned and self.model_path is None and not generated:
             raise ValueError(f"pool {self.id!r}: model_path is required for {self.model_ref!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _placement_consistent(self) -> PoolConfig:
+        where = f"pool {self.id!r}"
+        if isinstance(self.replicas, int) and not 1 <= self.replicas <= 16:
+            raise ValueError(f"{where}: replicas must be 1..16 or auto")
+        if len(set(self.devices)) != len(self.devices):
+            raise ValueError(f"{where}: devices lists an index twice")
+        if any(index < 0 for index in self.devices):
+            raise ValueError(f"{where}: device indices are >= 0")
+        if self.tensor_split is not None:
+            if len(self.tensor_split) != len(self.devices) or len(self.devices) < 2:
+                raise ValueError(
+                    f"{where}: tensor_split has {len(self.tensor_split)} ratios but the mask "
+                    f"has {len(self.devices)} devices; give one ratio per device (2 or more)"
+                )
+            if any(ratio <= 0 for ratio in self.tensor_split):
+                raise ValueError(f"{where}: tensor_split ratios must be > 0")
+        if self.endpoints:
+            if self.devices:
+                raise ValueError(
+                    f"{where}: a remote pool's GPUs are on the remote machine; drop devices"
+                )
+            if isinstance(self.replicas, int) and self.replicas != len(self.endpoints):
+                raise ValueError(f"{where}: replicas must equal the number of endpoints")
+        elif self.engine is not Engine.LLAMACPP:
+            raise ValueError(
+                f"{where}: orchestratord spawns only llama.cpp engines; give endpoints for "
+                f"{self.engine.value}"
+            )
+        return self
+
+
+class DeclaredGpu(Strict):
+    index: int = Field(ge=0, le=63)
+    name: str = Field(min_length=1, max_length=64)
+    vram_total_mb: int = Field(ge=256, description="The card's memory in MiB.")
+    vram_used_mb: int = Field(0, ge=0, description="Taken by others (a desktop), in MiB.")
+
+
+class GpuConfig(Strict):
+    source: Literal["auto", "nvml", "declared"] = Field(
+        "auto",
+        description="nvml: read the GPUs through NVML (an error if it cannot); declared: use "
+        "`declared` (engines run wherever the llama-server build runs; on a CPU build that "
+        "is the CPU); auto: NVML when the library and a GPU are present, else declared.",
+    )
+    declared: list[DeclaredGpu] = Field(default_factory=list)
+    reserve_mb: int = Field(
+        512,
+        ge=0,
+        description="Kept free on every GPU for the CUDA context and compute buffers; "
+        "a replica fits only into what is left.",
+    )
+
+    @model_validator(mode="after")
+    def _declared_consistent(self) -> GpuConfig:
+        indices = [gpu.index for gpu in self.declared]
+        if len(indices) != len(set(indices)):
+            raise ValueError("gpus.declared lists a device index twice")
+        for gpu in self.declared:
+            if gpu.vram_used_mb >= gpu.vram_total_mb:
+                raise ValueError(f"gpus.declared[{gpu.index}]: vram_used_mb >= vram_total_mb")
         return self
 
 
@@ -235,6 +338,7 @@ class Config(BaseSettings):
     )
     sampler_profiles: dict[str, SamplerProfile] = Field(default_factory=_default_profiles)
     default_sampler_profile: str = "v1"
+    gpus: GpuConfig = Field(default_factory=GpuConfig)
     pools: list[PoolConfig] = Field(default_factory=_default_pools, min_length=1)
 
     @model_validator(mode="after")

@@ -20,27 +20,40 @@ _LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 100
 class PoolSeries:
     """One pool's series, resolved from their families once per engine version: ``labels()``
     validates and looks up its arguments on every call, and the task path would call it a
-    dozen times per task."""
+    dozen times per task. Events before placement (enqueue, cancel of a queued task) carry
+    the pool's queue as their ``replica_id`` (``<pool>-queue``)."""
 
-    def __init__(self, metrics: Metrics, pool: dict[str, str], replica_id: str) -> None:
+    def __init__(self, metrics: Metrics, pool: dict[str, str]) -> None:
         from orchestratord.core.queue import Priority  # noqa: PLC0415 - avoids a cycle
 
-        replica = {**pool, "replica_id": replica_id}
+        self.queue_replica = {**pool, "replica_id": f"{pool['pool_id']}-queue"}
         self.engine_version = pool["engine_version"]
         self.queue_depth = {
             p: metrics.queue_depth.labels(**pool, priority=p.value) for p in Priority
         }
         self.slots_free = metrics.slots_free.labels(**pool)
         self.enqueued = {
-            p: metrics.tasks_enqueued.labels(**replica, priority=p.value) for p in Priority
+            p: metrics.tasks_enqueued.labels(**self.queue_replica, priority=p.value)
+            for p in Priority
         }
+        self.first_token_ms = metrics.latency_first_token_ms.labels(**pool)
+        self.decode_ms = metrics.latency_decode_ms.labels(**pool)
+
+
+class ReplicaSeries:
+    """One replica's series (per engine version, like :class:`PoolSeries`)."""
+
+    def __init__(self, metrics: Metrics, replica: dict[str, str]) -> None:
+        from orchestratord.core.queue import Priority  # noqa: PLC0415 - avoids a cycle
+
+        self.labels = replica
+        self.engine_version = replica["engine_version"]
         self.started = {
             p: metrics.tasks_started.labels(**replica, priority=p.value) for p in Priority
         }
         self.tokens_in = metrics.tokens_in.labels(**replica)
         self.tokens_out = metrics.tokens_out.labels(**replica)
-        self.first_token_ms = metrics.latency_first_token_ms.labels(**pool)
-        self.decode_ms = metrics.latency_decode_ms.labels(**pool)
+        self.kv_cache_usage = metrics.kv_cache_usage_ratio.labels(**replica)
 
 
 class Metrics:

@@ -55,7 +55,7 @@ def task_body(**overrides: Any) -> dict[str, Any]:
 class LiveServer:
     url: str
     token: str
-    engine_socket: Path  # the default pool's llama-server listens here (a Unix socket)
+    engine_socket: Path  # the first pool's first replica listens here (a Unix socket)
     pid: int
     output: list[str]
     workdir: Path
@@ -154,7 +154,7 @@ def live_server(
             yield LiveServer(
                 url=url_box[0],
                 token=TEST_TOKEN,
-                engine_socket=Path(config["state_dir"]) / "engines" / "default.sock",
+                engine_socket=Path(config["state_dir"]) / "engines" / "default-r0.sock",
                 pid=proc.pid,
                 output=output,
                 workdir=workdir,

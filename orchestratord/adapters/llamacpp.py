@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import urllib.parse
 from collections.abc import AsyncGenerator
 from pathlib import Path
@@ -67,13 +68,17 @@ class LlamaCppAdapter(EngineAdapter):
         version_hint: str | None = None,
         coalesce_s: float = 0.0,
         unix_socket: Path | None = None,
+        auth_token: str | None = None,
     ) -> None:
         self.base_url = base_url
         self._unix_socket = str(unix_socket) if unix_socket is not None else None
         self._coalesce_s = coalesce_s
         parsed = urllib.parse.urlsplit(base_url)
         self._host = parsed.hostname or "127.0.0.1"
-        self._port = parsed.port or 80
+        https = parsed.scheme == "https"
+        self._port = parsed.port or (443 if https else 80)
+        self._tls = ssl.create_default_context() if https else None
+        self._headers = {"Authorization": f"Bearer {auth_token}"} if auth_token else {}
         self._version_hint = version_hint
         self._model_path = model_path
         self._digest: str | None = None
@@ -89,7 +94,9 @@ class LlamaCppAdapter(EngineAdapter):
                 if self._unix_socket
                 else aiohttp.TCPConnector(limit=limit)
             )
-            self._session = aiohttp.ClientSession(self.base_url, connector=connector)
+            self._session = aiohttp.ClientSession(
+                self.base_url, connector=connector, headers=self._headers
+            )
         return self._session
 
     async def _request_json(self, method: str, path: str, body: Any = None) -> Any:
@@ -190,6 +197,8 @@ class LlamaCppAdapter(EngineAdapter):
                 body,
                 coalesce_s=self._coalesce_s,
                 unix_socket=self._unix_socket,
+                headers=self._headers,
+                tls=self._tls,
             )
             async for batch in stream.batches():
                 for payload in batch:

@@ -21,8 +21,9 @@ after answering), :class:`HTTPStatusError` (it answered with an error status).
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import cast
 
 import httptools
@@ -184,8 +185,11 @@ async def post_sse(
     *,
     coalesce_s: float = 0.0,
     unix_socket: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> SSEPostStream:
-    """POST ``body`` to ``path`` on ``host:port``, or on the Unix socket ``unix_socket``."""
+    """POST ``body`` to ``path`` on ``host:port`` (over TLS with ``tls``), or on the Unix
+    socket ``unix_socket``; ``headers`` are added to the request (an engine's bearer token)."""
     loop = asyncio.get_running_loop()
     try:
         if unix_socket is not None:
@@ -194,14 +198,20 @@ async def post_sse(
             )
         else:
             transport, protocol = await loop.create_connection(
-                lambda: _SSEProtocol(coalesce_s), host, port
+                lambda: _SSEProtocol(coalesce_s),
+                host,
+                port,
+                ssl=tls,
+                server_hostname=host if tls is not None else None,
             )
     except OSError as exc:
         where = unix_socket or f"{host}:{port}"
         raise ConnectFailed(f"cannot connect to {where}: {exc}") from exc
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
-        f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\nConnection: close\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in (headers or {}).items())
+        + "\r\n"
     ).encode()
     transport.write(head + body)
     return SSEPostStream(protocol)

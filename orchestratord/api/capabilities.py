@@ -31,6 +31,16 @@ def pool_entry(pool: Pool) -> dict[str, Any]:
         "queue_depth": len(pool.queue),
         "full_policy": pool.config.queue.full_policy.value,
         "devices": list(pool.config.devices),
+        "replicas": [
+            {
+                "id": r.id,
+                "devices": list(r.devices),
+                "slots_total": r.slots,
+                "slots_free": r.slots_free if r.ready else 0,
+                "ready": r.ready,
+            }
+            for r in pool.replicas
+        ],
     }
 
 

@@ -1,4 +1,5 @@
-"""``GET /v1/pools/{id}/health`` (HOME-506, ORCH-2103): liveness, readiness and why not."""
+"""``GET /v1/pools/{id}/health`` (HOME-506, ORCH-2103): liveness, readiness and why not,
+for the pool and for each of its replicas."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from typing import TYPE_CHECKING
 
 import falcon.asgi
 
+from orchestratord.api.replicasets import replica_entry
 from orchestratord.errors import not_found
 
 if TYPE_CHECKING:
     from orchestratord.app import Orchestrator
+    from orchestratord.replicas.replica import Replica
 
 
 class PoolHealthResource:
@@ -24,7 +27,7 @@ class PoolHealthResource:
             raise not_found(f"no pool {pool_id}")
         info = pool.info
         resp.media = {
-            "live": pool.process.running() if pool.process is not None else pool.info is not None,
+            "live": any(_live(r) for r in pool.replicas),
             "ready": pool.ready,
             # Admission stopped while running work finishes: today that is the shutdown
             # grace; POST /v1/pools/{id}/drain will set it too.
@@ -37,4 +40,11 @@ class PoolHealthResource:
                 "model_digest": info.model_digest if info else None,
             },
             "last_error": pool.last_error,
+            "replicas": [{**replica_entry(r, self.orch), "live": _live(r)} for r in pool.replicas],
         }
+
+
+def _live(replica: Replica) -> bool:
+    if replica.process is not None:
+        return replica.process.running()
+    return replica.info is not None

@@ -65,7 +65,7 @@ class TaskStreamResource:
                 "engine_version": info.engine_version if info else None,
                 "model_digest": info.model_digest if info else None,
                 "pool_id": pool.id,
-                "replica_id": pool.replica_id,
+                "replica_id": task.replica_id,  # None until placement picks one
                 "seed": task.seed,
             },
         )

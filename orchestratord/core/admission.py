@@ -15,7 +15,6 @@ from typing import Any
 
 from orchestratord.adapters.base import EngineError, Sampling
 from orchestratord.config import Config, Workload
-from orchestratord.core import dispatcher
 from orchestratord.core.queue import QueueFull
 from orchestratord.core.registry import TaskRegistry
 from orchestratord.core.request import TaskRequest
@@ -63,7 +62,7 @@ class Admission:
         ready = [p for p in matching if p.ready and p.accepting]
         if not ready:
             raise self._unavailable(request, matching)
-        # Least loaded Ready pool; full placement (VRAM, device masks) arrives with HOME-1001.
+        # Least loaded Ready pool; within it, placement picks the replica at dispatch.
         return max(ready, key=lambda p: (p.slots_free, -len(p.queue)))
 
     def _unavailable(self, request: TaskRequest, pools: list[Pool]) -> ApiError:
@@ -129,14 +128,15 @@ class Admission:
         room = request.ctx - request.max_tokens
         if size + _SPECIAL_TOKENS <= room:
             return None
-        longest = pool.adapter.max_token_bytes
+        adapter = pool.counting_adapter()
+        longest = adapter.max_token_bytes
         if longest is not None and size // longest > room:
             raise invalid_params(
                 f"prompt needs at least {size // longest} tokens: with max_tokens "
                 f"({request.max_tokens}) it would exceed ctx ({request.ctx})"
             )
         try:
-            return await pool.adapter.count_tokens(prompt)
+            return await adapter.count_tokens(prompt)
         except EngineError as exc:
             raise ApiError(
                 503,
@@ -194,18 +194,18 @@ class Admission:
                 f"dropped from the full queue by policy {full_label(pool)}",
                 pool.engine,
             )
-            self.metrics.tasks_canceled.labels(**pool.replica_labels(), reason="displaced").inc()
+            self.metrics.tasks_canceled.labels(**pool.queue_labels(), reason="displaced").inc()
         self.registry.add(task)
         task.on_finish = self.on_task_finished
         task.deadline_timer = asyncio.get_running_loop().call_later(
-            task.deadline_at - time.monotonic(), dispatcher.expire_deadline, pool, task
+            task.deadline_at - time.monotonic(), pool.expire_deadline, task
         )
         pool.series.enqueued[task.priority].inc()
         predicted = pool.estimator.predicted_start_ms(
             admitted.position, pool.slots_total, pool.slots_free
         )
         now_full = len(pool.queue) >= pool.queue.capacity
-        dispatcher.pump(pool)
+        pool.pump()
         backoff = (pool.estimator.drain_interval_ms(pool.slots_total) or 0) if now_full else 0
         body = {
             "task_id": task.id,

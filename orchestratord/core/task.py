@@ -105,6 +105,7 @@ class Task:
         self.kv_warm = False  # the engine reused cached prompt tokens
         self.runner: asyncio.Task[None] | None = None
         self.slot_id: int | None = None
+        self.replica_id: str | None = None  # the replica it runs (or last ran) on
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.on_finish: Callable[[Task], None] | None = None
         self._wakeup = asyncio.Event()

@@ -1,122 +1,135 @@
-"""One pool: an engine (adapter, and its process when we spawn it), its queue and its slots.
+"""One pool: one model behind one queue, served by one or more replicas.
 
-The pool is Ready only after its engine answered healthy and its properties were read
-(OC-POOL-3001). The orchestrator owns the queue: the dispatcher hands the engine at most
-``slots`` tasks at a time, so queue position and predicted start describe real state.
+The orchestrator owns the queue: ``pump`` hands a replica at most its ``slots`` tasks at a
+time, so queue position and predicted start describe real state. ``pump`` runs whenever
+something changes (a task admitted, a slot freed, a replica Ready again): while a queued task
+can be placed (``placement/choose.py``), it leaves the queue for that replica.
 
-Readiness drops at once when a runner sees the engine drop a connection (``engine_failed``)
-and comes back only through the supervisor, so no queued task is sent to a dead engine.
+The pool is Ready while any replica is; it gives up (queued tasks end with
+``POOL_UNAVAILABLE``) only when every replica's circuit is open.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
 
 from orchestratord.adapters.base import EngineAdapter, EngineInfo
 from orchestratord.config import PoolConfig
-from orchestratord.core import dispatcher
 from orchestratord.core.estimates import ServiceTimeEstimator
 from orchestratord.core.queue import Priority, TaskQueue
-from orchestratord.core.task import Task
+from orchestratord.core.task import Task, TaskState
 from orchestratord.errors import ErrorCode
 from orchestratord.metrics import Metrics, PoolSeries
-from orchestratord.pools.engine_process import LlamaServerProcess
-from orchestratord.pools.supervisor import supervise
-from orchestratord.pools.watchdog import watch_decodes
+from orchestratord.placement.choose import choose_replica
+from orchestratord.replicas.replica import Replica
+from orchestratord.replicas.runner import RunOutcome
 
 log = logging.getLogger("orchestratord.pool")
 
 
-@dataclass(frozen=True)
-class PoolRuntime:
-    """Server-wide knobs every pool applies (from ``server`` in the config)."""
-
-    frame_every_tokens: int = 64
-    idle_timeout_s: float = 30.0
-    wall_timeout_s: float = 600.0
-    monitor_interval_s: float = 1.0
-    restart_backoff_s: float = 0.5  # first delay; doubles per failed start, capped at 30 s
-    max_restarts: int = 5  # consecutive failed starts before the circuit opens
-    hang_timeout_s: float = 10.0  # a live engine not answering /health this long is killed
-    startup_timeout_s: float = 120.0
+def _no_vram(replica: Replica) -> int:
+    return 0
 
 
 class Pool:
     def __init__(
         self,
         config: PoolConfig,
-        adapter: EngineAdapter,
+        replicas: list[Replica],
         metrics: Metrics,
-        process: LlamaServerProcess | None = None,
         *,
-        runtime: PoolRuntime = PoolRuntime(),
+        free_vram: Callable[[Replica], int] = _no_vram,
     ) -> None:
-        self.runtime = runtime
-        self.frame_every_tokens = runtime.frame_every_tokens
+        if not replicas:
+            raise ValueError(f"pool {config.id!r} has no replica")
         self.config = config
         self.id = config.id
-        self.adapter = adapter
-        self.process = process
+        self.replicas = replicas
         self.metrics = metrics
+        self.free_vram = free_vram
         self.queue: TaskQueue[Task] = TaskQueue(config.queue.capacity, config.queue.full_policy)
         self.estimator = ServiceTimeEstimator()
-        self.running: set[Task] = set()
-        self.strict_running = False
-        # Engine slot ids not running a task; the dispatcher pins each task to one.
-        self.free_slot_ids: list[int] = list(range(config.slots - 1, -1, -1))
-        self.info: EngineInfo | None = None
-        self.ready = False
+        # Recent admission-to-first-token times, for the replica set's SLO figures.
+        self.first_token_ms_window: deque[float] = deque(maxlen=256)
         self.accepting = True  # False once orchestratord is shutting down
-        self.needs_start = False  # the engine must be (re)started by the supervisor
-        self.circuit_open = False
-        self.last_error: str | None = None
-        self._check_now = asyncio.Event()
         self._series: PoolSeries | None = None
-        self._background: list[asyncio.Task[None]] = []
+        for replica in replicas:
+            replica.host = self
 
-    @property
-    def dispatching(self) -> bool:
-        return self.ready and self.accepting
+    # --- state across replicas ----------------------------------------------------------------
 
     @property
     def engine(self) -> str:
         return self.config.engine.value
 
     @property
-    def replica_id(self) -> str:
-        return f"{self.id}-r0"
+    def ready(self) -> bool:
+        return any(r.ready for r in self.replicas)
+
+    @property
+    def dispatching(self) -> bool:
+        return self.accepting and self.ready
+
+    @property
+    def circuit_open(self) -> bool:
+        return all(r.circuit_open for r in self.replicas)
+
+    @property
+    def last_error(self) -> str | None:
+        if len(self.replicas) == 1:
+            return self.replicas[0].last_error
+        errors = [f"{r.id}: {r.last_error}" for r in self.replicas if r.last_error]
+        return "; ".join(errors) or None
+
+    @property
+    def info(self) -> EngineInfo | None:
+        infos = [r.info for r in self.replicas if r.info is not None]
+        return infos[0] if infos else None
 
     @property
     def engine_version(self) -> str:
-        return (self.info.engine_version if self.info else None) or "unknown"
+        info = self.info
+        return (info.engine_version if info else None) or "unknown"
 
     @property
     def ctx_max(self) -> int:
-        if self.info and self.info.ctx_per_slot:
-            return min(self.config.ctx_max, self.info.ctx_per_slot)
-        return self.config.ctx_max
+        per_slot = [r.info.ctx_per_slot for r in self.replicas if r.info and r.info.ctx_per_slot]
+        return min([self.config.ctx_max, *per_slot])
 
     @property
     def slots_total(self) -> int:
-        return self.config.slots
+        return sum(r.slots for r in self.replicas)
 
     @property
     def slots_free(self) -> int:
-        return self.slots_total - len(self.running)
+        return sum(r.slots_free for r in self.replicas if r.ready)
+
+    @property
+    def running(self) -> set[Task]:
+        return {t for r in self.replicas for t in r.running}
+
+    def replica(self, replica_id: str | None) -> Replica | None:
+        return next((r for r in self.replicas if r.id == replica_id), None)
+
+    def counting_adapter(self) -> EngineAdapter:
+        """The adapter admission asks to count tokens: a Ready replica's, if any."""
+        return next((r.adapter for r in self.replicas if r.ready), self.replicas[0].adapter)
 
     def pool_labels(self) -> dict[str, str]:
         return {"engine": self.engine, "engine_version": self.engine_version, "pool_id": self.id}
 
-    def replica_labels(self) -> dict[str, str]:
-        return {**self.pool_labels(), "replica_id": self.replica_id}
+    def queue_labels(self) -> dict[str, str]:
+        """Labels for events before placement (a queued task canceled or displaced)."""
+        return self.series.queue_replica
 
     @property
     def series(self) -> PoolSeries:
         """This pool's metric series for the current engine version, resolved once."""
         if self._series is None or self._series.engine_version != self.engine_version:
-            self._series = PoolSeries(self.metrics, self.pool_labels(), self.replica_id)
+            self._series = PoolSeries(self.metrics, self.pool_labels())
         return self._series
 
     def queue_changed(self) -> None:
@@ -125,85 +138,71 @@ class Pool:
             series.queue_depth[priority].set(self.queue.depth(priority))
         series.slots_free.set(self.slots_free)
 
-    # --- readiness ----------------------------------------------------------------------------
+    def queue_depth(self) -> int:
+        return len(self.queue)
 
-    def set_ready(self) -> None:
-        self.ready = True
-        dispatcher.pump(self)
+    # --- dispatch -----------------------------------------------------------------------------
 
-    def engine_failed(self, reason: str) -> None:
-        """A runner saw the engine fail: dispatch nothing more until it answers again."""
-        if self.ready:
-            self.ready = False
-            self.last_error = reason
-            log.error("pool %s: %s", self.id, reason)
-        self._check_now.set()
+    def pump(self) -> None:
+        """Start queued tasks while one can be placed on a replica."""
+        if self.circuit_open:
+            self.end_queued(ErrorCode.POOL_UNAVAILABLE, f"pool {self.id} is unavailable")
+            return
+        queue = self.queue
+        while self.accepting:
+            head = queue.peek()
+            if head is None:
+                break
+            replica = choose_replica(self.replicas, head, self.free_vram)
+            if replica is None:
+                break
+            queue.pop()
+            replica.start_task(head)
+        self.queue_changed()
 
-    def engine_lost(self, reason: str) -> None:
-        """The engine process is gone (or was killed): the supervisor starts a new one."""
-        self.ready = False
-        self.needs_start = True
-        self.last_error = reason
-        log.error("pool %s: %s", self.id, reason)
-        self._check_now.set()
+    def capacity_changed(self) -> None:
+        self.pump()
 
-    def open_circuit(self, reason: str) -> None:
-        self.circuit_open = True
-        self.ready = False
-        self.last_error = reason
-        log.error("pool %s: %s", self.id, reason)
-        self.end_queued(ErrorCode.POOL_UNAVAILABLE, f"pool {self.id} is unavailable: {reason}")
+    def task_settled(self, replica: Replica, task: Task, outcome: RunOutcome) -> None:
+        if outcome.requeue and not task.finished and self.accepting:
+            task.state = TaskState.QUEUED
+            self.queue.requeue_front(task)
+        elif not task.finished:  # a runner stopped before its first step
+            task.finish_error(ErrorCode.WORKER_RESET, "task runner stopped", self.engine)
+        if task.finished:
+            self._account(task, outcome)
+        self.pump()
 
-    async def wait_for_check(self, interval_s: float) -> None:
-        try:
-            async with asyncio.timeout(interval_s):
-                await self._check_now.wait()
-        except TimeoutError:
-            pass
-        self._check_now.clear()
+    def _account(self, task: Task, outcome: RunOutcome) -> None:
+        series = self.series
+        if outcome.end is not None and task.started_at is not None and task.finished_at:
+            self.estimator.observe((task.finished_at - task.started_at) * 1000)
+        first = outcome.first_token_at
+        if first is not None:
+            first_token_ms = (first - task.admitted_at) * 1000
+            series.first_token_ms.observe(first_token_ms)
+            self.first_token_ms_window.append(first_token_ms)
+            if task.finished_at is not None:
+                series.decode_ms.observe((task.finished_at - first) * 1000)
 
-    async def bring_up(self) -> bool:
-        """Start the engine (if we own its process) and read its properties; True if Ready."""
-        try:
-            if self.process is not None:
-                await self.process.start(self.runtime.startup_timeout_s)
-            info = await self.adapter.info()
-        except Exception as exc:  # any failure to come up is a failed start, retried
-            detail = str(exc)
-            # Health is client-visible: only a message meant for clients (no paths, ports or
-            # engine output); the detail goes to the log.
-            public = getattr(exc, "public_message", None) or "see the engine log"
-            self.last_error = f"engine start failed: {public}"
-            log.error("pool %s: engine start failed: %s", self.id, detail)
-            self.needs_start = True
-            if self.process is not None:
-                await self.process.stop()
-            return False
-        if info.slots_total < self.config.slots:
-            self.last_error = (
-                f"engine has {info.slots_total} slots, pool declares {self.config.slots}"
-            )
-            log.error("pool %s: %s", self.id, self.last_error)
-            self.needs_start = True
-            if self.process is not None:
-                await self.process.stop()
-            return False
-        self.info = info
-        self.needs_start = False
-        self.set_ready()
-        return True
+    def expire_deadline(self, task: Task) -> None:
+        """Deadline timer: a queued task leaves the queue, a running one is stopped."""
+        if task.finished:
+            return
+        if task.state is TaskState.QUEUED:
+            self.queue.remove(task)
+            task.finish_error(ErrorCode.DEADLINE_UNMET, "deadline passed while queued", self.engine)
+            self.queue_changed()
+            return
+        task.finish_error(ErrorCode.DEADLINE_UNMET, "deadline_ms exceeded", self.engine)
+        if task.runner is not None:
+            task.runner.cancel()
+
+    # --- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Preload: one start attempt now; the supervisor retries a failed one with backoff."""
-        if await self.bring_up():
-            self.last_error = None
-        self.queue_changed()
-        self._background = [
-            asyncio.create_task(supervise(self), name=f"supervise-{self.id}"),
-            asyncio.create_task(watch_decodes(self), name=f"watchdog-{self.id}"),
-        ]
-
-    # --- ending work --------------------------------------------------------------------------
+        await asyncio.gather(*(r.start() for r in self.replicas))
+        self.pump()
 
     def end_queued(self, code: ErrorCode, message: str) -> None:
         for task in self.queue.drain():
@@ -211,29 +210,16 @@ class Pool:
         self.queue_changed()
 
     def end_running(self, code: ErrorCode, message: str) -> None:
-        for task in list(self.running):
-            task.finish_error(code, message, self.engine)
-            if task.runner is not None:
-                task.runner.cancel()
+        for replica in self.replicas:
+            replica.end_running(code, message)
 
     async def wait_idle(self) -> None:
-        while self.running:
-            runners = [t.runner for t in self.running if t.runner is not None]
-            if not runners:
-                return
-            await asyncio.wait(runners)
-            await asyncio.sleep(0)  # let the runners' done-callbacks settle them
+        await asyncio.gather(*(r.wait_idle() for r in self.replicas))
 
     async def stop(self) -> None:
         """Stop everything: no task is left without a terminal frame, no engine running."""
         self.accepting = False
-        self.ready = False
         self.end_queued(ErrorCode.POOL_UNAVAILABLE, "orchestratord is shutting down")
         self.end_running(ErrorCode.POOL_UNAVAILABLE, "orchestratord is shutting down")
         await self.wait_idle()
-        for background in self._background:
-            background.cancel()
-        await asyncio.gather(*self._background, return_exceptions=True)
-        await self.adapter.aclose()
-        if self.process is not None:
-            await self.process.stop()
+        await asyncio.gather(*(r.stop() for r in self.replicas))

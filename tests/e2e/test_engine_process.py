@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from orchestratord.models.tiny_gguf import default_cache_dir, ensure_tiny_model
-from orchestratord.pools.engine_process import (
+from orchestratord.replicas.engine_process import (
     EngineStartError,
     LlamaServerProcess,
     free_loopback_port,

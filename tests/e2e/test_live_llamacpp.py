@@ -238,5 +238,5 @@ def test_banner_tells_where_it_listens_and_never_prints_the_token(server: LiveSe
     assert server.url.startswith("http://127.0.0.1:")
     assert "pool default: Ready" in output
     assert server.token not in output
-    log = (server.workdir / "state" / "logs" / "default-llama-server.log").read_text()
+    log = (server.workdir / "state" / "logs" / "default-r0-llama-server.log").read_text()
     assert server.token not in log

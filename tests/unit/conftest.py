@@ -22,7 +22,7 @@ from orchestratord.adapters.base import (
 )
 from orchestratord.adapters.mock import Handler, MockAdapter, seeded_words
 from orchestratord.app import Orchestrator
-from orchestratord.config import Config, PoolConfig, QueueConfig, ServerConfig
+from orchestratord.config import Config, GpuConfig, PoolConfig, QueueConfig, ServerConfig
 from orchestratord.core.request import TaskRequest
 from orchestratord.core.task import Task
 from tests.contract_schemas import assert_frames_match
@@ -44,10 +44,11 @@ def task_body(**overrides: Any) -> dict[str, Any]:
 def make_config(tmp_path: Path, **pool: Any) -> Config:
     server = pool.pop("server", {})
     queue = pool.pop("queue", {})
+    gpus = pool.pop("gpus", {})
     pool_config = PoolConfig(
         id="p1",
         model_ref=MODEL,
-        model_path=tmp_path / "unused.gguf",
+        model_path=pool.pop("model_path", tmp_path / "unused.gguf"),
         slots=pool.pop("slots", 2),
         ctx_max=pool.pop("ctx_max", 512),
         queue=QueueConfig(**{"capacity": 2, **queue}),
@@ -55,6 +56,7 @@ def make_config(tmp_path: Path, **pool: Any) -> Config:
     )
     return Config(
         server=ServerConfig(**server),
+        gpus=GpuConfig(**gpus),
         pools=[pool_config],
         state_dir=tmp_path / "state",
         cache_dir=tmp_path / "c",
@@ -82,10 +84,20 @@ def conductor_for(tmp_path: Path) -> Callable[..., Any]:
     """Build (orchestrator, conductor) for a mock adapter; use as ``async with``."""
 
     class _Ctx:
-        def __init__(self, adapter: EngineAdapter | None = None, **pool: Any) -> None:
+        def __init__(
+            self,
+            adapter: EngineAdapter | list[EngineAdapter] | None = None,
+            *,
+            config: Config | None = None,
+            inventory: Any = None,
+            **pool: Any,
+        ) -> None:
             self.adapter = adapter or MockAdapter()
             self.orch = Orchestrator(
-                make_config(tmp_path, **pool), token=TOKEN, adapters={"p1": self.adapter}
+                config or make_config(tmp_path, **pool),
+                token=TOKEN,
+                adapters={"p1": self.adapter},
+                inventory=inventory,
             )
             self.conductor = falcon.testing.ASGIConductor(self.orch.app)
 

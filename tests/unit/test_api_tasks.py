@@ -392,7 +392,9 @@ async def test_metrics_count_tasks_and_tokens(conductor_for: Any) -> None:
     assert samples[("tokens_out_total", labels)] == 4
     started = (*labels[:3], ("priority", "interactive"), labels[3])
     assert samples[("tasks_started_total", started)] == 1
-    assert samples[("tasks_enqueued_total", (*labels[:3], ("priority", "interactive"), labels[3]))]
+    # Enqueued before placement: counted on the pool's queue, not on a replica.
+    queue = (*labels[:3], ("priority", "interactive"), ("replica_id", "p1-queue"))
+    assert samples[("tasks_enqueued_total", queue)] == 1
     names = {family.name for family in text_string_to_metric_families(text)}
     assert {"queue_depth", "tasks_rejected", "gpu_utilization", "vram_used_bytes"} <= names
 

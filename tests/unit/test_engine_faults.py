@@ -21,7 +21,7 @@ import pytest
 
 from orchestratord.app import Orchestrator
 from orchestratord.core.task import Task
-from orchestratord.pools.engine_process import EngineStartError
+from orchestratord.replicas.engine_process import EngineStartError
 from tests.unit.conftest import AUTH, collect_stream, task_body
 from tests.unit.faulty_engine import FaultyEngine
 
@@ -36,7 +36,8 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 def fast(orch: Orchestrator, **runtime: float) -> None:
     pool = orch.pools["p1"]
-    pool.runtime = dataclasses.replace(pool.runtime, **runtime)
+    for replica in pool.replicas:
+        replica.runtime = dataclasses.replace(replica.runtime, **runtime)
 
 
 async def submit(conductor: Conductor, **fields: Any) -> Any:
@@ -83,7 +84,7 @@ async def test_a_crash_resets_only_decoding_tasks_and_queued_ones_run_after_reco
 
         engine.down = False
         fast(orch, monitor_interval_s=0.01)
-        pool.engine_failed("poke")  # wake the supervisor now rather than in 30 s
+        pool.replicas[0].engine_failed("poke")  # wake the supervisor now rather than in 30 s
         for task_id in queued:
             frames = await collect_stream(conductor, task_id)
             assert frames[-1][0] == "end", frames[-1]
@@ -124,7 +125,7 @@ async def test_a_queued_task_meets_its_deadline_while_the_pool_is_unready(
         holder = (await submit(conductor, ctx=512, max_tokens=500)).json["task_id"]
         await eventually(lambda: task(orch, holder).tokens_out > 0)
         waiting = (await submit(conductor, max_tokens=2, deadline_ms=150)).json["task_id"]
-        orch.pools["p1"].engine_failed("engine stopped answering /health")
+        orch.pools["p1"].replicas[0].engine_failed("engine stopped answering /health")
         frames = await collect_stream(conductor, waiting)
         assert len(orch.pools["p1"].queue) == 0  # it left the queue when its deadline fired
         await orch.cancel(task(orch, holder), "client")
@@ -171,7 +172,7 @@ class FakeProcess:
 
 
 def with_process(orch: Orchestrator, process: FakeProcess) -> None:
-    orch.pools["p1"].process = process  # type: ignore[assignment]
+    orch.pools["p1"].replicas[0].process = process  # type: ignore[assignment]
 
 
 @pytest.mark.req("OC-POOL-3002", "OC-POOL-3010")
@@ -227,7 +228,7 @@ async def test_an_open_circuit_ends_queued_work_and_refuses_new_work(
         holder = (await submit(conductor, ctx=512, max_tokens=500)).json["task_id"]
         await eventually(lambda: task(orch, holder).tokens_out > 0)
         queued = (await submit(conductor, max_tokens=2)).json["task_id"]
-        orch.pools["p1"].open_circuit("circuit open after 5 failed starts")
+        orch.pools["p1"].replicas[0].open_circuit("circuit open after 5 failed starts")
         frames = await collect_stream(conductor, queued)
         refused = await submit(conductor)
         await orch.cancel(task(orch, holder), "client")

@@ -19,7 +19,7 @@ from orchestratord.cli import main as cli_main
 from orchestratord.config import AuthConfig, Config
 from orchestratord.core.registry import TaskRegistry
 from orchestratord.core.task import Task
-from orchestratord.pools.engine_log import RotatingLog
+from orchestratord.replicas.engine_log import RotatingLog
 from tests.unit.conftest import AUTH, collect_stream, held_handler, new_task, task_body
 from tests.unit.faulty_engine import FaultyEngine
 

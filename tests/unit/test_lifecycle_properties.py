@@ -150,8 +150,9 @@ async def run_schedule(tmp_path: Path, policy: str, ops: list[tuple[Any, ...]]) 
     )
     orch = Orchestrator(config, token=TOKEN, adapters={"p1": engine})
     pool = orch.pools["p1"]
-    pool.runtime = dataclasses.replace(
-        pool.runtime, monitor_interval_s=0.005, restart_backoff_s=0.005
+    (replica,) = pool.replicas
+    replica.runtime = dataclasses.replace(
+        replica.runtime, monitor_interval_s=0.005, restart_backoff_s=0.005
     )
     finished: Counter[str] = Counter()
     original = orch.task_finished
@@ -190,11 +191,12 @@ def assert_one_terminal(task: Task) -> None:
 
 def assert_idle(orch: Orchestrator, engine: FaultyEngine) -> None:
     pool = orch.pools["p1"]
+    (replica,) = pool.replicas
     assert not pool.running
-    assert sorted(pool.free_slot_ids) == list(range(SLOTS))
-    assert pool.slots_free == pool.slots_total
+    assert sorted(replica.free_slot_ids) == list(range(SLOTS))
+    assert sum(r.slots_free for r in pool.replicas) == pool.slots_total
     assert len(pool.queue) == 0
-    assert not pool.strict_running
+    assert not replica.strict_running
     assert engine.active == 0
 
 

@@ -22,7 +22,7 @@ from orchestratord.adapters.base import (
 )
 from orchestratord.adapters.llamacpp import LlamaCppAdapter
 from orchestratord.errors import ErrorCode
-from orchestratord.pools.engine_process import free_loopback_port
+from orchestratord.replicas.engine_process import free_loopback_port
 
 REQUEST = GenerationRequest("hi", 4, 1, Sampling(0.8, 40, 0.95, 0.05, 1.0, False))
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

@@ -18,7 +18,7 @@ from orchestratord.adapters.base import (
     TokenChunk,
 )
 from orchestratord.adapters.mock import MockAdapter
-from orchestratord.core.dispatcher import on_time_probability
+from orchestratord.replicas.runner import on_time_probability
 from tests.unit.conftest import AUTH, collect_stream, task_body
 
 Conductor = Any
@@ -73,11 +73,11 @@ async def test_an_engine_that_took_the_task_and_died_resets_it_without_a_retry(
         frames = await run_one(conductor)
     assert frames[-1][1]["code"] == "WORKER_RESET"
     # the pool went Unready with the public reason (the supervisor then found it healthy)
-    assert "pool p1: the engine connection was lost" in caplog.text
+    assert "replica p1-r0: the engine connection was lost" in caplog.text
     assert adapter.started == 1  # the engine had it: it is not run a second time
     (record,) = [r for r in caplog.records if "reset by peer" in r.getMessage()]
     message = record.getMessage()
-    assert "corr-runner" in message and "pool p1" in message
+    assert "corr-runner" in message and "replica p1-r0" in message
     assert frames[0][1]["pool_id"] == "p1"
 
 
@@ -169,7 +169,7 @@ async def test_a_runner_stopped_before_its_first_step_still_ends_its_task_and_fr
         task.runner.cancel()  # in the same loop turn as the start: it never ran a step
         frames = await collect_stream(conductor, body["task_id"])
         pool = orch.pools["p1"]
-        assert pool.slots_free == 2 and sorted(pool.free_slot_ids) == [0, 1]
+        assert pool.slots_free == 2 and sorted(pool.replicas[0].free_slot_ids) == [0, 1]
         assert len(pool.queue) == 0
     assert frames[-1] == (
         "error",

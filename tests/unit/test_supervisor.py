@@ -11,9 +11,10 @@ from orchestratord.adapters.mock import MockAdapter
 from orchestratord.config import PoolConfig
 from orchestratord.metrics import Metrics
 from orchestratord.models.tiny_gguf import TINY_MODEL_REF
-from orchestratord.pools.pool import Pool, PoolRuntime
+from orchestratord.pools.pool import Pool
+from orchestratord.replicas.replica import Replica, ReplicaRuntime, ReplicaSpec
 
-FAST = PoolRuntime(monitor_interval_s=0.01, restart_backoff_s=0.01, max_restarts=2)
+FAST = ReplicaRuntime(monitor_interval_s=0.01, restart_backoff_s=0.01, max_restarts=2)
 
 
 class FakeProcess:
@@ -52,9 +53,16 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
 async def with_pool(
     process: FakeProcess, adapter: MockAdapter, body: Callable[[Pool], Awaitable[None]]
 ) -> None:
-    pool = Pool(
-        PoolConfig(id="p", model_ref=TINY_MODEL_REF), adapter, Metrics(), process, runtime=FAST
-    )  # type: ignore[arg-type]
+    metrics = Metrics()
+    replica = Replica(
+        ReplicaSpec("p", 0, slots=2),
+        "llamacpp",
+        adapter,
+        metrics,
+        process,  # type: ignore[arg-type]
+        runtime=FAST,
+    )
+    pool = Pool(PoolConfig(id="p", model_ref=TINY_MODEL_REF), [replica], metrics)
     await pool.start()
     try:
         await body(pool)

@@ -15,23 +15,23 @@ from typing import TYPE_CHECKING
 from orchestratord.errors import ErrorCode
 
 if TYPE_CHECKING:
-    from orchestratord.pools.pool import Pool
+    from orchestratord.replicas.replica import Replica
 
-log = logging.getLogger("orchestratord.pool")
+log = logging.getLogger("orchestratord.replica")
 
 
-async def watch_decodes(pool: Pool) -> None:
-    idle_limit = pool.runtime.idle_timeout_s
-    wall_limit = pool.runtime.wall_timeout_s
+async def watch_decodes(replica: Replica) -> None:
+    idle_limit = replica.runtime.idle_timeout_s
+    wall_limit = replica.runtime.wall_timeout_s
     while True:
         await asyncio.sleep(min(1.0, idle_limit / 4))
         now = time.monotonic()
-        for task in list(pool.running):
+        for task in list(replica.running):
             started = task.started_at or now
             idle = now - task.last_progress > idle_limit
             too_long = now - started > wall_limit
             if (idle or too_long) and not task.finished and task.runner is not None:
                 why = "no output from the engine" if idle else "decoding too long"
-                task.finish_error(ErrorCode.DECODE_TIMEOUT, f"watchdog: {why}", pool.engine)
+                task.finish_error(ErrorCode.DECODE_TIMEOUT, f"watchdog: {why}", replica.engine)
                 task.runner.cancel()
-                log.warning("pool %s: task %s aborted: %s", pool.id, task.id, why)
+                log.warning("replica %s: task %s aborted: %s", replica.id, task.id, why)

@@ -31,7 +31,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 
-from orchestratord.pools.engine_log import RotatingLog
+from orchestratord.replicas.engine_log import RotatingLog
 
 _PR_SET_PDEATHSIG = 1
 _PORT_ATTEMPTS = 3
@@ -54,9 +54,34 @@ def free_loopback_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def engine_environment() -> dict[str, str]:
-    """orchestratord's environment without its own settings (the API token among them)."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("LLORCH_")}
+def engine_environment(devices: tuple[int, ...] = ()) -> dict[str, str]:
+    """orchestratord's environment without its own settings (the API token among them),
+    showing the engine only its replica's GPUs: none for a CPU replica, so a GPU build of
+    llama-server cannot spill a CPU pool onto a card."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LLORCH_")}
+    env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in devices)
+    env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"  # NVML's order, so indices mean the same cards
+    return env
+
+
+def device_args(
+    devices: tuple[int, ...], tensor_split: tuple[float, ...] | None, gpu_layers: int
+) -> list[str]:
+    """llama-server flags for a replica's devices. The devices themselves are chosen by
+    CUDA_VISIBLE_DEVICES, so inside the engine they are numbered from 0 in mask order."""
+    if not devices:
+        return ["--n-gpu-layers", "0"]
+    args = ["--n-gpu-layers", str(gpu_layers), "--main-gpu", "0"]
+    if tensor_split is not None:
+        args += [
+            "--split-mode",
+            "layer",
+            "--tensor-split",
+            ",".join(f"{r:g}" for r in tensor_split),
+        ]
+    else:
+        args += ["--split-mode", "none"]
+    return args
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -105,6 +130,9 @@ class LlamaServerProcess:
         socket_path: Path | None = None,
         threads: int | None = None,
         extra_args: list[str] | None = None,
+        devices: tuple[int, ...] = (),
+        tensor_split: tuple[float, ...] | None = None,
+        gpu_layers: int = 999,
     ) -> None:
         self.binary = binary
         self.model_path = model_path
@@ -125,7 +153,9 @@ class LlamaServerProcess:
         ]  # fmt: skip
         if threads is not None:
             self.args += ["--threads", str(threads)]
+        self.args += device_args(devices, tensor_split, gpu_layers)
         self.args += extra_args or []
+        self.env = engine_environment(devices)
         self._proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -187,7 +217,7 @@ class LlamaServerProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=write_fd,
                 stderr=write_fd,
-                env=engine_environment(),
+                env=self.env,
                 close_fds=True,
                 preexec_fn=_die_with_parent(),
             )

@@ -1,0 +1,167 @@
+"""Start-up placement: fit from the GGUF's own metadata, masks, splits, and the numbers."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from orchestratord.config import PoolConfig
+from orchestratord.devices.inventory import MIB, Device
+from orchestratord.models.gguf_shape import ModelShape, read_model_shape
+from orchestratord.models.tiny_gguf import ensure_tiny_model
+from orchestratord.placement.plan import PlacementError, plan_replicas, replica_need
+from tests.model_files import write_shaped_gguf
+
+GIB = 1024 * MIB
+RTX_3090 = Device(0, "RTX 3090", 24 * GIB)
+RTX_3060 = Device(1, "RTX 3060", 12 * GIB)
+BOX = [RTX_3090, RTX_3060]
+RESERVE = 512 * MIB
+
+
+@pytest.fixture(scope="module")
+def seven_b(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A llama-2-7B-shaped f16 file: 12.6 GiB of weights, 0.5 MiB of KV per token."""
+    path = tmp_path_factory.mktemp("models") / "7b-f16.gguf"
+    write_shaped_gguf(path, n_layer=32, n_embd=4096, n_head=32, n_head_kv=32, n_ff=11008)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_tiny_model(tmp_path_factory.mktemp("cache"))
+
+
+def pool(pool_id: str, path: Path, **fields: object) -> PoolConfig:
+    return PoolConfig.model_validate(
+        {"id": pool_id, "model_ref": f"m/{pool_id}", "model_path": str(path), **fields}
+    )
+
+
+def plan(pools: list[PoolConfig], devices: list[Device] = BOX) -> dict[str, list[object]]:
+    shapes = {p.id: read_model_shape(p.model_path) for p in pools if p.model_path}
+
+    def shape_of(p: PoolConfig) -> ModelShape:
+        return shapes[p.id]
+
+    specs = plan_replicas(
+        pools, devices, reserve_bytes=RESERVE, source="declared", shape_of=shape_of
+    )
+    return {pool_id: [s.devices for s in replicas] for pool_id, replicas in specs.items()}
+
+
+@pytest.mark.req("HOME-1001")
+def test_the_need_is_weights_plus_kv_for_ctx_times_slots(seven_b: Path) -> None:
+    shape = read_model_shape(seven_b)
+    # llama-2-7B: 32 layers x 32 KV heads x (128 + 128) x f16 = 512 KiB per token.
+    assert shape.kv_bytes(1) == 512 * 1024
+    need, how = replica_need(pool("a", seven_b, ctx_max=4096, slots=2), shape)
+    assert need == shape.weights_bytes + 8192 * 512 * 1024
+    assert "KV cache 4.00 GiB for ctx 4096 x 2 slots (f16/f16)" in how
+    quantized = pool(
+        "b",
+        seven_b,
+        ctx_max=4096,
+        slots=2,
+        llamacpp={"extra_args": ["-ctk", "q8_0", "-ctv", "q4_0"]},
+    )
+    smaller, how_q = replica_need(quantized, shape)
+    assert smaller == shape.weights_bytes + int(32 * 32 * (128 * 34 / 32 + 128 * 18 / 32) * 8192)
+    assert "(q8_0/q4_0)" in how_q
+
+
+@pytest.mark.req("HOME-1004", "HOME-1001", "ORCH-3011", "OC-CORE-1012")
+def test_a_model_that_fits_only_the_big_card_never_lands_on_the_small_one(
+    seven_b: Path, tiny: Path
+) -> None:
+    big = pool("big", seven_b, devices=[0, 1], ctx_max=4096, slots=1)  # 14.6 GiB per replica
+    chat = pool("chat", tiny, devices=[0, 1])
+    placed = plan([chat, big])
+    assert placed["big"] == [(0,)]
+    # No pinning: the tiny model gets a replica on each card, the big one only the 3090.
+    assert sorted(placed["chat"]) == [(0,), (1,)]
+
+
+@pytest.mark.req("HOME-1001", "ORCH-3011")
+def test_numbered_replicas_go_to_the_most_free_vram_and_stack_when_they_fit(tiny: Path) -> None:
+    placed = plan([pool("p", tiny, devices=[1, 0], replicas=3)])
+    assert placed["p"] == [(0,), (0,), (0,)]  # 23.5 GiB free beats 11.5 each time
+    assert plan([pool("q", tiny, devices=[1], replicas=2)])["q"] == [(1,), (1,)]
+
+
+@pytest.mark.req("HOME-1001", "ORCH-3011")
+def test_a_model_that_fits_nowhere_is_a_start_up_error_naming_the_numbers(seven_b: Path) -> None:
+    too_big = pool("huge", seven_b, devices=[1], ctx_max=4096, slots=1)
+    with pytest.raises(PlacementError) as error:
+        plan([too_big])
+    message = str(error.value)
+    assert "pool 'huge'" in message and "needs 14.55 GiB per replica" in message
+    assert "weights 12.55 GiB + KV cache 2.00 GiB for ctx 4096 x 1 slots" in message
+    assert "GPU1 RTX 3060 11.50 GiB free" in message
+
+
+@pytest.mark.req("HOME-1001")
+def test_vram_is_shared_between_pools_biggest_first(seven_b: Path) -> None:
+    first = pool("a", seven_b, devices=[0], ctx_max=4096, slots=1)
+    second = pool("b", seven_b, devices=[0], ctx_max=4096, slots=1)
+    with pytest.raises(PlacementError, match=r"pool 'b'.*GPU0 RTX 3090 8\.95 GiB free"):
+        plan([first, second])
+
+
+@pytest.mark.req("ORCH-3012")
+def test_a_model_is_split_only_with_explicit_ratios(seven_b: Path) -> None:
+    # 3 slots x 8192 ctx: 24.55 GiB fits neither card whole.
+    config = {"devices": [0, 1], "ctx_max": 8192, "slots": 3}
+    with pytest.raises(PlacementError, match="fit no device"):
+        plan([pool("s", seven_b, **config)])
+    split = plan([pool("s", seven_b, tensor_split=[2, 1], **config)])
+    assert split["s"] == [(0, 1)]
+    with pytest.raises(PlacementError, match=re.escape("puts 16.37 GiB on GPU1")):
+        plan([pool("t", seven_b, tensor_split=[1, 2], **config)])
+
+
+@pytest.mark.req("OC-POOL-3020", "ORCH-3011")
+def test_a_device_outside_the_inventory_is_named(tiny: Path) -> None:
+    with pytest.raises(
+        PlacementError,
+        match=re.escape(
+            "device 2 is not in the declared inventory (devices: 0 (RTX 3090), 1 (RTX 3060))"
+        ),
+    ):
+        plan([pool("p", tiny, devices=[0, 2])])
+
+
+@pytest.mark.req("OC-POOL-3020")
+def test_cpu_and_remote_pools_need_no_device(tiny: Path) -> None:
+    cpu = pool("cpu", tiny, replicas=2)
+    remote = PoolConfig.model_validate(
+        {"id": "far", "model_ref": "m/far", "endpoints": [{"url": "http://10.0.0.2:8080"}]}
+    )
+    placed = plan([cpu, remote], devices=[])
+    assert placed == {"cpu": [(), ()], "far": [()]}
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (
+            {"devices": [0, 1], "tensor_split": [1.0]},
+            "tensor_split has 1 ratios but the mask has 2",
+        ),
+        ({"devices": [0], "tensor_split": [1.0]}, "give one ratio per device"),
+        ({"devices": [0, 1], "tensor_split": [1.0, 0.0]}, "ratios must be > 0"),
+        ({"devices": [0, 0]}, "lists an index twice"),
+        ({"replicas": 0}, "replicas must be 1..16"),
+        ({"engine": "vllm"}, "give endpoints for vllm"),
+        ({"endpoints": [{"url": "http://h:1"}], "devices": [0]}, "drop devices"),
+        ({"endpoints": [{"url": "ftp://h"}]}, "String should match pattern"),
+    ],
+)
+@pytest.mark.req("OC-POOL-3020", "ORCH-3012")
+def test_inconsistent_placement_settings_are_config_errors(
+    fields: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        PoolConfig.model_validate({"id": "p", "model_ref": "llorch/tiny-llama", **fields})
