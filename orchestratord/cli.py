@@ -11,6 +11,7 @@ import socket
 import sys
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 import uvicorn
 import yaml
@@ -23,6 +24,7 @@ from orchestratord.devices.inventory import MIB
 from orchestratord.devices.nvml import NvmlUnavailable
 from orchestratord.logdrain import LogDrain
 from orchestratord.placement.plan import PlacementError
+from orchestratord.plan_cli import run_plan
 from orchestratord.version import API_VERSION, __version__
 
 
@@ -31,10 +33,19 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="serve the API (embedded default without --config)")
     serve.add_argument("--config", type=Path, help="YAML config file")
+    _plan_parser(sub)
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (0 picks a free one)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
     return parser
+
+
+def _plan_parser(sub: Any) -> None:
+    plan = sub.add_parser(
+        "plan", help="show where each replica would run and its engine command, start nothing"
+    )
+    plan.add_argument("--config", type=Path, help="YAML config file")
+    plan.add_argument("--json", action="store_true", help="machine-readable output")
 
 
 def _with_overrides(config: Config, host: str | None, port: int | None) -> Config:
@@ -212,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return serve(args)
+    if args.command == "plan":
+        return run_plan(args.config, args.json)
     return 2
 
 

@@ -311,3 +311,66 @@ def metric_labels(world: World, name: str, labels: str) -> None:
 def step_kwargs(func: Callable[..., None]) -> list[str]:
     """The parse fields a step takes besides the world (for the pytest-bdd bridge)."""
     return [name for name in inspect.signature(func).parameters if name != "world"]
+
+
+# --- placement on a mixed-GPU box ------------------------------------------------------------
+
+
+@given('orchestratord serving the example config "{name}"')
+def serve_example(world: World, name: str) -> None:
+    world.box.load(name)
+    world.box.serve()
+
+
+@given('the example config "{name}"')
+def load_example(world: World, name: str) -> None:
+    world.box.load(name)
+
+
+@given('a pool "{pool_id}" for a 7B f16 model with ctx 4096 on devices 0 and 1')
+def add_big_pool(world: World, pool_id: str) -> None:
+    world.box.add_seven_b_pool(pool_id, [0, 1])
+
+
+@when("I list the replica sets")
+def list_replica_sets(world: World) -> None:
+    world.box.list_replica_sets()
+
+
+@when("I plan the placement")
+def plan_placement(world: World) -> None:
+    world.box.run_plan()
+
+
+@when("I start {count:d} long tasks at once")
+def start_long_tasks(world: World, count: int) -> None:
+    world.box.start_long_tasks(count)
+
+
+@then('pool "{pool_id}" has a Ready replica on GPU {first:d} and one on GPU {second:d}')
+def replicas_on_both(world: World, pool_id: str, first: int, second: int) -> None:
+    replicas = world.box.replicas(pool_id)
+    placed = sorted([d["index"] for d in r["devices"]] for r in replicas if r["ready"])
+    assert placed == [[first], [second]], replicas
+
+
+@then("the replicas on GPU {first:d} and GPU {second:d} are both decoding")
+def both_decoding(world: World, first: int, second: int) -> None:
+    by_device = {r["devices"][0]["index"]: r["id"] for r in world.box.replicas("chat")}
+    world.box.wait_all_decoding([by_device[first], by_device[second]])
+
+
+@then("the metrics count started tasks on both replicas")
+def started_on_both(world: World) -> None:
+    started = world.box.started_per_replica()
+    assert started.get("chat-r0", 0) >= 1 and started.get("chat-r1", 0) >= 1, started
+
+
+@then('the plan puts pool "{pool_id}" only on GPU {device:d}')
+def planned_only_on(world: World, pool_id: str, device: int) -> None:
+    assert world.box.planned_devices(pool_id) == [[device]], world.box.plan
+
+
+@then('the plan puts pool "{pool_id}" on GPU {first:d} and GPU {second:d}')
+def planned_on_both(world: World, pool_id: str, first: int, second: int) -> None:
+    assert sorted(world.box.planned_devices(pool_id)) == [[first], [second]], world.box.plan

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from steps.placement import MixedBox
 from tests.contract_schemas import assert_frames_match, assert_matches, load_openapi
 from tests.sse import SSEParser
 from xtask.live_server import LiveServer, task_body
@@ -46,8 +47,18 @@ class World:
         self.accepted: list[str] = []
         self.metrics_text = ""
         self.filled = 0
+        self._box: MixedBox | None = None
+
+    @property
+    def box(self) -> MixedBox:
+        """A second orchestratord (an example config) for this scenario only."""
+        if self._box is None:
+            self._box = MixedBox()
+        return self._box
 
     def close(self) -> None:
+        if self._box is not None:
+            self._box.close()
         for task_id in self.accepted:  # leave no long task running for the next scenario
             self.client.post(f"/v1/tasks/{task_id}/cancel", headers=self.server.auth)
         self.client.close()

@@ -63,4 +63,7 @@ class DeclaredInventory:
 
 
 def gib(size: int) -> str:
+    """A size for people: GiB with two decimals, MiB below one GiB."""
+    if abs(size) < 1024 * MIB:
+        return f"{size / MIB:.1f} MiB"
     return f"{size / (1024 * MIB):.2f} GiB"

@@ -158,6 +158,10 @@ class LlamaServerProcess:
         self.env = engine_environment(devices)
         self._proc: asyncio.subprocess.Process | None = None
 
+    def command(self) -> list[str]:
+        """The full engine command line (what ``orchestratord plan`` shows)."""
+        return [*self.args, *self._listen_args()]
+
     @property
     def base_url(self) -> str:
         return "http://localhost" if self.socket_path else f"http://127.0.0.1:{self.port}"
@@ -212,8 +216,7 @@ class LlamaServerProcess:
         read_fd, write_fd = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
-                *self.args,
-                *self._listen_args(),
+                *self.command(),
                 stdin=subprocess.DEVNULL,
                 stdout=write_fd,
                 stderr=write_fd,

@@ -12,7 +12,7 @@ from orchestratord.devices.inventory import MIB, Device
 from orchestratord.models.gguf_shape import ModelShape, read_model_shape
 from orchestratord.models.tiny_gguf import ensure_tiny_model
 from orchestratord.placement.plan import PlacementError, plan_replicas, replica_need
-from tests.model_files import write_shaped_gguf
+from xtask.model_files import write_shaped_gguf
 
 GIB = 1024 * MIB
 RTX_3090 = Device(0, "RTX 3090", 24 * GIB)
