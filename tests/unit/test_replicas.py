@@ -13,9 +13,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from orchestratord.adapters.mock import MockAdapter
 from orchestratord.core.task import Task
 from orchestratord.placement.choose import choose_replica
-from xtask.model_files import write_shaped_gguf
 from tests.unit.conftest import AUTH, collect_stream, held_handler, new_task, task_body
 from tests.unit.faulty_engine import FaultyEngine
+from xtask.model_files import write_shaped_gguf
 
 DECLARED_BOX = {
     "source": "declared",
