@@ -1,4 +1,4 @@
-"""``python -m xtask bench relay|admission|small``: the benchmarks, each run ``--runs`` times.
+"""``python -m xtask bench relay|admission|small|placement``: benchmarks, ``--runs`` times each.
 
 Every benchmark starts its own real orchestratord + llama-server on loopback, measures the
 relay side by side with the baseline it compares to (llama-server directly, or the shallow
@@ -11,13 +11,16 @@ import argparse
 import json
 from typing import Any
 
-from xtask import bench_admission, bench_relay, bench_small
+from xtask import bench_admission, bench_placement, bench_relay, bench_small
 
 
 def run(args: argparse.Namespace) -> int:
     if args.which == "relay":
         result = bench_relay.run(args.runs, args.pairs, args.tokens, args.seed, args.coalesce_ms)
         report = bench_relay.report
+    elif args.which == "placement":
+        result = bench_placement.run(args.runs, args.decisions)
+        report = bench_placement.report
     elif args.which == "admission":
         result = bench_admission.run(args.tasks, args.concurrency, args.runs)
         report = bench_admission.report
@@ -32,8 +35,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    parser = sub.add_parser("bench", help="benchmarks: relay, admission, small")
-    parser.add_argument("which", choices=["relay", "admission", "small"])
+    parser = sub.add_parser("bench", help="benchmarks: relay, admission, small, placement")
+    parser.add_argument("which", choices=["relay", "admission", "small", "placement"])
     parser.add_argument("--runs", type=int, default=3, help="runs; the table gives medians")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     relay = parser.add_argument_group("relay")
@@ -46,6 +49,8 @@ def add_parser(sub: Any) -> None:
     admission = parser.add_argument_group("admission")
     admission.add_argument("--tasks", type=int, default=20_000)
     admission.add_argument("--concurrency", type=int, default=32)
+    placement = parser.add_argument_group("placement")
+    placement.add_argument("--decisions", type=int, default=100_000)
     small = parser.add_argument_group("small")
     small.add_argument("--per-block", type=int, default=200)
     small.add_argument("--blocks", type=int, default=4)
