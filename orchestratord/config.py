@@ -197,6 +197,12 @@ class RemoteEngine(Strict):
         None,
         description="File holding a bearer token the engine requires (not the API token).",
     )
+    metrics_url: str | None = Field(
+        None,
+        pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
+        description="Where the engine's Prometheus metrics are, if not <url>/metrics "
+        "(Triton serves them on a port of their own).",
+    )
 
 
 class PoolConfig(Strict):

@@ -7,8 +7,11 @@ token (if it wants one) is read from ``token_file`` and sent only to that engine
 
 from __future__ import annotations
 
+from typing import Any
+
 from orchestratord.adapters.base import EngineAdapter
 from orchestratord.adapters.llamacpp import LlamaCppAdapter
+from orchestratord.adapters.openai_compat import OpenAICompatAdapter
 from orchestratord.auth import read_secret_file
 from orchestratord.config import Config, Engine, PoolConfig
 
@@ -25,4 +28,11 @@ def build_remote_adapter(pool: PoolConfig, url: str, config: Config) -> EngineAd
             coalesce_s=coalesce_s,
             auth_token=token,
         )
+    common: dict[str, Any] = {
+        "auth_token": token,
+        "coalesce_s": coalesce_s,
+        "metrics_url": endpoint.metrics_url,
+    }
+    if pool.engine is Engine.VLLM:
+        return OpenAICompatAdapter(url, slots=pool.slots, model_path=pool.model_path, **common)
     raise ValueError(f"pool {pool.id!r}: no adapter for engine {pool.engine.value!r} yet")

@@ -14,6 +14,7 @@ import os
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 
 import httpx
@@ -22,6 +23,7 @@ import pytest
 
 from orchestratord.models.tiny_gguf import default_cache_dir, ensure_tiny_model
 from orchestratord.replicas.engine_process import free_loopback_port, llama_server_binary
+from tests.sse import SSEParser
 from xtask.live_server import LiveServer, default_live_config, live_server, task_body
 
 pytestmark = pytest.mark.e2e
@@ -88,6 +90,16 @@ def remote(
     )
     config["pools"] += [
         {
+            # vLLM cannot run here; llama-server serves the same OpenAI-compatible protocol
+            # (/v1/models, /tokenize, streamed /v1/completions with usage and [DONE]), so
+            # the vllm adapter is driven against a real engine through it.
+            "id": "openai",
+            "engine": "vllm",
+            "model_ref": "remote/openai",
+            "slots": 2,
+            "endpoints": [{"url": outside_engine, "token_file": str(token_file)}],
+        },
+        {
             "id": "nowhere",
             "model_ref": "remote/nowhere",
             "endpoints": [{"url": f"http://127.0.0.1:{free_loopback_port()}"}],
@@ -146,3 +158,33 @@ def test_the_engine_key_goes_only_to_the_engine(remote: LiveServer, outside_engi
         texts = [c.get(p).text for p in paths]
     assert not [t for t in texts if ENGINE_KEY in t]
     assert ENGINE_KEY not in "\n".join(remote.output)
+
+
+@pytest.mark.req("ORCH-3056", "ORCH-3054", "OC-ADAPT-5001", "OC-ADAPT-5002")
+def test_the_vllm_adapter_streams_a_real_engine_through_its_openai_api(
+    remote: LiveServer,
+) -> None:
+    with client(remote) as c:
+        caps = c.get("/v1/capabilities").json()
+        body = task_body(
+            model_ref="remote/openai",
+            engine="vllm",
+            max_tokens=6,
+            seed=11,
+            sampler_profile_version="fixed-length",
+        )
+        accepted = c.post("/v1/tasks", json=body)
+        assert accepted.status_code == 202, accepted.text
+        frames = SSEParser().feed(c.get(f"/v1/tasks/{body['task_id']}/stream").content)
+        again = {**body, "task_id": str(uuid.uuid4())}
+        assert c.post("/v1/tasks", json=again).status_code == 202
+        repeat = SSEParser().feed(c.get(f"/v1/tasks/{again['task_id']}/stream").content)
+    assert "vllm" in [e["engine"] for e in caps["engines"]]
+    kinds = [event for event, _ in frames]
+    assert kinds[0] == "started" and kinds[-1] == "end" and kinds.count("token") == 6
+    end = frames[-1][1]
+    assert end["tokens_out"] == 6 and end["finish_reason"] == "length"
+    text = "".join(p["t"] for e, p in frames if e == "token")
+    assert text and text == "".join(p["t"] for e, p in repeat if e == "token")  # same seed
+    # The public API is OrchQueue v1 only: no OpenAI shapes reach the client.
+    assert not [p for _, p in frames if isinstance(p, dict) and "choices" in p]
