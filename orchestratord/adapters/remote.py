@@ -12,6 +12,7 @@ from typing import Any
 from orchestratord.adapters.base import EngineAdapter
 from orchestratord.adapters.llamacpp import LlamaCppAdapter
 from orchestratord.adapters.openai_compat import OpenAICompatAdapter
+from orchestratord.adapters.tgi import TgiAdapter
 from orchestratord.auth import read_secret_file
 from orchestratord.config import Config, Engine, PoolConfig
 
@@ -35,4 +36,6 @@ def build_remote_adapter(pool: PoolConfig, url: str, config: Config) -> EngineAd
     }
     if pool.engine is Engine.VLLM:
         return OpenAICompatAdapter(url, slots=pool.slots, model_path=pool.model_path, **common)
+    if pool.engine is Engine.TGI:
+        return TgiAdapter(url, slots=pool.slots, model_path=pool.model_path, **common)
     raise ValueError(f"pool {pool.id!r}: no adapter for engine {pool.engine.value!r} yet")

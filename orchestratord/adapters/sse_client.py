@@ -113,8 +113,10 @@ class _SSEProtocol(asyncio.Protocol):
             return
         *lines, self._pending = (self._pending + body).split(b"\n")
         for line in lines:
-            if line.startswith(b"data: "):
-                self.payloads.append(line[6:])
+            # SSE allows "data:" with or without one space (TGI's server omits it).
+            if line.startswith(b"data:"):
+                payload = line[6:] if line[5:6] == b" " else line[5:]
+                self.payloads.append(payload.rstrip(b"\r"))
 
     def on_message_complete(self) -> None:
         self.done = True
