@@ -197,6 +197,12 @@ class RemoteEngine(Strict):
         None,
         description="File holding a bearer token the engine requires (not the API token).",
     )
+    model: str | None = Field(
+        None,
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The engine's model name: required for triton (the model to call).",
+    )
     metrics_url: str | None = Field(
         None,
         pattern=r"^https?://[^\s/?#]+(/[^\s?#]*)?$",
@@ -275,6 +281,8 @@ class PoolConfig(Strict):
                 )
             if isinstance(self.replicas, int) and self.replicas != len(self.endpoints):
                 raise ValueError(f"{where}: replicas must equal the number of endpoints")
+            if self.engine is Engine.TRITON and any(e.model is None for e in self.endpoints):
+                raise ValueError(f"{where}: a triton endpoint needs model (the model to call)")
         elif self.engine is not Engine.LLAMACPP:
             raise ValueError(
                 f"{where}: orchestratord spawns only llama.cpp engines; give endpoints for "

