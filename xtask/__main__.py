@@ -9,6 +9,7 @@ from xtask import (
     bdd,
     bench,
     conformance,
+    determinism,
     dev_loop,
     metrics_lint,
     mutate,
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     soak.add_parser(sub)
     conformance.add_parser(sub)
     mutate.add_parser(sub)
+    determinism.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.run(args))
 
