@@ -144,6 +144,7 @@ class Orchestrator:
             max_restarts=server.engine_max_restarts,
             hang_timeout_s=server.engine_hang_timeout_ms / 1000,
             startup_timeout_s=pc.llamacpp.startup_timeout_s,
+            self_test=server.engine_self_test,
         )
 
     def _build_pool(

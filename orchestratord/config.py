@@ -114,6 +114,12 @@ class ServerConfig(Strict):
     shutdown_retry_after_ms: int = Field(
         5000, ge=1, description="Retry hint on the 503s sent while shutting down."
     )
+    engine_self_test: bool = Field(
+        True,
+        description="Before a replica is Ready (at start and after each restart) it must "
+        "decode a token, cancel a decode with its slots idle after, and answer a metrics "
+        "read; one that fails stays Unready with the failed step in last_error.",
+    )
     device_monitor_interval_ms: int = Field(
         1000,
         ge=50,

@@ -26,6 +26,7 @@ from orchestratord.errors import ErrorCode
 from orchestratord.metrics import Metrics, ReplicaSeries
 from orchestratord.replicas.engine_process import LlamaServerProcess
 from orchestratord.replicas.runner import RunOutcome, run_task
+from orchestratord.replicas.self_test import SelfTestFailed, self_test
 from orchestratord.replicas.supervisor import supervise
 from orchestratord.replicas.watchdog import watch_decodes
 
@@ -46,6 +47,7 @@ class ReplicaRuntime:
     max_restarts: int = 5  # consecutive failed starts before the circuit opens
     hang_timeout_s: float = 10.0  # a live engine not answering /health this long is killed
     startup_timeout_s: float = 120.0
+    self_test: bool = True  # decode, cancel and telemetry checks before Ready (ORCH-3049)
 
 
 @dataclass(frozen=True)
@@ -206,6 +208,11 @@ class Replica:
         misplaced = self.placement_check(self) if self.placement_check is not None else None
         if misplaced is not None:
             return await self._failed_start(misplaced, misplaced)
+        if self.runtime.self_test:
+            try:
+                await self_test(self.adapter, self.runtime.startup_timeout_s)
+            except SelfTestFailed as exc:
+                return await self._failed_start(f"self-test failed: {exc}", repr(exc.__cause__))
         self.info = info
         self.needs_start = False
         self.set_ready()

@@ -112,3 +112,21 @@ def test_the_kv_estimate_matches_what_the_engine_allocated(mixed: LiveServer) ->
     weights = Path(flag(engines(mixed)["chat-r0"].cmdline(), "--model") or "").stat().st_size
     # The need is weights (tensor bytes, a little under the file) plus exactly that KV cache.
     assert weights - 64 * 1024 <= placed - kv_bytes <= weights
+
+
+@pytest.mark.req("ORCH-3049")
+def test_each_engine_ran_the_self_test_before_its_replica_was_ready(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """A fresh server, no task sent: every engine's own counters show the self-test's
+    decode (1 token) and the canceled decode (at least 1 more)."""
+    config = example_config("mixed-gpus-declared.yaml", tmp_path_factory.mktemp("selftest"))
+    with live_server(config) as server:
+        for replica_id in ("chat-r0", "chat-r1"):
+            socket = Path(config["state_dir"]) / "engines" / f"{replica_id}.sock"
+            transport = httpx.HTTPTransport(uds=str(socket))
+            with httpx.Client(base_url="http://localhost", transport=transport) as engine:
+                metrics = engine.get("/metrics").text
+                assert all(not s["is_processing"] for s in engine.get("/slots").json())
+            predicted = re.search(r"^llamacpp:tokens_predicted_total (\d+)", metrics, re.M)
+            assert predicted is not None and int(predicted.group(1)) >= 2, metrics

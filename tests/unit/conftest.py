@@ -54,6 +54,9 @@ def make_config(tmp_path: Path, **pool: Any) -> Config:
         queue=QueueConfig(**{"capacity": 2, **queue}),
         **pool,
     )
+    # The start-up self-test decodes on the engine; tests that count the mock engine's
+    # generations leave it out, tests/unit/test_self_test.py covers it.
+    server.setdefault("engine_self_test", False)
     return Config(
         server=ServerConfig(**server),
         gpus=GpuConfig(**gpus),
