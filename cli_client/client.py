@@ -100,3 +100,9 @@ class OrchClient:
         response = self._http.get("/v1/capabilities")
         self._raise_for(response)
         return dict(response.json())
+
+    def replica_sets(self) -> list[dict[str, Any]]:
+        """Each pool's replicas: where they run, their slots and load (``GET /v1/replicasets``)."""
+        response = self._http.get("/v1/replicasets")
+        self._raise_for(response)
+        return list(response.json())

@@ -226,3 +226,39 @@ def test_capabilities_give_version_and_capacity(pact: Pact, declare: Any) -> Non
     with pact.serve() as server, client(server.url) as cli:
         caps = cli.capabilities()
     assert caps["engines"][0]["pools"][0]["slots_total"] >= 1
+
+
+@pytest.mark.req("HOME-1204", "FR-CT-003", "ORCH-2104", "OC-CTRL-2004", "FR-CP-003")
+def test_replica_sets_show_each_replica_with_its_slots_and_load(pact: Pact, declare: Any) -> None:
+    interaction = (
+        declare("a replica sets request").given(ix.READY).with_request("GET", "/v1/replicasets")
+    )
+    authorized(interaction)
+    replica = {
+        "id": match.regex("default-r0", regex=r"^.+-r\d+$"),
+        "pool_id": match.string("default"),
+        "engine": match.regex("llamacpp", regex=r"^(llamacpp|vllm|tgi|triton)$"),
+        "devices": match.each_like(
+            {"index": match.integer(0, min=0), "vram_bytes": match.integer(0, min=0)}, min=0
+        ),
+        "slots_total": match.integer(2, min=1),
+        "slots_free": match.integer(2, min=0),
+        "ready": match.boolean(True),
+        "load": match.decimal(0.0),
+    }
+    replica_set = {
+        "id": match.string("default"),
+        "engine": match.regex("llamacpp", regex=r"^(llamacpp|vllm|tgi|triton)$"),
+        "load": match.decimal(0.0),
+        "slots_total": match.integer(2, min=1),
+        "slots_free": match.integer(2, min=0),
+        "slo": match.like({"samples": 0}),
+        "replicas": match.each_like(replica),
+    }
+    interaction.will_respond_with(200).with_header("X-Correlation-Id", CORRELATION).with_body(
+        match.each_like(replica_set), content_type="application/json"
+    )
+    with pact.serve() as server, client(server.url) as cli:
+        sets = cli.replica_sets()
+    (first,) = sets
+    assert first["replicas"][0]["slots_total"] >= 1 and first["slots_total"] >= 1
