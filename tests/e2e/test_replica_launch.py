@@ -121,7 +121,7 @@ def test_each_engine_ran_the_self_test_before_its_replica_was_ready(
     """A fresh server, no task sent: every engine's own counters show the self-test's
     decode (1 token) and the canceled decode (at least 1 more)."""
     config = example_config("mixed-gpus-declared.yaml", tmp_path_factory.mktemp("selftest"))
-    with live_server(config) as server:
+    with live_server(config):
         for replica_id in ("chat-r0", "chat-r1"):
             socket = Path(config["state_dir"]) / "engines" / f"{replica_id}.sock"
             transport = httpx.HTTPTransport(uds=str(socket))
