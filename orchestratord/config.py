@@ -15,6 +15,7 @@ import os
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -184,8 +185,8 @@ class LlamaCppOptions(Strict):
         None,
         ge=1,
         le=65535,
-        description="Serve the engine on this loopback port; default: a Unix socket in "
-        "<state_dir>/engines/ that only this user can reach.",
+        description="Serve the engine on this loopback port (replica n on port + n); "
+        "default: a Unix socket in <state_dir>/engines/ that only this user can reach.",
     )
     threads: int | None = Field(None, ge=1)
     extra_args: list[str] = Field(default_factory=list)
@@ -289,6 +290,10 @@ class PoolConfig(Strict):
                 raise ValueError(f"{where}: replicas must equal the number of endpoints")
             if self.engine is Engine.TRITON and any(e.model is None for e in self.endpoints):
                 raise ValueError(f"{where}: a triton endpoint needs model (the model to call)")
+            if self.engine is Engine.LLAMACPP and any(
+                urlsplit(e.url).path not in ("", "/") for e in self.endpoints
+            ):
+                raise ValueError(f"{where}: a llama.cpp endpoint is a base URL without a path")
         elif self.engine is not Engine.LLAMACPP:
             raise ValueError(
                 f"{where}: orchestratord spawns only llama.cpp engines; give endpoints for "

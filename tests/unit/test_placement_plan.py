@@ -157,6 +157,8 @@ def test_cpu_and_remote_pools_need_no_device(tiny: Path) -> None:
         ({"engine": "vllm"}, "give endpoints for vllm"),
         ({"endpoints": [{"url": "http://h:1"}], "devices": [0]}, "drop devices"),
         ({"endpoints": [{"url": "ftp://h"}]}, "String should match pattern"),
+        ({"endpoints": [{"url": "http://h:1/v1"}]}, "without a path"),
+        ({"engine": "triton", "endpoints": [{"url": "http://h:1"}]}, "needs model"),
     ],
 )
 @pytest.mark.req("OC-POOL-3020", "ORCH-3012")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from orchestratord.adapters.mock import MockAdapter
+from orchestratord.adapters.mock import MockAdapter, word_handler
 from orchestratord.core.task import Task
 from orchestratord.placement.choose import choose_replica
 from tests.unit.conftest import AUTH, collect_stream, held_handler, new_task, task_body
@@ -73,7 +74,7 @@ async def test_a_failed_replica_is_unready_on_its_own_and_the_other_keeps_servin
     async with conductor_for([failing, healthy], replicas=2, slots=1) as (orch, conductor):
         pool = orch.pools["p1"]
         for replica in pool.replicas:
-            replica.runtime = type(replica.runtime)(monitor_interval_s=30.0)
+            replica.runtime = dataclasses.replace(replica.runtime, monitor_interval_s=30.0)
         failing.down = True
         first = (await submit(conductor, max_tokens=3)).json["task_id"]
         # r0 refused the connection: Unready at once, the task went back and ran on r1.
@@ -162,3 +163,42 @@ def test_placement_prefers_free_slots_then_free_vram_then_decode_speed() -> None
     assert pick(b, c) == "b"  # more free VRAM beats speed
     b.ready = c.ready = False
     assert pick(b, c) is None
+
+
+@pytest.mark.req("HOME-801", "ORCH-2104")
+async def test_cancels_count_on_the_replica_and_the_slo_reads_first_token_times(
+    conductor_for: Any,
+) -> None:
+    async def slow_first_token(request: Any) -> Any:
+        await asyncio.sleep(0.05)  # every first token comes at least 50 ms after admission
+        async for event in word_handler()(request):
+            yield event
+
+    release = asyncio.Event()
+    engines = [MockAdapter(slow_first_token), MockAdapter(held_handler(release))]
+    async with conductor_for(engines, replicas=2, slots=1) as (orch, conductor):
+        started = asyncio.get_running_loop().time()
+        done = []
+        for _ in range(3):  # r0 takes them one after another while r1 is busy
+            task_id = (await submit(conductor, max_tokens=2)).json["task_id"]
+            if not done:
+                held = (await submit(conductor, max_tokens=4)).json["task_id"]
+            done.append((await collect_stream(conductor, task_id))[-1][0])
+        elapsed_ms = (asyncio.get_running_loop().time() - started) * 1000
+        assert orch.registry.get(held).replica_id == "p1-r1"  # type: ignore[union-attr]
+        assert (
+            await conductor.simulate_post(f"/v1/tasks/{held}/cancel", headers=AUTH)
+        ).status_code == 204
+        sets = (await conductor.simulate_get("/v1/replicasets", headers=AUTH)).json
+        text = (await conductor.simulate_get("/metrics")).text
+    assert done == ["end", "end", "end"]
+    slo = sets[0]["slo"]
+    assert slo["samples"] == 4  # the three finished tasks and the canceled one, which had begun
+    assert 50 <= slo["first_token_ms_p50"] <= slo["first_token_ms_p95"] <= elapsed_ms
+    canceled = {
+        s.labels["replica_id"]: s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "tasks_canceled_total"
+    }
+    assert canceled == {"p1-r1": 1.0}
