@@ -22,6 +22,7 @@ from orchestratord.adapters.base import EngineAdapter
 from orchestratord.adapters.llamacpp import LlamaCppAdapter
 from orchestratord.adapters.remote import build_remote_adapter
 from orchestratord.api import error_handlers
+from orchestratord.api.artifacts import ArtifactResource, ArtifactsResource
 from orchestratord.api.capabilities import CapabilitiesResource
 from orchestratord.api.metrics_endpoint import MetricsResource
 from orchestratord.api.middleware import AuthMiddleware, CorrelationIdMiddleware
@@ -50,6 +51,8 @@ from orchestratord.replicas.engine_process import (
 )
 from orchestratord.replicas.replica import Replica, ReplicaRuntime, ReplicaSpec
 from orchestratord.replicas.runner import log_task_end
+from orchestratord.store.artifacts import Artifacts
+from orchestratord.store.db import Store
 
 log = logging.getLogger("orchestratord")
 
@@ -80,9 +83,12 @@ class Orchestrator:
         token: str,
         adapters: Mapping[str, EngineAdapter | Sequence[EngineAdapter]] | None = None,
         inventory: DeviceInventory | None = None,
+        store: Store | None = None,
         on_started: Callable[[Orchestrator], None] | None = None,
     ) -> None:
         self.config = config
+        self.store = store or Store(config.resolved_state_dir() / "llorch.db")
+        self.artifacts = Artifacts(self.store)
         self.metrics = Metrics()
         self.registry = TaskRegistry(
             config.server.task_retention_s,
@@ -218,6 +224,8 @@ class Orchestrator:
         app.add_route("/v1/capabilities", CapabilitiesResource(self))
         app.add_route("/v1/pools/{pool_id}/health", PoolHealthResource(self))
         app.add_route("/v1/replicasets", ReplicaSetsResource(self))
+        app.add_route("/v1/artifacts", ArtifactsResource(self))
+        app.add_route("/v1/artifacts/{artifact_id}", ArtifactResource(self))
         app.add_route("/metrics", MetricsResource(self.metrics))
         add_planned_routes(app)
         return app
@@ -271,6 +279,7 @@ class Orchestrator:
             self._monitor.cancel()
         await self.begin_shutdown(0.0)
         await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
+        self.store.close()
 
     async def cancel(self, task: Task, reason: str, delivered: int | None = None) -> None:
         """Cancel race-free: once this returns no token frame follows and the slot is free.
@@ -304,7 +313,9 @@ def create_app(
     token: str,
     adapters: Mapping[str, EngineAdapter | Sequence[EngineAdapter]] | None = None,
     inventory: DeviceInventory | None = None,
+    store: Store | None = None,
 ) -> AsgiApp:
     """Build the ASGI app for ``config``; ``adapters`` replaces engines by pool id (one, or
-    one per replica) and ``inventory`` the GPUs (tests)."""
-    return Orchestrator(config, token=token, adapters=adapters, inventory=inventory).app
+    one per replica), ``inventory`` the GPUs and ``store`` the database (tests)."""
+    orch = Orchestrator(config, token=token, adapters=adapters, inventory=inventory, store=store)
+    return orch.app

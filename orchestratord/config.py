@@ -55,6 +55,11 @@ class ServerConfig(Strict):
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Requests with a larger body get 413 INVALID_PARAMS."
     )
+    max_artifact_bytes: int = Field(
+        1_048_576,
+        ge=1024,
+        description="Artifacts with a larger body get 413 INVALID_PARAMS.",
+    )
     heartbeat_ms: int = Field(
         500,
         ge=50,

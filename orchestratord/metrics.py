@@ -96,6 +96,12 @@ class Metrics:
             "kv_cache_usage_ratio", "Engine KV cache in use, 0..1.", REPLICA, registry=r
         )
         self.slots_free = Gauge("slots_free", "Engine slots not running a task.", POOL, registry=r)
+        self.trust_gaps = Counter(
+            "trust_gaps",
+            "Accepted without a signature or SBOM (permissive trust policy).",
+            ("subject",),
+            registry=r,
+        )
         self.latency_first_token_ms = Histogram(
             "latency_first_token_ms",
             "Admission to first token.",

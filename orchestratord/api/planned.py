@@ -24,8 +24,6 @@ PLANNED_ROUTES: dict[str, tuple[str, ...]] = {
     "/v1/catalog/models/{model_id}": ("GET",),
     "/v1/catalog/models/{model_id}/verify": ("POST",),
     "/v1/catalog/models/{model_id}/state": ("POST",),
-    "/v1/artifacts": ("POST",),
-    "/v1/artifacts/{artifact_id}": ("GET",),
 }
 
 

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 
 import falcon
 import falcon.asgi
-from pydantic import ValidationError
 
+from orchestratord.api.bodies import parse_body
 from orchestratord.core.request import TaskRequest, is_canonical_uuid
 from orchestratord.core.task import Task
-from orchestratord.errors import ApiError, ErrorCode, invalid_params, not_found
+from orchestratord.errors import invalid_params, not_found
 
 if TYPE_CHECKING:
     from orchestratord.app import Orchestrator
@@ -27,36 +27,12 @@ def find_task(orch: Orchestrator, task_id: str) -> Task:
     return task
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    parts = []
-    for error in exc.errors()[:5]:
-        where = ".".join(str(p) for p in error["loc"]) or "body"
-        parts.append(f"{where}: {error['msg']}")
-    return "; ".join(parts)
-
-
-async def read_body(req: falcon.asgi.Request, limit: int) -> bytes:
-    length = req.content_length
-    if length is not None and length > limit:
-        raise ApiError(413, ErrorCode.INVALID_PARAMS, f"body exceeds {limit} bytes")
-    body = await req.bounded_stream.read(limit + 1)
-    if len(body) > limit:
-        raise ApiError(413, ErrorCode.INVALID_PARAMS, f"body exceeds {limit} bytes")
-    return body
-
-
 class TasksResource:
     def __init__(self, orchestrator: Orchestrator) -> None:
         self.orch = orchestrator
 
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        body = await read_body(req, self.orch.config.server.max_body_bytes)
-        if not body.strip():
-            raise invalid_params("request body is empty")
-        try:
-            request = TaskRequest.model_validate_json(body)
-        except ValidationError as exc:
-            raise invalid_params(describe_validation_error(exc)) from exc
+        request = await parse_body(req, TaskRequest, self.orch.config.server.max_body_bytes)
         result = await self.orch.admission.admit(request, req.context.correlation_id)
         if result.task.runner is not None:
             # Let a task that got a slot send its request to the engine before we answer:

@@ -62,6 +62,7 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         ("POST", "/v1/catalog/models/{id}/verify"): {"HOME-501"},
         ("POST", "/v1/catalog/models/{id}/state"): {"HOME-501", "HOME-502"},
         ("POST", "/v1/artifacts"): {"HOME-701", "HOME-702"},
+        ("GET", "/v1/artifacts"): {"HOME-701", "FR-AR-001"},
         ("GET", "/v1/artifacts/{id}"): {"HOME-701", "HOME-702"},
         ("GET", "/metrics"): {"HOME-801", "OC-CTRL-2051", "ORCH-3028"},
     },
