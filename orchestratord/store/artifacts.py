@@ -115,9 +115,11 @@ class Artifacts:
             if row is not None:
                 return StoredArtifact(artifact_id, row[0], _tags(conn, artifact_id), row[1]), False
             parent = artifact.parent
-            if parent is not None and conn.execute(
-                "SELECT 1 FROM artifacts WHERE id = ?", (parent,)
-            ).fetchone() is None:
+            if (
+                parent is not None
+                and conn.execute("SELECT 1 FROM artifacts WHERE id = ?", (parent,)).fetchone()
+                is None
+            ):
                 raise UnknownParent(parent)
             created_ms = int(time.time() * 1000)
             conn.execute(

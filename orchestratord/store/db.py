@@ -127,9 +127,11 @@ class Store:
         return await loop.run_in_executor(self._executor, work, self._conn)
 
     def integrity_check(self) -> str:
-        return str(self._executor.submit(
-            lambda: self._conn.execute("PRAGMA integrity_check").fetchone()[0]
-        ).result())
+        return str(
+            self._executor.submit(
+                lambda: self._conn.execute("PRAGMA integrity_check").fetchone()[0]
+            ).result()
+        )
 
     def close(self) -> None:
         self._executor.submit(self._conn.close).result()

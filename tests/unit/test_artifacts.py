@@ -15,6 +15,7 @@ from orchestratord.store.db import Store
 from tests.contract_schemas import assert_matches
 from tests.unit.conftest import AUTH, TOKEN, make_config
 
+
 async def post(conductor: Any, body: Any, **headers: str) -> Any:
     return await conductor.simulate_post("/v1/artifacts", json=body, headers={**AUTH, **headers})
 
