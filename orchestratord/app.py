@@ -27,7 +27,7 @@ from orchestratord.api.capabilities import CapabilitiesResource
 from orchestratord.api.metrics_endpoint import MetricsResource
 from orchestratord.api.middleware import AuthMiddleware, CorrelationIdMiddleware
 from orchestratord.api.planned import add_planned_routes
-from orchestratord.api.pools import PoolHealthResource
+from orchestratord.api.pools import PoolDrainResource, PoolHealthResource, PoolResumeResource
 from orchestratord.api.replicasets import ReplicaSetsResource
 from orchestratord.api.stream import TaskStreamResource
 from orchestratord.api.tasks import TaskCancelResource, TasksResource
@@ -223,6 +223,8 @@ class Orchestrator:
         app.add_route("/v1/tasks/{task_id}/cancel", TaskCancelResource(self))
         app.add_route("/v1/capabilities", CapabilitiesResource(self))
         app.add_route("/v1/pools/{pool_id}/health", PoolHealthResource(self))
+        app.add_route("/v1/pools/{pool_id}/drain", PoolDrainResource(self))
+        app.add_route("/v1/pools/{pool_id}/resume", PoolResumeResource(self))
         app.add_route("/v1/replicasets", ReplicaSetsResource(self))
         app.add_route("/v1/artifacts", ArtifactsResource(self))
         app.add_route("/v1/artifacts/{artifact_id}", ArtifactResource(self))

@@ -59,7 +59,7 @@ class Admission:
                 f"model_ref {request.model_ref!r} is served by engine(s) {engines}, "
                 f"not {request.engine.value!r}"
             )
-        ready = [p for p in matching if p.ready and p.accepting]
+        ready = [p for p in matching if p.ready and p.admitting]
         if not ready:
             raise self._unavailable(request, matching)
         # Least loaded Ready pool; within it, placement picks the replica at dispatch.
@@ -77,6 +77,20 @@ class Admission:
                 engine=engine,
                 retriable=True,
                 retry_after_ms=self.config.server.shutdown_retry_after_ms,
+            )
+        drains = [p.drain for p in pools if p.drain is not None]
+        if drains:
+            return ApiError(
+                503,
+                ErrorCode.POOL_UNAVAILABLE,
+                f"the pool for {request.model_ref!r} is draining or drained "
+                f"({drains[0].reason}); it admits tasks again once resumed",
+                engine=engine,
+                retriable=True,
+                retry_after_ms=max(
+                    min(d.remaining_ms for d in drains),
+                    min(p.config.queue.default_backoff_ms for p in pools),
+                ),
             )
         if all(p.circuit_open for p in pools):
             return ApiError(
@@ -170,7 +184,7 @@ class Admission:
             )
         if task_id in self.registry:  # a twin may have been admitted while we tokenized
             raise conflict(f"task_id {task_id} already exists")
-        if not (pool.ready and pool.accepting):  # changed while we tokenized
+        if not (pool.ready and pool.admitting):  # changed while we tokenized
             raise self._unavailable(request, [pool])
         task = Task(
             request,

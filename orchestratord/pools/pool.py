@@ -24,6 +24,7 @@ from orchestratord.core.task import Task, TaskState
 from orchestratord.errors import ErrorCode
 from orchestratord.metrics import Metrics, PoolSeries
 from orchestratord.placement.choose import choose_replica
+from orchestratord.pools.drain import Drain
 from orchestratord.replicas.replica import Replica
 from orchestratord.replicas.runner import RunOutcome
 
@@ -55,7 +56,9 @@ class Pool:
         # Recent admission-to-first-token times, for the replica set's SLO figures.
         self.first_token_ms_window: deque[float] = deque(maxlen=256)
         self.accepting = True  # False once orchestratord is shutting down
+        self.drain: Drain | None = None  # admission stopped by a drain (pools/drain.py)
         self._series: PoolSeries | None = None
+        self._emptied = asyncio.Event()
         for replica in replicas:
             replica.host = self
 
@@ -72,6 +75,11 @@ class Pool:
     @property
     def dispatching(self) -> bool:
         return self.accepting and self.ready
+
+    @property
+    def admitting(self) -> bool:
+        """New tasks may enter the queue (not shutting down, not draining)."""
+        return self.accepting and self.drain is None
 
     @property
     def circuit_open(self) -> bool:
@@ -137,6 +145,8 @@ class Pool:
         for priority in Priority:
             series.queue_depth[priority].set(self.queue.depth(priority))
         series.slots_free.set(self.slots_free)
+        if not len(self.queue) and not any(r.running for r in self.replicas):
+            self._emptied.set()  # for wait_empty (a drain)
 
     def queue_depth(self) -> int:
         return len(self.queue)
@@ -216,9 +226,17 @@ class Pool:
     async def wait_idle(self) -> None:
         await asyncio.gather(*(r.wait_idle() for r in self.replicas))
 
+    async def wait_empty(self) -> None:
+        """Until nothing is queued or running (the queue drains through the replicas)."""
+        while len(self.queue) or self.running:
+            self._emptied.clear()
+            await self._emptied.wait()
+
     async def stop(self) -> None:
         """Stop everything: no task is left without a terminal frame, no engine running."""
         self.accepting = False
+        if self.drain is not None and self.drain.finisher is not None:
+            self.drain.finisher.cancel()
         self.end_queued(ErrorCode.POOL_UNAVAILABLE, "orchestratord is shutting down")
         self.end_running(ErrorCode.POOL_UNAVAILABLE, "orchestratord is shutting down")
         await self.wait_idle()

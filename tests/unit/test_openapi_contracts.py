@@ -55,6 +55,7 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         },
         ("GET", "/v1/pools/{id}/health"): {"ORCH-2103", "HOME-506", "OC-CTRL-2001"},
         ("POST", "/v1/pools/{id}/drain"): {"ORCH-2101", "HOME-504", "OC-CTRL-2002"},
+        ("POST", "/v1/pools/{id}/resume"): {"ORCH-2101", "HOME-504"},
         ("POST", "/v1/pools/{id}/reload"): {"ORCH-2102", "HOME-505", "OC-CTRL-2003"},
         ("GET", "/v1/replicasets"): {"ORCH-2104", "OC-CTRL-2004"},
         ("POST", "/v1/catalog/models"): {"HOME-501"},
