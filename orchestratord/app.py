@@ -24,6 +24,13 @@ from orchestratord.adapters.remote import build_remote_adapter
 from orchestratord.api import error_handlers
 from orchestratord.api.artifacts import ArtifactResource, ArtifactsResource
 from orchestratord.api.capabilities import CapabilitiesResource
+from orchestratord.api.catalog import (
+    CatalogModelResource,
+    CatalogModelsResource,
+    CatalogPullResource,
+    CatalogStateResource,
+    CatalogVerifyResource,
+)
 from orchestratord.api.metrics_endpoint import MetricsResource
 from orchestratord.api.middleware import AuthMiddleware, CorrelationIdMiddleware
 from orchestratord.api.planned import add_planned_routes
@@ -31,6 +38,9 @@ from orchestratord.api.pools import PoolDrainResource, PoolHealthResource, PoolR
 from orchestratord.api.replicasets import ReplicaSetsResource
 from orchestratord.api.stream import TaskStreamResource
 from orchestratord.api.tasks import TaskCancelResource, TasksResource
+from orchestratord.catalog.catalog import Catalog
+from orchestratord.catalog.model import REFUSING, ModelState
+from orchestratord.catalog.pull import Puller
 from orchestratord.config import Config, PoolConfig
 from orchestratord.core.admission import Admission
 from orchestratord.core.registry import TaskRegistry
@@ -41,8 +51,14 @@ from orchestratord.devices.open import open_inventory
 from orchestratord.errors import ErrorCode
 from orchestratord.metrics import Metrics
 from orchestratord.models.gguf_shape import ModelShape, ModelShapeError, read_model_shape
-from orchestratord.models.tiny_gguf import TINY_MODEL_FILENAME, default_cache_dir, ensure_tiny_model
+from orchestratord.models.tiny_gguf import (
+    TINY_MODEL_FILENAME,
+    TINY_MODEL_REF,
+    default_cache_dir,
+    ensure_tiny_model,
+)
 from orchestratord.placement.plan import PlacementError, plan_replicas
+from orchestratord.pools.drain import resume, start_drain
 from orchestratord.pools.pool import Pool
 from orchestratord.replicas.engine_process import (
     LlamaServerProcess,
@@ -87,15 +103,23 @@ class Orchestrator:
         on_started: Callable[[Orchestrator], None] | None = None,
     ) -> None:
         self.config = config
+        self.metrics = Metrics()
         self.store = store or Store(config.resolved_state_dir() / "llorch.db")
         self.artifacts = Artifacts(self.store)
-        self.metrics = Metrics()
+        self.cache_dir = config.cache_dir or default_cache_dir()
+        self.catalog = Catalog(
+            self.store,
+            self.metrics,
+            trust_policy=config.catalog.trust_policy,
+            model_dirs=list(config.catalog.model_dirs) or [self.cache_dir / "models"],
+        )
+        self.catalog.load()
+        self.puller = Puller(self.catalog, self.cache_dir, config.catalog.max_model_bytes)
         self.registry = TaskRegistry(
             config.server.task_retention_s,
             config.server.max_retained_tasks,
             config.server.max_retained_bytes,
         )
-        self.cache_dir = config.cache_dir or default_cache_dir()
         self.inventory = inventory if inventory is not None else open_inventory(config)
         self.devices = DeviceAccounting(self.inventory, config.gpus.reserve_mb * MIB)
         specs = self._plan()
@@ -105,7 +129,12 @@ class Orchestrator:
         }
         self.devices.refresh(self.replicas(), self.metrics)
         self.admission = Admission(
-            config, self.pools, self.registry, self.metrics, self.task_finished
+            config,
+            self.pools,
+            self.registry,
+            self.metrics,
+            self.task_finished,
+            model_refusal=self.catalog.refuses,
         )
         self.on_started = on_started
         self._shutdown: asyncio.Task[None] | None = None
@@ -117,9 +146,45 @@ class Orchestrator:
         return [r for pool in self.pools.values() for r in pool.replicas]
 
     def _model_path_for(self, pc: PoolConfig) -> Path:
-        if pc.model_path is not None:
-            return pc.model_path
-        return self.cache_dir / "models" / TINY_MODEL_FILENAME
+        return self.model_path_for(pc.model_ref, pc.model_path)
+
+    def model_path_for(self, model_ref: str, model_path: Path | None = None) -> Path:
+        """The file a pool serves: its model_path, the generated tiny model, or the local
+        file of the catalog entry named by model_ref."""
+        if model_path is not None:
+            return model_path
+        if model_ref == TINY_MODEL_REF:
+            return self.cache_dir / "models" / TINY_MODEL_FILENAME
+        record = self.catalog.get(model_ref)
+        path = self.catalog.local_file(record) if record is not None else None
+        if record is None or path is None or not path.exists():
+            raise PlacementError(
+                f"model_ref {model_ref!r} is not a catalog model with a local file "
+                "(register it, or pull it: POST /v1/catalog/models/{id}/pull)"
+            )
+        return path
+
+    def engine_serving(self, model_ref: str) -> str:
+        engines = sorted({p.engine for p in self.pools.values() if p.config.model_ref == model_ref})
+        return engines[0] if engines else "none"
+
+    def model_state_changed(self, model_ref: str, state: ModelState, deadline_ms: int) -> list[str]:
+        """Deprecated/Retired: the pools serving the model drain; Active again: they resume
+        (if the model's state was what drained them). Returns the pools it drained."""
+        drained = []
+        for pool in self.pools.values():
+            if pool.config.model_ref != model_ref or not pool.accepting:
+                continue
+            if state in REFUSING and pool.drain is None:
+                start_drain(pool, deadline_ms, f"model {model_ref} is {state.value}")
+                drained.append(pool.id)
+            elif (
+                state not in REFUSING
+                and pool.drain is not None
+                and pool.drain.reason.startswith(f"model {model_ref} is ")
+            ):
+                resume(pool)
+        return drained
 
     def _plan(self) -> dict[str, list[ReplicaSpec]]:
         def shape_of(pc: PoolConfig) -> ModelShape:
@@ -226,6 +291,11 @@ class Orchestrator:
         app.add_route("/v1/pools/{pool_id}/drain", PoolDrainResource(self))
         app.add_route("/v1/pools/{pool_id}/resume", PoolResumeResource(self))
         app.add_route("/v1/replicasets", ReplicaSetsResource(self))
+        app.add_route("/v1/catalog/models", CatalogModelsResource(self))
+        app.add_route("/v1/catalog/models/{model_id}", CatalogModelResource(self))
+        app.add_route("/v1/catalog/models/{model_id}/verify", CatalogVerifyResource(self))
+        app.add_route("/v1/catalog/models/{model_id}/pull", CatalogPullResource(self))
+        app.add_route("/v1/catalog/models/{model_id}/state", CatalogStateResource(self))
         app.add_route("/v1/artifacts", ArtifactsResource(self))
         app.add_route("/v1/artifacts/{artifact_id}", ArtifactResource(self))
         app.add_route("/metrics", MetricsResource(self.metrics))

@@ -228,7 +228,9 @@ class PoolConfig(Strict):
     engine: Engine = Engine.LLAMACPP
     model_ref: str = Field(min_length=1)
     model_path: Path | None = Field(
-        None, description=f"GGUF file; may be omitted only for model_ref {TINY_MODEL_REF!r}."
+        None,
+        description=f"GGUF file; without it, model_ref is {TINY_MODEL_REF!r} (generated) or the "
+        "id of a catalog entry whose file is local (registered or pulled).",
     )
     ctx_max: int = Field(2048, ge=16)
     slots: int = Field(2, ge=1, le=256, description="Concurrent tasks the engine runs.")
@@ -265,8 +267,11 @@ class PoolConfig(Strict):
     def _model_file_known(self) -> PoolConfig:
         generated = self.model_ref == TINY_MODEL_REF
         spawned = self.engine is Engine.LLAMACPP and not self.endpoints
-        if spawned and self.model_path is None and not generated:
-            raise ValueError(f"pool {self.id!r}: model_path is required for {self.model_ref!r}")
+        if spawned and self.model_path is None and not generated and "/" in self.model_ref:
+            raise ValueError(
+                f"pool {self.id!r}: model_path is required for {self.model_ref!r} (a model_ref "
+                "without model_path must be a catalog id, which has no '/')"
+            )
         return self
 
     @model_validator(mode="after")
@@ -340,6 +345,23 @@ class GpuConfig(Strict):
         return self
 
 
+class CatalogConfig(Strict):
+    trust_policy: Literal["permissive", "strict"] = Field(
+        "permissive",
+        description="permissive: a model or artifact without a signature or SBOM is accepted "
+        "and the trust gap is logged and counted; strict: it is refused (UNTRUSTED_ARTIFACT). "
+        "A catalog entry may override it.",
+    )
+    model_dirs: list[Path] = Field(
+        default_factory=list,
+        description="Directories local model files (file:// sources, manifest paths) may be "
+        "in; default <cache_dir>/models.",
+    )
+    max_model_bytes: int = Field(
+        64 * 1024**3, ge=1024, description="A pull larger than this fails (and keeps nothing)."
+    )
+
+
 def _default_pools() -> list[PoolConfig]:
     return [PoolConfig(id="default", model_ref=TINY_MODEL_REF)]
 
@@ -369,6 +391,7 @@ class Config(BaseSettings):
     sampler_profiles: dict[str, SamplerProfile] = Field(default_factory=_default_profiles)
     default_sampler_profile: str = "v1"
     gpus: GpuConfig = Field(default_factory=GpuConfig)
+    catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     pools: list[PoolConfig] = Field(default_factory=_default_pools, min_length=1)
 
     @model_validator(mode="after")

@@ -96,6 +96,18 @@ class Metrics:
             "kv_cache_usage_ratio", "Engine KV cache in use, 0..1.", REPLICA, registry=r
         )
         self.slots_free = Gauge("slots_free", "Engine slots not running a task.", POOL, registry=r)
+        self.model_state = Gauge(
+            "model_state",
+            "1 for each catalog model's current lifecycle state.",
+            ("model_id", "state"),
+            registry=r,
+        )
+        self.catalog_verifications = Counter(
+            "catalog_verifications",
+            "Catalog verifications by outcome.",
+            ("result", "reason", "engine"),
+            registry=r,
+        )
         self.trust_gaps = Counter(
             "trust_gaps",
             "Accepted without a signature or SBOM (permissive trust policy).",

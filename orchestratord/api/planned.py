@@ -19,10 +19,6 @@ from orchestratord.errors import ApiError, ErrorCode
 PLANNED_ROUTES: dict[str, tuple[str, ...]] = {
     "/v1/sessions/{session_id}": ("GET", "DELETE"),
     "/v1/pools/{pool_id}/reload": ("POST",),
-    "/v1/catalog/models": ("POST",),
-    "/v1/catalog/models/{model_id}": ("GET",),
-    "/v1/catalog/models/{model_id}/verify": ("POST",),
-    "/v1/catalog/models/{model_id}/state": ("POST",),
 }
 
 

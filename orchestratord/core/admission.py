@@ -41,14 +41,26 @@ class Admission:
         registry: TaskRegistry,
         metrics: Metrics,
         on_task_finished: Callable[[Task], None],
+        *,
+        model_refusal: Callable[[str], object | None] = lambda model_ref: None,
     ) -> None:
         self.config = config
+        self.model_refusal = model_refusal
         self.pools = pools
         self.registry = registry
         self.metrics = metrics
         self.on_task_finished = on_task_finished
 
     def _pool_for(self, request: TaskRequest) -> Pool:
+        refused_state = self.model_refusal(request.model_ref)
+        if refused_state is not None:
+            raise ApiError(
+                503,
+                ErrorCode.MODEL_DEPRECATED,
+                f"model {request.model_ref!r} is {refused_state}: it takes no new tasks",
+                engine=request.engine.value,
+                retriable=False,
+            )
         candidates = [p for p in self.pools.values() if p.config.model_ref == request.model_ref]
         if not candidates:
             raise invalid_params(f"no pool serves model_ref {request.model_ref!r}")

@@ -122,16 +122,16 @@ class Store:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._transaction, work)
 
+    def run_now(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` on the store's thread and wait (start-up, before the loop serves)."""
+        return self._executor.submit(work, self._conn).result()
+
     async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, work, self._conn)
 
     def integrity_check(self) -> str:
-        return str(
-            self._executor.submit(
-                lambda: self._conn.execute("PRAGMA integrity_check").fetchone()[0]
-            ).result()
-        )
+        return str(self.run_now(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0]))
 
     def close(self) -> None:
         self._executor.submit(self._conn.close).result()

@@ -22,7 +22,14 @@ from orchestratord.adapters.base import (
 )
 from orchestratord.adapters.mock import Handler, MockAdapter, seeded_words
 from orchestratord.app import Orchestrator
-from orchestratord.config import Config, GpuConfig, PoolConfig, QueueConfig, ServerConfig
+from orchestratord.config import (
+    CatalogConfig,
+    Config,
+    GpuConfig,
+    PoolConfig,
+    QueueConfig,
+    ServerConfig,
+)
 from orchestratord.core.request import TaskRequest
 from orchestratord.core.task import Task
 from tests.contract_schemas import assert_frames_match
@@ -45,9 +52,10 @@ def make_config(tmp_path: Path, **pool: Any) -> Config:
     server = pool.pop("server", {})
     queue = pool.pop("queue", {})
     gpus = pool.pop("gpus", {})
+    catalog = pool.pop("catalog", {})
     pool_config = PoolConfig(
         id="p1",
-        model_ref=MODEL,
+        model_ref=pool.pop("model_ref", MODEL),
         model_path=pool.pop("model_path", tmp_path / "unused.gguf"),
         slots=pool.pop("slots", 2),
         ctx_max=pool.pop("ctx_max", 512),
@@ -60,6 +68,7 @@ def make_config(tmp_path: Path, **pool: Any) -> Config:
     return Config(
         server=ServerConfig(**server),
         gpus=GpuConfig(**gpus),
+        catalog=CatalogConfig(**catalog),
         pools=[pool_config],
         state_dir=tmp_path / "state",
         cache_dir=tmp_path / "c",
