@@ -34,7 +34,12 @@ from orchestratord.api.catalog import (
 from orchestratord.api.metrics_endpoint import MetricsResource
 from orchestratord.api.middleware import AuthMiddleware, CorrelationIdMiddleware
 from orchestratord.api.planned import add_planned_routes
-from orchestratord.api.pools import PoolDrainResource, PoolHealthResource, PoolResumeResource
+from orchestratord.api.pools import (
+    PoolDrainResource,
+    PoolHealthResource,
+    PoolReloadResource,
+    PoolResumeResource,
+)
 from orchestratord.api.replicasets import ReplicaSetsResource
 from orchestratord.api.stream import TaskStreamResource
 from orchestratord.api.tasks import TaskCancelResource, TasksResource
@@ -98,6 +103,7 @@ class Orchestrator:
         *,
         token: str,
         adapters: Mapping[str, EngineAdapter | Sequence[EngineAdapter]] | None = None,
+        adapter_factory: Callable[[PoolConfig, ReplicaSpec], EngineAdapter] | None = None,
         inventory: DeviceInventory | None = None,
         store: Store | None = None,
         on_started: Callable[[Orchestrator], None] | None = None,
@@ -124,6 +130,8 @@ class Orchestrator:
         self.devices = DeviceAccounting(self.inventory, config.gpus.reserve_mb * MIB)
         specs = self._plan()
         injected = dict(adapters or {})
+        self._injected = set(injected)
+        self._adapter_factory = adapter_factory
         self.pools = {
             pc.id: self._build_pool(pc, specs[pc.id], injected.get(pc.id)) for pc in config.pools
         }
@@ -241,6 +249,22 @@ class Orchestrator:
             replica.placement_check = self.devices.cpu_fallback
         return Pool(pc, replicas, self.metrics, free_vram=self.devices.free_vram)
 
+    def can_rebuild(self, pool_id: str) -> bool:
+        return pool_id not in self._injected or self._adapter_factory is not None
+
+    def build_replica(self, pc: PoolConfig, spec: ReplicaSpec) -> Replica:
+        """A replica for ``pc``'s model (a reload's new generation)."""
+        runtime = self._runtime(pc)
+        if pc.id in self._injected:
+            if self._adapter_factory is None:
+                raise ValueError(f"pool {pc.id!r} runs injected engines and no adapter factory")
+            adapter = self._adapter_factory(pc, spec)
+            replica = Replica(spec, pc.engine.value, adapter, self.metrics, runtime=runtime)
+        else:
+            replica = self._build_replica(pc, spec, runtime)
+        replica.placement_check = self.devices.cpu_fallback
+        return replica
+
     def _build_replica(self, pc: PoolConfig, spec: ReplicaSpec, runtime: ReplicaRuntime) -> Replica:
         if spec.remote is not None:
             adapter = build_remote_adapter(pc, spec.remote, self.config)
@@ -290,6 +314,7 @@ class Orchestrator:
         app.add_route("/v1/pools/{pool_id}/health", PoolHealthResource(self))
         app.add_route("/v1/pools/{pool_id}/drain", PoolDrainResource(self))
         app.add_route("/v1/pools/{pool_id}/resume", PoolResumeResource(self))
+        app.add_route("/v1/pools/{pool_id}/reload", PoolReloadResource(self))
         app.add_route("/v1/replicasets", ReplicaSetsResource(self))
         app.add_route("/v1/catalog/models", CatalogModelsResource(self))
         app.add_route("/v1/catalog/models/{model_id}", CatalogModelResource(self))

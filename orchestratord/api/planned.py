@@ -18,7 +18,6 @@ from orchestratord.errors import ApiError, ErrorCode
 # (route, methods) in Falcon's template syntax; field names match the implemented routes'.
 PLANNED_ROUTES: dict[str, tuple[str, ...]] = {
     "/v1/sessions/{session_id}": ("GET", "DELETE"),
-    "/v1/pools/{pool_id}/reload": ("POST",),
 }
 
 

@@ -1,5 +1,5 @@
 """Pool endpoints: health (HOME-506, ORCH-2103) for the pool and each replica; drain and
-resume (HOME-504, ORCH-2101)."""
+resume (HOME-504, ORCH-2101); reload (HOME-505, ORCH-2102)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestratord.api.bodies import parse_body
 from orchestratord.api.replicasets import replica_entry
-from orchestratord.errors import conflict, not_found
+from orchestratord.errors import ApiError, ErrorCode, conflict, invalid_params, not_found
+from orchestratord.placement.plan import PlacementError
 from orchestratord.pools.drain import resume, start_drain
+from orchestratord.pools.reload import start_reload
 
 if TYPE_CHECKING:
     from orchestratord.app import Orchestrator
@@ -37,6 +39,8 @@ class PoolHealthResource:
             # a drained pool stays so until resumed.
             "draining": not pool.admitting,
             "drain": pool.drain.view() if pool.drain is not None else None,
+            "reload": pool.reload.view() if pool.reload is not None else None,
+            "model_ref": pool.config.model_ref,
             "metrics": {
                 "slots_total": pool.slots_total,
                 "slots_free": pool.slots_free if pool.ready else 0,
@@ -100,3 +104,47 @@ class PoolResumeResource:
         resume(pool)
         resp.status = falcon.HTTP_200
         resp.media = {"pool_id": pool_id, "draining": False}
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    new_model_ref: str = Field(min_length=1, max_length=256)
+
+
+class PoolReloadResource:
+    """``POST /v1/pools/{id}/reload`` (HOME-505, ORCH-2102, ORCH-3031, OC-CTRL-2003)."""
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orch = orchestrator
+
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, pool_id: str
+    ) -> None:
+        orch = self.orch
+        pool = orch.pools.get(pool_id)
+        if pool is None:
+            raise not_found(f"no pool {pool_id}")
+        request = await parse_body(req, ReloadRequest, orch.config.server.max_body_bytes)
+        new_ref = request.new_model_ref
+        if not orch.can_rebuild(pool_id):
+            raise invalid_params(f"pool {pool_id} runs injected engines; it cannot be reloaded")
+        if pool.config.endpoints:
+            raise invalid_params(f"pool {pool_id} uses remote engines; reload them where they run")
+        if not pool.accepting:
+            raise conflict(f"pool {pool_id}: orchestratord is shutting down")
+        if pool.reload is not None and pool.reload.running:
+            raise conflict(f"pool {pool_id} is already reloading to {pool.reload.to_model_ref}")
+        if pool.drain is not None:
+            raise conflict(f"pool {pool_id} is {pool.drain.state}; resume it first")
+        refused = orch.catalog.refuses(new_ref)
+        if refused is not None:
+            raise ApiError(409, ErrorCode.MODEL_DEPRECATED, f"model {new_ref} is {refused.value}")
+        try:
+            path = orch.model_path_for(new_ref)
+        except PlacementError as exc:
+            raise invalid_params(str(exc)) from exc
+        new_config = pool.config.model_copy(update={"model_ref": new_ref, "model_path": path})
+        reload = start_reload(pool, new_config, orch.build_replica)
+        resp.status = falcon.HTTP_202
+        resp.media = {"pool_id": pool_id, "reload": reload.view()}

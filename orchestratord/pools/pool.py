@@ -25,6 +25,7 @@ from orchestratord.errors import ErrorCode
 from orchestratord.metrics import Metrics, PoolSeries
 from orchestratord.placement.choose import choose_replica
 from orchestratord.pools.drain import Drain
+from orchestratord.pools.reload import Reload
 from orchestratord.replicas.replica import Replica
 from orchestratord.replicas.runner import RunOutcome
 
@@ -57,6 +58,9 @@ class Pool:
         self.first_token_ms_window: deque[float] = deque(maxlen=256)
         self.accepting = True  # False once orchestratord is shutting down
         self.drain: Drain | None = None  # admission stopped by a drain (pools/drain.py)
+        self.reload: Reload | None = None  # the last reload (pools/reload.py)
+        # Replicas a reload replaced, finishing the tasks they were decoding.
+        self.retiring: list[Replica] = []
         self._series: PoolSeries | None = None
         self._emptied = asyncio.Event()
         for replica in replicas:
@@ -87,6 +91,9 @@ class Pool:
 
     @property
     def last_error(self) -> str | None:
+        reload = self.reload
+        if reload is not None and reload.state == "rolled_back":
+            return f"reload to {reload.to_model_ref} rolled back: {reload.error}"
         if len(self.replicas) == 1:
             return self.replicas[0].last_error
         errors = [f"{r.id}: {r.last_error}" for r in self.replicas if r.last_error]
@@ -117,7 +124,7 @@ class Pool:
 
     @property
     def running(self) -> set[Task]:
-        return {t for r in self.replicas for t in r.running}
+        return {t for r in (*self.replicas, *self.retiring) for t in r.running}
 
     def replica(self, replica_id: str | None) -> Replica | None:
         return next((r for r in self.replicas if r.id == replica_id), None)
@@ -145,7 +152,7 @@ class Pool:
         for priority in Priority:
             series.queue_depth[priority].set(self.queue.depth(priority))
         series.slots_free.set(self.slots_free)
-        if not len(self.queue) and not any(r.running for r in self.replicas):
+        if not len(self.queue) and not any(r.running for r in (*self.replicas, *self.retiring)):
             self._emptied.set()  # for wait_empty (a drain)
 
     def queue_depth(self) -> int:
@@ -172,6 +179,19 @@ class Pool:
 
     def capacity_changed(self) -> None:
         self.pump()
+
+    def switch(self, replicas: list[Replica], config: PoolConfig) -> list[Replica]:
+        """Serve ``config``'s model from ``replicas`` from now on (a reload); returns the
+        replicas they replace, which finish what they are decoding."""
+        old = self.replicas
+        self.config = config
+        self.replicas = replicas
+        for replica in replicas:
+            replica.host = self
+        self.retiring.extend(old)
+        self._series = None
+        self.pump()
+        return old
 
     def task_settled(self, replica: Replica, task: Task, outcome: RunOutcome) -> None:
         if outcome.requeue and not task.finished and self.accepting:
@@ -220,11 +240,11 @@ class Pool:
         self.queue_changed()
 
     def end_running(self, code: ErrorCode, message: str) -> None:
-        for replica in self.replicas:
+        for replica in (*self.replicas, *self.retiring):
             replica.end_running(code, message)
 
     async def wait_idle(self) -> None:
-        await asyncio.gather(*(r.wait_idle() for r in self.replicas))
+        await asyncio.gather(*(r.wait_idle() for r in (*self.replicas, *self.retiring)))
 
     async def wait_empty(self) -> None:
         """Until nothing is queued or running (the queue drains through the replicas)."""
@@ -237,7 +257,10 @@ class Pool:
         self.accepting = False
         if self.drain is not None and self.drain.finisher is not None:
             self.drain.finisher.cancel()
+        if self.reload is not None and self.reload.runner is not None:
+            self.reload.runner.cancel()
+            await asyncio.gather(self.reload.runner, return_exceptions=True)
         self.end_queued(ErrorCode.POOL_UNAVAILABLE, "orchestratord is shutting down")
         self.end_running(ErrorCode.POOL_UNAVAILABLE, "orchestratord is shutting down")
         await self.wait_idle()
-        await asyncio.gather(*(r.stop() for r in self.replicas))
+        await asyncio.gather(*(r.stop() for r in (*self.replicas, *self.retiring)))

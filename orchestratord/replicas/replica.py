@@ -61,10 +61,12 @@ class ReplicaSpec:
     tensor_split: tuple[float, ...] | None = None
     vram_bytes: dict[int, int] = field(default_factory=dict)  # per device, from the fit
     remote: str | None = None  # endpoint URL of an engine we do not run
+    generation: int = 0  # bumped by each reload: the new replicas start beside the old ones
 
     @property
     def id(self) -> str:
-        return f"{self.pool_id}-r{self.index}"
+        base = f"{self.pool_id}-r{self.index}"
+        return base if self.generation == 0 else f"{base}-g{self.generation}"
 
 
 class ReplicaHost(Protocol):
@@ -230,6 +232,10 @@ class Replica:
         """Preload: one start attempt now; the supervisor retries a failed one with backoff."""
         if await self.bring_up():
             self.last_error = None
+        self.supervise()
+
+    def supervise(self) -> None:
+        """Start the supervisor and the decode watchdog (after a first start attempt)."""
         self._background = [
             asyncio.create_task(supervise(self), name=f"supervise-{self.id}"),
             asyncio.create_task(watch_decodes(self), name=f"watchdog-{self.id}"),

@@ -68,6 +68,7 @@ class Store:
         # connection is made on this thread and then only ever used on the executor's.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llorch-store")
         self._conn = self._executor.submit(self._open).result()
+        self._closed = False
 
     def _open(self) -> sqlite3.Connection:
         if str(self.path) != ":memory:":
@@ -134,6 +135,9 @@ class Store:
         return str(self.run_now(lambda c: c.execute("PRAGMA integrity_check").fetchone()[0]))
 
     def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
         self._executor.submit(self._conn.close).result()
         self._executor.shutdown()
 
