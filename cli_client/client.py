@@ -32,6 +32,15 @@ class OrchError(Exception):
         self.correlation_id = correlation_id
 
 
+class Unavailable(OrchError):
+    """503: no Ready pool right now (or a shutdown, a drain); retriable if it says so."""
+
+    def __init__(self, status: int, envelope: dict[str, Any], headers: httpx.Headers) -> None:
+        super().__init__(status, envelope, headers.get("X-Correlation-Id"))
+        self.retriable = bool(envelope.get("retriable"))
+        self.retry_after_ms = int(envelope.get("retry_after_ms") or 1000)
+
+
 class Backoff(OrchError):
     """429: the queue is full; wait ``backoff_ms`` before retrying."""
 
@@ -63,10 +72,26 @@ class OrchClient:
     def _raise_for(self, response: httpx.Response) -> None:
         if response.status_code < 400:
             return
-        envelope = response.json()
+        try:
+            envelope = response.json()
+        except ValueError:
+            envelope = {"code": "HTTP", "message": response.text[:200] or response.reason_phrase}
         if response.status_code == 429:
             raise Backoff(response.status_code, envelope, response.headers)
+        if response.status_code == 503:
+            raise Unavailable(response.status_code, envelope, response.headers)
         raise OrchError(response.status_code, envelope, response.headers.get("X-Correlation-Id"))
+
+    def _get(self, path: str, **params: Any) -> Any:
+        query = {k: v for k, v in params.items() if v is not None}
+        response = self._http.get(path, params=query)
+        self._raise_for(response)
+        return response.json()
+
+    def _post(self, path: str, body: Any = None) -> Any:
+        response = self._http.post(path, json=body) if body is not None else self._http.post(path)
+        self._raise_for(response)
+        return response.json() if response.content else None
 
     def enqueue(self, task: dict[str, Any], correlation_id: str | None = None) -> Admission:
         headers = {"X-Correlation-Id": correlation_id} if correlation_id else {}
@@ -106,3 +131,45 @@ class OrchClient:
         response = self._http.get("/v1/replicasets")
         self._raise_for(response)
         return list(response.json())
+
+    # --- the control plane ------------------------------------------------------------------
+
+    def pool_health(self, pool_id: str) -> dict[str, Any]:
+        return dict(self._get(f"/v1/pools/{pool_id}/health"))
+
+    def drain(self, pool_id: str, deadline_ms: int) -> dict[str, Any]:
+        return dict(self._post(f"/v1/pools/{pool_id}/drain", {"deadline_ms": deadline_ms}))
+
+    def resume(self, pool_id: str) -> dict[str, Any]:
+        return dict(self._post(f"/v1/pools/{pool_id}/resume"))
+
+    def reload(self, pool_id: str, model_ref: str) -> dict[str, Any]:
+        return dict(self._post(f"/v1/pools/{pool_id}/reload", {"new_model_ref": model_ref}))
+
+    def add_model(self, entry: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._post("/v1/catalog/models", entry))
+
+    def model(self, model_id: str) -> dict[str, Any]:
+        return dict(self._get(f"/v1/catalog/models/{model_id}"))
+
+    def models(self, tag: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+        return list(self._get("/v1/catalog/models", tag=tag, state=state))
+
+    def pull_model(self, model_id: str) -> dict[str, Any]:
+        return dict(self._post(f"/v1/catalog/models/{model_id}/pull"))
+
+    def verify_model(self, model_id: str) -> dict[str, Any]:
+        return dict(self._post(f"/v1/catalog/models/{model_id}/verify"))
+
+    def set_model_state(self, model_id: str, state: str, deadline_ms: int = 0) -> dict[str, Any]:
+        body = {"state": state, "deadline_ms": deadline_ms}
+        return dict(self._post(f"/v1/catalog/models/{model_id}/state", body))
+
+    def put_artifact(self, artifact: dict[str, Any]) -> dict[str, Any]:
+        return dict(self._post("/v1/artifacts", artifact))
+
+    def artifact(self, artifact_id: str) -> dict[str, Any]:
+        return dict(self._get(f"/v1/artifacts/{artifact_id}"))
+
+    def artifacts(self, tag: str | None = None) -> list[dict[str, Any]]:
+        return list(self._get("/v1/artifacts", tag=tag))

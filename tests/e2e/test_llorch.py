@@ -1,0 +1,211 @@
+"""``llorch`` against a live orchestratord and a real llama-server, as a user runs it.
+
+Covers the first thing a new user types (``llorch run "Once upon a time"``), Ctrl-C, a
+batch, and the model workflow: add a model served on loopback HTTP, pull it, verify it,
+reload the pool onto it while a task streams, and a reload to a broken file that rolls back.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from orchestratord.models.tiny_gguf import ensure_tiny_model
+from xtask.live_server import LiveServer, default_live_config, live_server, task_body
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("llorch")
+
+
+@pytest.fixture(scope="module")
+def server(workdir: Path) -> Iterator[LiveServer]:
+    config = default_live_config(workdir)
+    config["cache_dir"] = str(workdir / "cache")
+    config["catalog"] = {"model_dirs": [str(workdir / "models")]}
+    (workdir / "models").mkdir()
+    with live_server(config) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def model_site(workdir: Path) -> Iterator[str]:
+    """A loopback HTTP server with the tiny GGUF on it."""
+    site = workdir / "site"
+    site.mkdir()
+    (site / "tiny.gguf").write_bytes(ensure_tiny_model(workdir / "gen").read_bytes())
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+def llorch_env(server: LiveServer) -> dict[str, str]:
+    return {**os.environ, "LLORCH_URL": server.url, "LLORCH_API_TOKEN": server.token}
+
+
+def llorch(
+    server: LiveServer, *args: str, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cli_client.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=llorch_env(server),
+        check=False,
+    )
+
+
+@pytest.mark.req("FR-AR-001", "HOME-204", "ORCH-2001", "ORCH-2002")
+def test_llorch_run_streams_tokens_and_a_summary(server: LiveServer) -> None:
+    done = llorch(server, "run", "Once upon a time", "--max-tokens", "16", "--seed", "5")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip()  # the engine's text, streamed
+    assert "16 tokens in" in done.stderr and "tok/s" in done.stderr
+    as_json = llorch(
+        server, "--json", "run", "Once upon a time", "--max-tokens", "16", "--seed", "5"
+    )
+    result = json.loads(as_json.stdout)
+    assert result["tokens"] == 16 and result["text"] == done.stdout.rstrip("\n")
+
+
+@pytest.mark.req("HOME-304", "ORCH-3026")
+def test_ctrl_c_cancels_the_task_on_the_server(server: LiveServer) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cli_client.cli", "run", "load", "--max-tokens", "1900",
+         "--profile", "fixed-length"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=llorch_env(server),
+    )  # fmt: skip
+    assert proc.stdout is not None
+    proc.stdout.read(8)  # tokens are flowing
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "canceled" in stderr
+    task_id = stderr.strip().split("task ")[-1]
+    with httpx.Client(base_url=server.url, headers=server.auth) as client:
+        frames = client.get(f"/v1/tasks/{task_id}/stream").text
+    assert '"finish_reason":"canceled"' in frames
+    assert server.engine_busy_slots() == []
+
+
+@pytest.mark.req("FR-MA-001", "HOME-1002")
+def test_a_batch_runs_every_prompt(server: LiveServer, workdir: Path) -> None:
+    prompts = workdir / "prompts.txt"
+    prompts.write_text("\n".join(f"prompt number {n}" for n in range(7)) + "\n")
+    done = llorch(server, "--json", "run", "--batch", str(prompts), "--max-tokens", "8")
+    assert done.returncode == 0, done.stderr
+    results = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["prompt"] for r in results] == [f"prompt number {n}" for n in range(7)]
+    assert all(r["error"] is None and r["tokens"] >= 1 for r in results)
+
+
+def _digest(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _stream_in_background(server: LiveServer, results: dict[str, Any]) -> threading.Thread:
+    def work() -> None:
+        body = task_body(max_tokens=1500, sampler_profile_version="fixed-length", prompt="keep")
+        with httpx.Client(base_url=server.url, headers=server.auth, timeout=120) as client:
+            client.post("/v1/tasks", json=body)
+            results["stream"] = client.get(f"/v1/tasks/{body['task_id']}/stream").text
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    return thread
+
+
+@pytest.mark.req("HOME-501", "HOME-505", "ORCH-2102", "ORCH-3031", "FR-CP-001")
+def test_pull_verify_and_reload_while_tasks_stream_then_a_failed_reload_rolls_back(
+    server: LiveServer, model_site: str, workdir: Path
+) -> None:
+    tiny = workdir / "site" / "tiny.gguf"
+    added = llorch(server, "models", "add", "tiny-copy", "--digest", _digest(tiny),
+                   "--source-url", f"{model_site}/tiny.gguf")  # fmt: skip
+    assert added.returncode == 0, added.stderr
+    pulled = llorch(server, "models", "pull", "tiny-copy")
+    assert pulled.returncode == 0 and "pulled into" in pulled.stdout, pulled.stderr
+    verified = llorch(server, "models", "verify", "tiny-copy")
+    assert verified.returncode == 0 and "tiny-copy: trust_gap (no_signature)" in verified.stdout
+
+    results: dict[str, Any] = {}
+    streaming = _stream_in_background(server, results)
+    for _ in range(200):  # until the long task is decoding on the current engine
+        if server.engine_busy_slots():
+            break
+        time.sleep(0.01)
+    reloaded = llorch(server, "pools", "reload", "default", "tiny-copy", "--wait")
+    streaming.join(timeout=120)
+    assert reloaded.returncode == 0 and "reload switched" in reloaded.stdout, reloaded.stderr
+    assert results["stream"].count("event: end") == 1 and "event: error" not in results["stream"]
+    assert '"replica_id":"default-r0"' in results["stream"]  # it finished on the old engine
+    health = json.loads(llorch(server, "pools", "health", "default").stdout)
+    assert health["model_ref"] == "tiny-copy" and health["ready"] is True
+    assert [r["id"] for r in health["replicas"]] == ["default-r0-g1"]
+    after = llorch(server, "run", "after the reload", "--model", "tiny-copy", "--max-tokens", "4")
+    assert after.returncode == 0, after.stderr
+
+    broken = workdir / "models" / "broken.gguf"
+    broken.write_bytes(tiny.read_bytes()[:4096])  # a truncated GGUF llama-server cannot load
+    assert llorch(server, "models", "add", "broken", "--digest", _digest(broken),
+                  "--source-url", broken.as_uri()).returncode == 0  # fmt: skip
+    failed = llorch(server, "pools", "reload", "default", "broken", "--wait")
+    assert failed.returncode == 1 and "reload rolled_back" in failed.stdout
+    health = json.loads(llorch(server, "pools", "health", "default").stdout)
+    assert health["model_ref"] == "tiny-copy" and health["ready"] is True
+    assert health["last_error"].startswith("reload to broken rolled back")
+    still = llorch(server, "run", "still serving", "--model", "tiny-copy", "--max-tokens", "4")
+    assert still.returncode == 0, still.stderr
+
+
+@pytest.mark.req("HOME-701", "FR-AR-001")
+def test_artifacts_put_get_and_list(server: LiveServer, workdir: Path) -> None:
+    plan = workdir / "plan.json"
+    plan.write_text(json.dumps({"steps": ["read", "write"]}))
+    put = llorch(server, "artifacts", "put", str(plan), "--kind", "plan", "--tag", "demo")
+    assert put.returncode == 0, put.stderr
+    artifact_id = put.stdout.strip()
+    got = json.loads(llorch(server, "artifacts", "get", artifact_id).stdout)
+    assert got["content"] == {"steps": ["read", "write"]} and got["tags"] == ["demo"]
+    listed = llorch(server, "artifacts", "ls", "--tag", "demo")
+    assert artifact_id in listed.stdout
+
+
+@pytest.mark.req("HOME-901", "HOME-103")
+def test_user_mistakes_are_one_clean_line_and_a_non_zero_exit(server: LiveServer) -> None:
+    missing = llorch(server, "models", "get", "nope")
+    assert missing.returncode == 1
+    assert "no model nope (NOT_FOUND, HTTP 404, correlation id" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    bad_digest = llorch(server, "models", "add", "x", "--digest", "md5:1")
+    assert bad_digest.returncode == 1 and "INVALID_PARAMS" in bad_digest.stderr
+    unreachable = subprocess.run(
+        [sys.executable, "-m", "cli_client.cli", "--url", "http://127.0.0.1:9", "caps"],
+        capture_output=True, text=True, timeout=30, check=False,
+        env={**os.environ, "LLORCH_API_TOKEN": "x" * 20},
+    )  # fmt: skip
+    assert unreachable.returncode == 2 and "cannot reach orchestratord" in unreachable.stderr
+    assert "Traceback" not in unreachable.stderr
