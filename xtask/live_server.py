@@ -77,10 +77,20 @@ class LiveServer:
         return aiohttp.ClientSession(connector=connector, **kwargs)
 
     def engine_busy_slots(self) -> list[int]:
-        """The slot ids llama-server's own ``/slots`` says are decoding."""
-        with self.engine_client() as engine:
-            slots = engine.get("/slots").json()
-        return [s["id"] for s in slots if s["is_processing"]]
+        """The slot ids llama-server's own ``/slots`` says are decoding, over every engine of
+        the first pool that is listening now (a reload gives the pool new engines)."""
+        busy: list[int] = []
+        for socket in sorted(self.engine_socket.parent.glob(self.engine_socket.stem + "*.sock")):
+            transport = httpx.HTTPTransport(uds=str(socket))
+            try:
+                with httpx.Client(
+                    base_url=self.engine_url, transport=transport, timeout=5.0
+                ) as engine:
+                    slots = engine.get("/slots").json()
+            except httpx.TransportError:
+                continue  # an engine a reload retired
+            busy += [s["id"] for s in slots if s["is_processing"]]
+        return busy
 
 
 def default_live_config(

@@ -11,6 +11,7 @@ started. A failing interaction is printed with the verifier's own detail.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from orchestratord.models.tiny_gguf import default_cache_dir, ensure_tiny_model
 from tests.pact import interactions as ix
 from xtask.claims import pact_claims
 from xtask.live_server import LiveServer, live_server
@@ -52,6 +54,14 @@ class ProviderStates:
             return
         if state == ix.READY:
             self._wait_ready()
+        elif state.startswith("model ") and state.endswith(" is registered"):
+            self._register(state.split()[1], source=False)
+        elif state.startswith("model ") and state.endswith(" with a local source"):
+            self._register(state.split()[1], source=True)
+        elif state == ix.POOL_DRAINED:
+            self._drain()
+        elif state == ix.ARTIFACT_STORED:
+            self.http.post("/v1/artifacts", json=ix.PLAN_ARTIFACT).raise_for_status()
         elif state == ix.QUEUE_FULL:
             self._fill_queue()
         elif state.startswith("task ") and state.endswith(" has finished"):
@@ -60,6 +70,21 @@ class ProviderStates:
             self._running(state.split()[1])
         else:
             raise ValueError(f"unknown provider state {state!r}")
+
+    def _register(self, model_id: str, *, source: bool) -> None:
+        entry: dict[str, Any] = {"id": model_id, "digest": ix.MODEL_DIGEST}
+        if source:  # the generated tiny model, inside the server's model directory
+            tiny = ensure_tiny_model(default_cache_dir())
+            entry["digest"] = "sha256:" + hashlib.sha256(tiny.read_bytes()).hexdigest()
+            entry["source_url"] = tiny.as_uri()
+        response = self.http.post("/v1/catalog/models", json=entry)
+        if response.status_code not in (201, 409):
+            raise RuntimeError(f"state setup: {response.status_code} {response.text}")
+
+    def _drain(self) -> None:
+        response = self.http.post("/v1/pools/default/drain", json={"deadline_ms": 600_000})
+        if response.status_code not in (202, 409):
+            raise RuntimeError(f"state setup: {response.status_code} {response.text}")
 
     def _wait_ready(self) -> None:
         caps = self.http.get("/v1/capabilities").json()
@@ -88,6 +113,9 @@ class ProviderStates:
         for task_id in self.started:
             self.http.post(f"/v1/tasks/{task_id}/cancel")
         self.started.clear()
+        # A drain (or a drained state) must not outlive its interaction.
+        if self.http.get("/v1/pools/default/health").json().get("drain"):
+            self.http.post("/v1/pools/default/resume")
         # Leave the engine idle for the next interaction.
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:

@@ -17,6 +17,16 @@ READY = "the default pool is Ready"
 FINISHED_TASK = "task {task_id} has finished"
 RUNNING_TASK = "task {task_id} is running"
 QUEUE_FULL = "the default pool's queue is full"
+MODEL_REGISTERED = "model {model_id} is registered"
+MODEL_WITH_SOURCE = "model {model_id} is registered with a local source"
+POOL_DRAINED = "the default pool is drained"
+ARTIFACT_STORED = "the plan artifact is stored"
+
+NEW_MODEL_ID = "pact-new-model"
+KNOWN_MODEL_ID = "pact-known-model"
+PULL_MODEL_ID = "pact-pull-model"
+MODEL_DIGEST = "sha256:" + "ab" * 32
+PLAN_ARTIFACT: dict[str, Any] = {"kind": "plan", "content": {"steps": ["pact"]}, "tags": ["pact"]}
 
 ADMIT_ID = "6f1c2b8e-1a2b-4c3d-8e9f-000000000001"
 STREAM_ID = "6f1c2b8e-1a2b-4c3d-8e9f-000000000002"

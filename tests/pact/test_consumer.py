@@ -7,6 +7,8 @@ verification (``python -m xtask pact verify``) replays the file against a live s
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -235,7 +237,7 @@ def test_replica_sets_show_each_replica_with_its_slots_and_load(pact: Pact, decl
     )
     authorized(interaction)
     replica = {
-        "id": match.regex("default-r0", regex=r"^.+-r\d+$"),
+        "id": match.regex("default-r0", regex=r"^.+-r\d+(-g\d+)?$"),
         "pool_id": match.string("default"),
         "engine": match.regex("llamacpp", regex=r"^(llamacpp|vllm|tgi|triton)$"),
         "devices": match.each_like(
@@ -262,3 +264,201 @@ def test_replica_sets_show_each_replica_with_its_slots_and_load(pact: Pact, decl
         sets = cli.replica_sets()
     (first,) = sets
     assert first["replicas"][0]["slots_total"] >= 1 and first["slots_total"] >= 1
+
+
+# --- the control plane, as llorch uses it -------------------------------------------------------
+
+
+def _json_interaction(  # noqa: PLR0917 - one line per interaction reads best
+    declare: Any,
+    description: str,
+    state: str,
+    method: str,
+    path: str,
+    status: int,
+    response: Any,
+    body: Any = None,
+) -> Any:
+    interaction = declare(description).given(state).with_request(method, path)
+    if body is not None:
+        interaction.with_body(body, content_type="application/json")
+    authorized(interaction)
+    interaction.will_respond_with(status).with_header("X-Correlation-Id", CORRELATION).with_body(
+        response, content_type="application/json"
+    )
+    return interaction
+
+
+MODEL_ENTRY = {
+    "id": match.string(ix.KNOWN_MODEL_ID),
+    "digest": match.regex(ix.MODEL_DIGEST, regex=r"^sha256:[0-9a-f]{64}$"),
+    "state": match.regex("Active", regex=r"^(Draft|Active|Canary|Deprecated|Retired)$"),
+}
+
+
+@pytest.mark.req("HOME-1204", "FR-CT-003", "HOME-501", "ORCH-3060", "FR-CP-001")
+def test_models_add_registers_an_entry(pact: Pact, declare: Any) -> None:
+    entry = {"id": ix.NEW_MODEL_ID, "digest": ix.MODEL_DIGEST, "tags": ["pact"]}
+    response = {**MODEL_ENTRY, "id": ix.NEW_MODEL_ID, "tags": ["pact"]}
+    _json_interaction(
+        declare,
+        "a model registration",
+        ix.READY,
+        "POST",
+        "/v1/catalog/models",
+        201,
+        response,
+        entry,
+    )
+    with pact.serve() as server, client(server.url) as cli:
+        created = cli.add_model(entry)
+    assert created["state"] == "Active"
+
+
+@pytest.mark.req("HOME-1204", "FR-CT-003", "HOME-501", "ORCH-3062")
+def test_models_get_and_ls_read_entries(pact: Pact, declare: Any) -> None:
+    state = ix.MODEL_REGISTERED.format(model_id=ix.KNOWN_MODEL_ID)
+    path = f"/v1/catalog/models/{ix.KNOWN_MODEL_ID}"
+    _json_interaction(declare, "a catalog entry read", state, "GET", path, 200, MODEL_ENTRY)
+    _json_interaction(
+        declare, "a catalog listing", state, "GET", "/v1/catalog/models", 200,
+        match.each_like(MODEL_ENTRY),
+    )  # fmt: skip
+    with pact.serve() as server, client(server.url) as cli:
+        assert cli.model(ix.KNOWN_MODEL_ID)["digest"].startswith("sha256:")
+        assert cli.models()[0]["id"]
+
+
+@pytest.mark.req("HOME-1204", "FR-CT-003", "HOME-501", "HOME-901")
+def test_an_unknown_model_is_a_404_envelope(pact: Pact, declare: Any) -> None:
+    _json_interaction(
+        declare, "a read of an unknown model", ix.READY, "GET", "/v1/catalog/models/no-such-model",
+        404, {"code": "NOT_FOUND", **ENVELOPE},
+    )  # fmt: skip
+    with pact.serve() as server, client(server.url) as cli, pytest.raises(OrchError) as error:
+        cli.model("no-such-model")
+    assert error.value.code == "NOT_FOUND" and error.value.status == 404
+
+
+@pytest.mark.req("HOME-1204", "FR-CT-003", "HOME-501", "ORCH-3063", "ORCH-3065")
+def test_models_pull_and_verify_start_in_the_background(pact: Pact, declare: Any) -> None:
+    state = ix.MODEL_WITH_SOURCE.format(model_id=ix.PULL_MODEL_ID)
+    base = f"/v1/catalog/models/{ix.PULL_MODEL_ID}"
+    pull = {
+        "id": ix.PULL_MODEL_ID,
+        "pull": {"state": match.string("queued"), "bytes": match.integer(0, min=0)},
+    }
+    verification = {
+        "result": match.regex("pending", regex=r"^(pending|passed|trust_gap|failed)$"),
+        "checked_ms": match.integer(1, min=0),
+    }
+    _json_interaction(declare, "a model pull", state, "POST", f"{base}/pull", 202, pull)
+    _json_interaction(
+        declare, "a model verification", state, "POST", f"{base}/verify", 202,
+        {"id": ix.PULL_MODEL_ID, "verification": verification},
+    )  # fmt: skip
+    with pact.serve() as server, client(server.url) as cli:
+        assert cli.pull_model(ix.PULL_MODEL_ID)["id"] == ix.PULL_MODEL_ID
+        assert "result" in cli.verify_model(ix.PULL_MODEL_ID)["verification"]
+
+
+@pytest.mark.req("HOME-1204", "FR-CT-003", "HOME-502", "ORCH-3072")
+def test_models_state_changes_the_lifecycle(pact: Pact, declare: Any) -> None:
+    state = ix.MODEL_REGISTERED.format(model_id=ix.KNOWN_MODEL_ID)
+    body = {"state": "Canary", "deadline_ms": 0}
+    response = {
+        "id": ix.KNOWN_MODEL_ID,
+        "state": "Canary",
+        "previous": match.string("Active"),
+        "pools_draining": match.each_like("default", min=0),
+    }
+    _json_interaction(
+        declare, "a model state change", state, "POST",
+        f"/v1/catalog/models/{ix.KNOWN_MODEL_ID}/state", 202, response, body,
+    )  # fmt: skip
+    with pact.serve() as server, client(server.url) as cli:
+        assert cli.set_model_state(ix.KNOWN_MODEL_ID, "Canary")["state"] == "Canary"
+
+
+@pytest.mark.req("HOME-1204", "FR-CT-003", "HOME-504", "ORCH-2101", "OC-CTRL-2002", "HOME-506")
+def test_pools_health_drain_and_resume(pact: Pact, declare: Any) -> None:
+    health = {
+        "live": match.boolean(True),
+        "ready": match.boolean(True),
+        "draining": match.boolean(False),
+        "metrics": match.like({"slots_total": 2, "slots_free": 2, "queue_depth": 0}),
+    }
+    drain = {
+        "pool_id": "default",
+        "drain": {
+            "state": "draining",
+            "deadline_ms": 1000,
+            "remaining_ms": match.integer(1000, min=0),
+        },
+    }
+    _json_interaction(
+        declare, "a pool health read", ix.READY, "GET", "/v1/pools/default/health", 200, health
+    )
+    _json_interaction(
+        declare, "a pool drain", ix.READY, "POST", "/v1/pools/default/drain", 202, drain,
+        {"deadline_ms": 1000},
+    )  # fmt: skip
+    _json_interaction(
+        declare, "a resume of a drained pool", ix.POOL_DRAINED, "POST",
+        "/v1/pools/default/resume", 200, {"pool_id": "default", "draining": False},
+    )  # fmt: skip
+    with pact.serve() as server, client(server.url) as cli:
+        assert cli.pool_health("default")["ready"] is True
+        assert cli.drain("default", 1000)["drain"]["state"] == "draining"
+        assert cli.resume("default")["draining"] is False
+
+
+@pytest.mark.req("HOME-1204", "FR-CT-003", "HOME-505", "ORCH-2102", "OC-CTRL-2003")
+def test_pools_reload_starts_a_reload(pact: Pact, declare: Any) -> None:
+    reload = {
+        "pool_id": "default",
+        "reload": {
+            "state": "starting",
+            "to_model_ref": "llorch/tiny-llama",
+            "from_model_ref": match.string("llorch/tiny-llama"),
+        },
+    }
+    _json_interaction(
+        declare, "a pool reload", ix.READY, "POST", "/v1/pools/default/reload", 202, reload,
+        {"new_model_ref": "llorch/tiny-llama"},
+    )  # fmt: skip
+    with pact.serve() as server, client(server.url) as cli:
+        assert cli.reload("default", "llorch/tiny-llama")["reload"]["state"] == "starting"
+
+
+@pytest.mark.req("HOME-1204", "FR-CT-003", "HOME-701", "ORCH-3097", "ORCH-3098", "FR-AR-001")
+def test_artifacts_put_get_and_ls(pact: Pact, declare: Any) -> None:
+    artifact_id = hashlib.sha256(
+        json.dumps(
+            {**ix.PLAN_ARTIFACT, "metadata": {}, "parent": None},
+            sort_keys=True,
+            separators=(",", ":"),
+        ).encode()
+    ).hexdigest()
+    ref = {
+        "id": artifact_id,
+        "kind": "plan",
+        "digest": f"sha256:{artifact_id}",
+        "created_ms": match.integer(1, min=0),
+        "tags": ["pact"],
+    }
+    _json_interaction(
+        declare, "an artifact store", ix.READY, "POST", "/v1/artifacts", 201, ref, ix.PLAN_ARTIFACT
+    )
+    _json_interaction(
+        declare, "an artifact read", ix.ARTIFACT_STORED, "GET", f"/v1/artifacts/{artifact_id}", 200,
+        {**ref, "content": ix.PLAN_ARTIFACT["content"], "parent": None, "lineage": []},
+    )  # fmt: skip
+    _json_interaction(
+        declare, "an artifact listing by tag", ix.ARTIFACT_STORED, "GET", "/v1/artifacts", 200,
+        match.each_like(ref),
+    ).with_query_parameter("tag", "pact")  # fmt: skip
+    with pact.serve() as server, client(server.url) as cli:
+        assert cli.put_artifact(dict(ix.PLAN_ARTIFACT))["id"] == artifact_id
+        assert cli.artifact(artifact_id)["content"] == {"steps": ["pact"]}
+        assert cli.artifacts("pact")[0]["id"] == artifact_id
