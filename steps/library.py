@@ -374,3 +374,61 @@ def planned_only_on(world: World, pool_id: str, device: int) -> None:
 @then('the plan puts pool "{pool_id}" on GPU {first:d} and GPU {second:d}')
 def planned_on_both(world: World, pool_id: str, first: int, second: int) -> None:
     assert sorted(world.box.planned_devices(pool_id)) == [[first], [second]], world.box.plan
+
+
+# --- the control plane -----------------------------------------------------------------------
+
+
+@when('I drain pool "{pool_id}" with a deadline of {deadline_ms:d} ms')
+def drain_pool(world: World, pool_id: str, deadline_ms: int) -> None:
+    world.post(f"/v1/pools/{pool_id}/drain", {"deadline_ms": deadline_ms})
+
+
+@when('I resume pool "{pool_id}"')
+def resume_pool(world: World, pool_id: str) -> None:
+    world.post(f"/v1/pools/{pool_id}/resume")
+
+
+@then('the health of pool "{pool_id}" says draining is {value}')
+def health_draining(world: World, pool_id: str, value: str) -> None:
+    world.get(f"/v1/pools/{pool_id}/health")
+    assert world._response().json()["draining"] is (value == "true")
+
+
+@when('I register the model "{model_id}" with a made-up digest')
+def register_model(world: World, model_id: str) -> None:
+    world.post("/v1/catalog/models", {"id": model_id, "digest": "sha256:" + "cd" * 32})
+
+
+@when('I set the state of model "{model_id}" to "{state}"')
+def set_model_state(world: World, model_id: str, state: str) -> None:
+    world.post(f"/v1/catalog/models/{model_id}/state", {"state": state})
+
+
+@when('I submit a task for model "{model_ref}"')
+def submit_for_model(world: World, model_ref: str) -> None:
+    world.submit(model_ref=model_ref)
+
+
+@when('I read model "{model_id}"')
+def read_model(world: World, model_id: str) -> None:
+    world.get(f"/v1/catalog/models/{model_id}")
+
+
+@when('I store a plan artifact tagged "{tag}"')
+def store_plan(world: World, tag: str) -> None:
+    world.post("/v1/artifacts", {"kind": "plan", "content": {"tag": tag}, "tags": [tag]})
+    world.remembered["artifact"] = str(world._response().json().get("id"))
+
+
+@when("I store the same plan artifact again")
+def store_plan_again(world: World) -> None:
+    previous = world.remembered["artifact"]
+    tag = world._response().json()["tags"][0]
+    store_plan(world, tag)
+    assert world.remembered["artifact"] == previous, "a re-post must answer the same id"
+
+
+@when("I read the stored artifact")
+def read_artifact(world: World) -> None:
+    world.get(f"/v1/artifacts/{world.remembered['artifact']}")

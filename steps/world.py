@@ -48,6 +48,8 @@ class World:
         self.metrics_text = ""
         self.filled = 0
         self._box: MixedBox | None = None
+        self.drained: list[str] = []  # pools a scenario drained: resumed when it ends
+        self.remembered: dict[str, str] = {}
 
     @property
     def box(self) -> MixedBox:
@@ -59,6 +61,8 @@ class World:
     def close(self) -> None:
         if self._box is not None:
             self._box.close()
+        for pool in self.drained:  # leave the shared server admitting for the next scenario
+            self.client.post(f"{pool}/resume", headers=self.server.auth)
         for task_id in self.accepted:  # leave no long task running for the next scenario
             self.client.post(f"/v1/tasks/{task_id}/cancel", headers=self.server.auth)
         self.client.close()
@@ -127,6 +131,11 @@ class World:
 
     def get(self, path: str) -> None:
         self.response = self.client.get(path, headers=self.server.auth)
+
+    def post(self, path: str, body: Any = None) -> None:
+        self.response = self.client.post(path, json=body, headers=self.server.auth)
+        if path.endswith("/drain") and self.response.status_code == 202:
+            self.drained.append(path.removesuffix("/drain"))
 
     # --- streams ------------------------------------------------------------------------------
 
