@@ -376,6 +376,8 @@ class Orchestrator:
             self._monitor.cancel()
         await self.begin_shutdown(0.0)
         await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
+        await self.puller.stop()
+        await self.catalog.stop()
         self.store.close()
 
     async def cancel(self, task: Task, reason: str, delivered: int | None = None) -> None:

@@ -19,14 +19,14 @@ from orchestratord.config import load_config
 from orchestratord.devices.inventory import gib
 from orchestratord.devices.nvml import NvmlUnavailable
 from orchestratord.placement.plan import PlacementError
-from orchestratord.store.db import Store
 
 _PLAN_TOKEN = "plan-only-token-never-served"
 
 
 def plan_report(config_path: Path | None) -> dict[str, Any]:
     config = load_config(config_path)
-    orch = Orchestrator(config, token=_PLAN_TOKEN, store=Store(Path(":memory:")))
+    # The real store: a pool may name a catalog model, whose file the catalog knows.
+    orch = Orchestrator(config, token=_PLAN_TOKEN)
     inventory = orch.inventory
     report: dict[str, Any] = {
         "gpus": {

@@ -270,6 +270,12 @@ class Catalog:
 
     # --- verification -------------------------------------------------------------------------
 
+    async def stop(self) -> None:
+        verifiers = [r.verifier for r in self.records.values() if r.verifier is not None]
+        for verifier in verifiers:
+            verifier.cancel()
+        await asyncio.gather(*verifiers, return_exceptions=True)
+
     async def start_verify(self, model_id: str, engine: str) -> CatalogRecord:
         record = self.records.get(model_id)
         if record is None:

@@ -52,6 +52,12 @@ class Puller:
         self.max_bytes = max_bytes
         self.running: dict[str, asyncio.Task[None]] = {}
 
+    async def stop(self) -> None:
+        """Cancel pulls in flight (a restart resumes them from their .part file)."""
+        for task in self.running.values():
+            task.cancel()
+        await asyncio.gather(*self.running.values(), return_exceptions=True)
+
     async def start(self, record: CatalogRecord) -> None:
         if record.entry.source_url is None:
             raise CatalogError("invalid", f"model {record.id} has no source_url to pull from")
