@@ -58,6 +58,10 @@ def model_site(workdir: Path) -> Iterator[str]:
     httpd.shutdown()
 
 
+# The console script the install put next to this interpreter, exactly what a user runs.
+LLORCH = str(Path(sys.executable).with_name("llorch"))
+
+
 def llorch_env(server: LiveServer) -> dict[str, str]:
     return {**os.environ, "LLORCH_URL": server.url, "LLORCH_API_TOKEN": server.token}
 
@@ -66,7 +70,7 @@ def llorch(
     server: LiveServer, *args: str, timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "cli_client.cli", *args],
+        [LLORCH, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -91,7 +95,7 @@ def test_llorch_run_streams_tokens_and_a_summary(server: LiveServer) -> None:
 @pytest.mark.req("HOME-304", "ORCH-3026")
 def test_ctrl_c_cancels_the_task_on_the_server(server: LiveServer) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cli_client.cli", "run", "load", "--max-tokens", "1900",
+        [LLORCH, "run", "load", "--max-tokens", "1900",
          "--profile", "fixed-length"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -203,7 +207,7 @@ def test_user_mistakes_are_one_clean_line_and_a_non_zero_exit(server: LiveServer
     bad_digest = llorch(server, "models", "add", "x", "--digest", "md5:1")
     assert bad_digest.returncode == 1 and "INVALID_PARAMS" in bad_digest.stderr
     unreachable = subprocess.run(
-        [sys.executable, "-m", "cli_client.cli", "--url", "http://127.0.0.1:9", "caps"],
+        [LLORCH, "--url", "http://127.0.0.1:9", "caps"],
         capture_output=True, text=True, timeout=30, check=False,
         env={**os.environ, "LLORCH_API_TOKEN": "x" * 20},
     )  # fmt: skip
