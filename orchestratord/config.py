@@ -176,6 +176,16 @@ class SamplerProfile(Strict):
 class QueueConfig(Strict):
     capacity: int = Field(16, ge=1, le=100_000, description="Queued (not running) tasks per pool.")
     full_policy: FullPolicy = FullPolicy.REJECT
+    rate_limit_rps: dict[
+        Literal["interactive", "batch"], Annotated[float, Field(gt=0, le=1_000_000)]
+    ] = Field(
+        default_factory=dict,
+        description="Admissions per second per priority (token bucket); a priority not "
+        "listed is unlimited. Over the limit: 429, policy_label rate-limit.",
+    )
+    rate_limit_burst: int = Field(
+        10, ge=1, le=100_000, description="Admissions a bucket allows at once."
+    )
     default_backoff_ms: int = Field(
         1000,
         ge=1,

@@ -56,7 +56,10 @@ def engine_entry(engine: str, pools: list[Pool]) -> dict[str, Any]:
         "rate_limits": {
             "queue_capacity": sum(p.queue.capacity for p in pools),
             "full_policy": pools[0].config.queue.full_policy.value,
-            "rate_limit_rps": {"interactive": None, "batch": None},
+            "rate_limit_rps": {
+                priority: pools[0].config.queue.rate_limit_rps.get(priority)
+                for priority in ("interactive", "batch")
+            },
         },
         "features": FEATURES,
         "slots_total": sum(e["slots_total"] for e in entries),

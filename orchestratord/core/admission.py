@@ -23,6 +23,7 @@ from orchestratord.errors import ApiError, ErrorCode, conflict, invalid_params
 from orchestratord.metrics import Metrics
 from orchestratord.pools.pool import Pool
 
+RATE_LIMIT = "rate-limit"  # the policy_label of a 429 from a rate limit
 # BOS and EOS: what an engine may add around the prompt's own tokens.
 _SPECIAL_TOKENS = 2
 
@@ -122,6 +123,22 @@ class Admission:
             retry_after_ms=retry_ms,
         )
 
+    def _check_rate(self, request: TaskRequest, pool: Pool) -> None:
+        bucket = pool.rate_limits.get(request.priority)
+        wait_ms = bucket.take() if bucket is not None else 0
+        if wait_ms:
+            self.metrics.backpressure.labels(engine=pool.engine, policy=RATE_LIMIT).inc()
+            rps = pool.config.queue.rate_limit_rps[request.priority.value]
+            raise ApiError(
+                429,
+                ErrorCode.ADMISSION_REJECT,
+                f"pool {pool.id!r}: {request.priority.value} tasks are limited to {rps:g}/s",
+                engine=pool.engine,
+                retriable=True,
+                retry_after_ms=wait_ms,
+                policy_label=RATE_LIMIT,
+            )
+
     def _sampling(self, request: TaskRequest) -> Sampling:
         name = request.sampler_profile_version or self.config.default_sampler_profile
         profile = self.config.sampler_profiles.get(name)
@@ -186,6 +203,7 @@ class Admission:
         if task_id in self.registry:
             raise conflict(f"task_id {task_id} already exists")
         pool = self._pool_for(request)
+        self._check_rate(request, pool)
         self._check_static(request, pool)
         sampling = self._sampling(request)
         prompt_tokens = await self._prompt_tokens(pool, request)

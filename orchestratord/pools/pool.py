@@ -20,6 +20,7 @@ from orchestratord.adapters.base import EngineAdapter, EngineInfo
 from orchestratord.config import PoolConfig
 from orchestratord.core.estimates import ServiceTimeEstimator
 from orchestratord.core.queue import Priority, TaskQueue
+from orchestratord.core.rate_limit import TokenBucket
 from orchestratord.core.task import Task, TaskState
 from orchestratord.errors import ErrorCode
 from orchestratord.metrics import Metrics, PoolSeries
@@ -54,6 +55,11 @@ class Pool:
         self.free_vram = free_vram
         self.queue: TaskQueue[Task] = TaskQueue(config.queue.capacity, config.queue.full_policy)
         self.estimator = ServiceTimeEstimator()
+        limits = config.queue
+        self.rate_limits = {
+            Priority(priority): TokenBucket(rps, limits.rate_limit_burst)
+            for priority, rps in limits.rate_limit_rps.items()
+        }
         # Recent admission-to-first-token times, for the replica set's SLO figures.
         self.first_token_ms_window: deque[float] = deque(maxlen=256)
         self.accepting = True  # False once orchestratord is shutting down
