@@ -41,6 +41,7 @@ from orchestratord.api.pools import (
     PoolResumeResource,
 )
 from orchestratord.api.replicasets import ReplicaSetsResource
+from orchestratord.api.sessions import SessionResource
 from orchestratord.api.stream import TaskStreamResource
 from orchestratord.api.tasks import TaskCancelResource, TasksResource
 from orchestratord.catalog.catalog import Catalog
@@ -49,6 +50,7 @@ from orchestratord.catalog.pull import Puller
 from orchestratord.config import Config, PoolConfig
 from orchestratord.core.admission import Admission
 from orchestratord.core.registry import TaskRegistry
+from orchestratord.core.sessions import Sessions
 from orchestratord.core.task import Task, TaskState
 from orchestratord.devices.accounting import DeviceAccounting
 from orchestratord.devices.inventory import MIB, DeviceInventory
@@ -110,6 +112,7 @@ class Orchestrator:
     ) -> None:
         self.config = config
         self.metrics = Metrics()
+        self.sessions = Sessions(config.sessions.ttl_ms / 1000, config.sessions.max_turns)
         self.store = store or Store(config.resolved_state_dir() / "llorch.db")
         self.artifacts = Artifacts(self.store)
         self.cache_dir = config.cache_dir or default_cache_dir()
@@ -142,6 +145,7 @@ class Orchestrator:
             self.registry,
             self.metrics,
             self.task_finished,
+            sessions=self.sessions,
             model_refusal=self.catalog.refuses,
         )
         self.on_started = on_started
@@ -247,7 +251,11 @@ class Orchestrator:
             replicas = [self._build_replica(pc, spec, runtime) for spec in specs]
         for replica in replicas:
             replica.placement_check = self.devices.cpu_fallback
-        return Pool(pc, replicas, self.metrics, free_vram=self.devices.free_vram)
+            replica.session_live = self._session_live
+        pool = Pool(pc, replicas, self.metrics, free_vram=self.devices.free_vram)
+        if pc.model_ref == TINY_MODEL_REF and pc.model_path is None:
+            pool.model_file = self.cache_dir / "models" / TINY_MODEL_FILENAME
+        return pool
 
     def can_rebuild(self, pool_id: str) -> bool:
         return pool_id not in self._injected or self._adapter_factory is not None
@@ -263,7 +271,29 @@ class Orchestrator:
         else:
             replica = self._build_replica(pc, spec, runtime)
         replica.placement_check = self.devices.cpu_fallback
+        replica.session_live = self._session_live
         return replica
+
+    def _session_live(self, session_id: str) -> bool:
+        return self.sessions.get(session_id) is not None
+
+    async def end_session(self, session_id: str) -> bool:
+        """DELETE a session: its tasks end, the engine drops its prompt cache. False if no
+        live session has this id."""
+        session = self.sessions.end(session_id)
+        if session is None:
+            return False
+        await asyncio.gather(*(self.cancel(t, "session_deleted") for t in list(session.tasks)))
+        pool = self.pools.get(session.pool_id)
+        replica = pool.replica(session.replica_id) if pool is not None else None
+        slot = session.slot_id
+        if replica is not None and slot is not None and replica.slot_owner.get(slot) == session_id:
+            if slot in replica.free_slot_ids and await replica.adapter.evict(slot):
+                log.info(
+                    "session %s: evicted its cache from %s slot %d", session_id, replica.id, slot
+                )
+            replica.slot_owner.pop(slot, None)
+        return True
 
     def _build_replica(self, pc: PoolConfig, spec: ReplicaSpec, runtime: ReplicaRuntime) -> Replica:
         if spec.remote is not None:
@@ -291,6 +321,7 @@ class Orchestrator:
             devices=spec.devices,
             tensor_split=spec.tensor_split,
             gpu_layers=pc.gpu_layers,
+            slot_dir=state_dir / "slots" / spec.id,
         )
         adapter = LlamaCppAdapter(
             process.base_url,
@@ -316,6 +347,7 @@ class Orchestrator:
         app.add_route("/v1/pools/{pool_id}/resume", PoolResumeResource(self))
         app.add_route("/v1/pools/{pool_id}/reload", PoolReloadResource(self))
         app.add_route("/v1/replicasets", ReplicaSetsResource(self))
+        app.add_route("/v1/sessions/{session_id}", SessionResource(self))
         app.add_route("/v1/catalog/models", CatalogModelsResource(self))
         app.add_route("/v1/catalog/models/{model_id}", CatalogModelResource(self))
         app.add_route("/v1/catalog/models/{model_id}/verify", CatalogVerifyResource(self))
@@ -347,6 +379,7 @@ class Orchestrator:
     def task_finished(self, task: Task) -> None:
         """Every task passes here exactly once, at its terminal frame."""
         self.registry.finished(task)
+        self.sessions.task_finished(task)
         pool = self.pools[task.pool_id]
         log_task_end(task, engine=pool.engine, pool_id=pool.id, model_id=pool.config.model_ref)
 

@@ -372,6 +372,13 @@ class CatalogConfig(Strict):
     )
 
 
+class SessionsConfig(Strict):
+    ttl_ms: int = Field(
+        600_000, ge=1000, le=86_400_000, description="A session's lifetime from its first task."
+    )
+    max_turns: int = Field(8, ge=1, le=10_000, description="Tasks a session may run.")
+
+
 def _default_pools() -> list[PoolConfig]:
     return [PoolConfig(id="default", model_ref=TINY_MODEL_REF)]
 
@@ -402,6 +409,7 @@ class Config(BaseSettings):
     default_sampler_profile: str = "v1"
     gpus: GpuConfig = Field(default_factory=GpuConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     pools: list[PoolConfig] = Field(default_factory=_default_pools, min_length=1)
 
     @model_validator(mode="after")

@@ -150,5 +150,9 @@ class EngineAdapter(abc.ABC):
     async def metrics_text(self) -> str:
         """The engine's own Prometheus exposition (empty if it has none)."""
 
+    async def evict(self, slot: int) -> bool:
+        """Drop the prompt cache an engine slot holds; False if the engine cannot."""
+        return False
+
     async def aclose(self) -> None:
         return None

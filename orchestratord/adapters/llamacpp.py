@@ -226,6 +226,14 @@ class LlamaCppAdapter(EngineAdapter):
             if not finished and slot_id is not None:
                 await self._wait_slot_idle(slot_id)
 
+    async def evict(self, slot: int) -> bool:
+        """``POST /slots/{id}?action=erase`` (the engine runs with ``--slot-save-path``)."""
+        try:
+            reply = await self._request_json("POST", f"/slots/{slot}?action=erase")
+        except (EngineUnavailable, EngineReset):
+            return False
+        return int(reply.get("id_slot", -1)) == slot
+
     async def _wait_slot_idle(self, slot_id: int) -> None:
         with contextlib.suppress(TimeoutError, EngineUnavailable, EngineReset):
             async with asyncio.timeout(_SLOT_RELEASE_TIMEOUT_S):

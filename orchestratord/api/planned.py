@@ -16,9 +16,7 @@ import falcon.asgi
 from orchestratord.errors import ApiError, ErrorCode
 
 # (route, methods) in Falcon's template syntax; field names match the implemented routes'.
-PLANNED_ROUTES: dict[str, tuple[str, ...]] = {
-    "/v1/sessions/{session_id}": ("GET", "DELETE"),
-}
+PLANNED_ROUTES: dict[str, tuple[str, ...]] = {}
 
 
 async def _not_implemented(

@@ -18,6 +18,7 @@ from orchestratord.config import Config, Workload
 from orchestratord.core.queue import QueueFull
 from orchestratord.core.registry import TaskRegistry
 from orchestratord.core.request import TaskRequest
+from orchestratord.core.sessions import SessionEnded, Sessions
 from orchestratord.core.task import Task
 from orchestratord.errors import ApiError, ErrorCode, conflict, invalid_params
 from orchestratord.metrics import Metrics
@@ -43,9 +44,11 @@ class Admission:
         metrics: Metrics,
         on_task_finished: Callable[[Task], None],
         *,
+        sessions: Sessions,
         model_refusal: Callable[[str], object | None] = lambda model_ref: None,
     ) -> None:
         self.config = config
+        self.sessions = sessions
         self.model_refusal = model_refusal
         self.pools = pools
         self.registry = registry
@@ -216,6 +219,10 @@ class Admission:
             raise conflict(f"task_id {task_id} already exists")
         if not (pool.ready and pool.admitting):  # changed while we tokenized
             raise self._unavailable(request, [pool])
+        try:
+            session = self.sessions.open(str(request.session_id), pool.id)
+        except SessionEnded as exc:
+            raise conflict(str(exc)) from exc
         task = Task(
             request,
             pool.id,
@@ -224,7 +231,10 @@ class Admission:
             prompt_tokens=prompt_tokens,
             correlation_id=correlation_id,
         )
-        return self._enqueue(pool, task)
+        task.preferred_replica, task.preferred_slot = session.replica_id, session.slot_id
+        result = self._enqueue(pool, task)
+        self.sessions.task_admitted(session, task)
+        return result
 
     def _enqueue(self, pool: Pool, task: Task) -> AdmissionResult:
         try:

@@ -106,6 +106,11 @@ class Task:
         self.runner: asyncio.Task[None] | None = None
         self.slot_id: int | None = None
         self.replica_id: str | None = None  # the replica it runs (or last ran) on
+        self.last_slot_id: int | None = None  # the engine slot it ran in (kept after release)
+        # Session affinity: where the session's prompt cache is; whether the task got there.
+        self.preferred_replica: str | None = None
+        self.preferred_slot: int | None = None
+        self.affinity_kept = True
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.on_finish: Callable[[Task], None] | None = None
         self._wakeup = asyncio.Event()

@@ -4,7 +4,8 @@ Only Ready replicas of the task's own pool are candidates, so a task never leave
 device mask (the pool's replicas were placed inside it) and a GPU pool has no CPU replica to
 fall back to. Among the candidates that can take the task now, the least loaded wins: most
 free slots, then most free VRAM on its devices, then the fastest measured decode; a strict
-task needs an idle replica. The decision is a linear scan over the pool's replicas (a
+task needs an idle replica. A session's task goes to its session's replica whenever that one
+can take it (``core/sessions.py``). The decision is a linear scan over the pool's replicas (a
 handful), measured by ``python -m xtask bench placement``.
 """
 
@@ -21,9 +22,12 @@ def choose_replica(
 ) -> Replica | None:
     best: Replica | None = None
     best_key: tuple[int, int, float] = (0, 0, 0.0)
+    preferred = task.preferred_replica
     for replica in replicas:
         if not replica.can_take(task):
             continue
+        if replica.id == preferred:  # session affinity: its prompt cache is there
+            return replica
         key = (replica.slots_free, free_vram(replica), replica.decode_tokens_per_s)
         if best is None or key > best_key:
             best, best_key = replica, key

@@ -15,6 +15,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 
 from orchestratord.adapters.base import EngineAdapter, EngineInfo
 from orchestratord.config import PoolConfig
@@ -24,6 +25,7 @@ from orchestratord.core.rate_limit import TokenBucket
 from orchestratord.core.task import Task, TaskState
 from orchestratord.errors import ErrorCode
 from orchestratord.metrics import Metrics, PoolSeries
+from orchestratord.models.gguf_shape import ModelShapeError, read_model_shape
 from orchestratord.placement.choose import choose_replica
 from orchestratord.pools.drain import Drain
 from orchestratord.pools.reload import Reload
@@ -69,6 +71,8 @@ class Pool:
         self.retiring: list[Replica] = []
         self._series: PoolSeries | None = None
         self._emptied = asyncio.Event()
+        self._kv_per_token: int | None = None
+        self.model_file: Path | None = None  # the generated model's path, when it serves that
         for replica in replicas:
             replica.host = self
 
@@ -132,6 +136,17 @@ class Pool:
     def running(self) -> set[Task]:
         return {t for r in (*self.replicas, *self.retiring) for t in r.running}
 
+    def kv_bytes_per_token(self) -> int | None:
+        """KV-cache bytes per token of context, from the model file (None if unknown)."""
+        path = self.config.model_path or self.model_file
+        if self._kv_per_token is None and path is not None:
+            try:
+                shape = read_model_shape(path)
+            except (ModelShapeError, OSError):
+                return None
+            self._kv_per_token = shape.kv_bytes(1)
+        return self._kv_per_token
+
     def replica(self, replica_id: str | None) -> Replica | None:
         return next((r for r in self.replicas if r.id == replica_id), None)
 
@@ -192,6 +207,7 @@ class Pool:
         old = self.replicas
         self.config = config
         self.replicas = replicas
+        self._kv_per_token = None
         for replica in replicas:
             replica.host = self
         self.retiring.extend(old)

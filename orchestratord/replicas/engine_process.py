@@ -133,6 +133,7 @@ class LlamaServerProcess:
         devices: tuple[int, ...] = (),
         tensor_split: tuple[float, ...] | None = None,
         gpu_layers: int = 999,
+        slot_dir: Path | None = None,
     ) -> None:
         self.binary = binary
         self.model_path = model_path
@@ -153,6 +154,9 @@ class LlamaServerProcess:
         ]  # fmt: skip
         if threads is not None:
             self.args += ["--threads", str(threads)]
+        if slot_dir is not None:  # enables /slots actions: erasing a session's cache
+            self.args += ["--slot-save-path", str(slot_dir)]
+        self.slot_dir = slot_dir
         self.args += device_args(devices, tensor_split, gpu_layers)
         self.args += extra_args or []
         self.env = engine_environment(devices)
@@ -209,6 +213,8 @@ class LlamaServerProcess:
                 raise
 
     async def _spawn(self) -> asyncio.subprocess.Process:
+        if self.slot_dir is not None:
+            self.slot_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.socket_path is not None:
             self.socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
             self.socket_path.parent.chmod(0o700)

@@ -104,6 +104,9 @@ class Replica:
         # Says why a started engine is not where it was placed (a GPU build that fell back
         # to the CPU); set by the orchestrator when it can measure (NVML).
         self.placement_check: Callable[[Replica], str | None] | None = None
+        # Which session's prompt cache each engine slot holds, and whether that session lives.
+        self.slot_owner: dict[int, str] = {}
+        self.session_live: Callable[[str], bool] = lambda session_id: False
         self.slots = spec.slots
         self.running: set[Task] = set()
         self.strict_running = False
@@ -248,8 +251,24 @@ class Replica:
             return False
         return not (task.strict and self.running)
 
+    def _take_slot(self, task: Task) -> int:
+        """The session's own slot if free; else a free slot no live session holds a prompt
+        cache in; else any free slot."""
+        free = self.free_slot_ids
+        preferred = task.preferred_slot
+        if task.preferred_replica == self.id and preferred is not None and preferred in free:
+            free.remove(preferred)
+            return preferred
+        for position in range(len(free) - 1, -1, -1):
+            owner = self.slot_owner.get(free[position])
+            if owner is None or owner == task.session_id or not self.session_live(owner):
+                return free.pop(position)
+        return free.pop()
+
     def start_task(self, task: Task) -> None:
-        task.slot_id = self.free_slot_ids.pop()
+        task.slot_id = task.last_slot_id = self._take_slot(task)
+        self.slot_owner[task.slot_id] = task.session_id
+        task.affinity_kept = task.preferred_replica in (None, self.id)
         task.replica_id = self.id
         task.state = TaskState.RUNNING
         task.started_at = task.last_progress = time.monotonic()

@@ -105,8 +105,9 @@ async def run_task(replica: Replica, task: Task, outcome: RunOutcome) -> None:
         end = outcome.end
         if end is not None:
             task.tokens_in = end.tokens_in
-            task.kv_warm = end.tokens_cached > 0
-            task.append_metrics(_metrics_payload(replica, task, kv_warm=end.tokens_cached > 0))
+            # Warm only if the session's own cache was reused where the session left it.
+            task.kv_warm = end.tokens_cached > 0 and task.affinity_kept
+            task.append_metrics(_metrics_payload(replica, task, kv_warm=task.kv_warm))
             task.finish_end(end.finish_reason)
         elif not task.finished:
             task.finish_error(ErrorCode.WORKER_RESET, "engine stream ended early", engine)

@@ -1,0 +1,125 @@
+"""Sessions (HOME-401, HOME-403, ORCH-2004, ORCH-2005, ORCH-3009, ORCH-3021, OC-CORE-1013).
+
+A session begins with the first task that names its ``session_id`` and lives for
+``sessions.ttl_ms`` from then (10 minutes by default) and at most ``sessions.max_turns``
+tasks (8). An expired, exhausted or deleted session refuses further tasks (409 CONFLICT,
+saying which); its id is forgotten once its lifetime is over.
+
+Affinity: each finished task records the replica and engine slot it ran on; the session's
+next task prefers that replica (when it can take the task now) and that slot (when free),
+where the engine still holds the conversation's prompt cache. ``kv_warmth`` is true only
+when the task reused the session's cache on the session's own replica; a task that had to
+go elsewhere (a failover) reports false.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from orchestratord.core.task import Task
+
+
+class SessionEnded(Exception):
+    """The session takes no more tasks; the message says why."""
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    pool_id: str
+    created_at: float
+    expires_at: float
+    turns: int = 0
+    replica_id: str | None = None
+    slot_id: int | None = None
+    kv_tokens: int = 0
+    kv_warm: bool = False
+    ended: str | None = None  # why it ended early (deleted), None while open
+    tasks: set[Task] = field(default_factory=set)
+
+    def view(self, now: float, max_turns: int, kv_bytes_per_token: int | None) -> dict[str, Any]:
+        return {
+            "session_id": self.id,
+            "pool_id": self.pool_id,
+            "ttl_ms_remaining": max(0, int((self.expires_at - now) * 1000)),
+            "turns": self.turns,
+            "max_turns": max_turns,
+            "kv_tokens": self.kv_tokens,
+            "kv_bytes": self.kv_tokens * (kv_bytes_per_token or 0),
+            "kv_warmth": self.kv_warm,
+            "replica_id": self.replica_id,
+            "slot_id": self.slot_id,
+        }
+
+
+class Sessions:
+    def __init__(self, ttl_s: float, max_turns: int) -> None:
+        self.ttl_s = ttl_s
+        self.max_turns = max_turns
+        # Creation order is expiry order (a fixed lifetime), so expired ones are at the front.
+        self._table: OrderedDict[str, Session] = OrderedDict()
+
+    def _purge(self, now: float) -> None:
+        while self._table:
+            oldest = next(iter(self._table.values()))
+            if oldest.expires_at > now:
+                return
+            self._table.popitem(last=False)
+
+    def get(self, session_id: str) -> Session | None:
+        """A live session (not expired, not deleted), or None."""
+        now = time.monotonic()
+        self._purge(now)
+        session = self._table.get(session_id)
+        return session if session is not None and session.ended is None else None
+
+    def open(self, session_id: str, pool_id: str) -> Session:
+        """The session a new task joins (created on first use); raises SessionEnded."""
+        now = time.monotonic()
+        self._purge(now)
+        session = self._table.get(session_id)
+        if session is None:
+            session = Session(session_id, pool_id, now, now + self.ttl_s)
+            self._table[session_id] = session
+            return session
+        if session.ended is not None:
+            raise SessionEnded(f"session {session_id} was {session.ended}; start a new session")
+        if session.turns >= self.max_turns:
+            raise SessionEnded(
+                f"session {session_id} has had its {self.max_turns} turns; start a new session"
+            )
+        if session.pool_id != pool_id:  # another model: no cache to keep warm there
+            session.pool_id, session.replica_id, session.slot_id = pool_id, None, None
+        return session
+
+    def find(self, session_id: str) -> Session | None:
+        """The session, ended or not, while its lifetime lasts."""
+        return self._table.get(session_id)
+
+    def task_admitted(self, session: Session, task: Task) -> None:
+        session.turns += 1
+        session.tasks.add(task)
+
+    def task_finished(self, task: Task) -> None:
+        session = self._table.get(task.session_id)
+        if session is None:
+            return
+        session.tasks.discard(task)
+        if task.terminal_event != "end" or task.replica_id is None:
+            return
+        session.replica_id, session.slot_id = task.replica_id, task.last_slot_id
+        prompt = task.tokens_in if task.tokens_in is not None else (task.prompt_tokens or 0)
+        session.kv_tokens = prompt + task.tokens_out
+        session.kv_warm = task.kv_warm
+
+    def end(self, session_id: str) -> Session | None:
+        session = self.get(session_id)
+        if session is not None:
+            session.ended = "deleted"
+        return session
+
+    def __len__(self) -> int:
+        return len(self._table)
