@@ -74,13 +74,18 @@ class Sessions:
         now = time.monotonic()
         self._purge(now)
         session = self._table.get(session_id)
-        return session if session is not None and session.ended is None else None
+        if session is None or session.ended is not None or session.expires_at <= now:
+            return None
+        return session
 
     def open(self, session_id: str, pool_id: str) -> Session:
         """The session a new task joins (created on first use); raises SessionEnded."""
         now = time.monotonic()
         self._purge(now)
         session = self._table.get(session_id)
+        if session is not None and session.expires_at <= now:  # over: the id starts afresh
+            del self._table[session_id]
+            session = None
         if session is None:
             session = Session(session_id, pool_id, now, now + self.ttl_s)
             self._table[session_id] = session
