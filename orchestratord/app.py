@@ -275,6 +275,8 @@ class Orchestrator:
         return replica
 
     def _session_live(self, session_id: str) -> bool:
+        if not self.config.sessions.affinity:
+            return False  # no slot is kept for anyone
         return self.sessions.get(session_id) is not None
 
     async def end_session(self, session_id: str) -> bool:

@@ -377,6 +377,11 @@ class SessionsConfig(Strict):
         600_000, ge=1000, le=86_400_000, description="A session's lifetime from its first task."
     )
     max_turns: int = Field(8, ge=1, le=10_000, description="Tasks a session may run.")
+    affinity: bool = Field(
+        True,
+        description="Send a session's tasks back to the replica and engine slot holding its "
+        "prompt cache, and keep other conversations off that slot while the session lives.",
+    )
 
 
 def _default_pools() -> list[PoolConfig]:

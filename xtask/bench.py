@@ -1,4 +1,4 @@
-"""``python -m xtask bench relay|admission|small|placement``: benchmarks, ``--runs`` times each.
+"""``python -m xtask bench relay|admission|small|placement|session``: ``--runs`` times each.
 
 Every benchmark starts its own real orchestratord + llama-server on loopback, measures the
 relay side by side with the baseline it compares to (llama-server directly, or the shallow
@@ -11,13 +11,16 @@ import argparse
 import json
 from typing import Any
 
-from xtask import bench_admission, bench_placement, bench_relay, bench_small
+from xtask import bench_admission, bench_placement, bench_relay, bench_session, bench_small
 
 
 def run(args: argparse.Namespace) -> int:
     if args.which == "relay":
         result = bench_relay.run(args.runs, args.pairs, args.tokens, args.seed, args.coalesce_ms)
         report = bench_relay.report
+    elif args.which == "session":
+        result = bench_session.run(args.runs, args.turns, args.opening_words)
+        report = bench_session.report
     elif args.which == "placement":
         result = bench_placement.run(args.runs, args.decisions)
         report = bench_placement.report
@@ -35,8 +38,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    parser = sub.add_parser("bench", help="benchmarks: relay, admission, small, placement")
-    parser.add_argument("which", choices=["relay", "admission", "small", "placement"])
+    parser = sub.add_parser("bench", help="benchmarks: relay, admission, small, placement, session")
+    parser.add_argument("which", choices=["relay", "admission", "small", "placement", "session"])
     parser.add_argument("--runs", type=int, default=3, help="runs; the table gives medians")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     relay = parser.add_argument_group("relay")
@@ -49,6 +52,9 @@ def add_parser(sub: Any) -> None:
     admission = parser.add_argument_group("admission")
     admission.add_argument("--tasks", type=int, default=20_000)
     admission.add_argument("--concurrency", type=int, default=32)
+    session = parser.add_argument_group("session")
+    session.add_argument("--turns", type=int, default=6)
+    session.add_argument("--opening-words", type=int, default=600)
     placement = parser.add_argument_group("placement")
     placement.add_argument("--decisions", type=int, default=100_000)
     small = parser.add_argument_group("small")

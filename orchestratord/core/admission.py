@@ -231,7 +231,8 @@ class Admission:
             prompt_tokens=prompt_tokens,
             correlation_id=correlation_id,
         )
-        task.preferred_replica, task.preferred_slot = session.replica_id, session.slot_id
+        if self.config.sessions.affinity:
+            task.preferred_replica, task.preferred_slot = session.replica_id, session.slot_id
         result = self._enqueue(pool, task)
         self.sessions.task_admitted(session, task)
         return result

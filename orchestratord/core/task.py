@@ -111,6 +111,7 @@ class Task:
         self.preferred_replica: str | None = None
         self.preferred_slot: int | None = None
         self.affinity_kept = True
+        self.cache_owned = False  # its slot last ran this task's session
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.on_finish: Callable[[Task], None] | None = None
         self._wakeup = asyncio.Event()

@@ -106,6 +106,7 @@ class Replica:
         self.placement_check: Callable[[Replica], str | None] | None = None
         # Which session's prompt cache each engine slot holds, and whether that session lives.
         self.slot_owner: dict[int, str] = {}
+        self.slot_used_at: dict[int, float] = {}
         self.session_live: Callable[[str], bool] = lambda session_id: False
         self.slots = spec.slots
         self.running: set[Task] = set()
@@ -253,7 +254,7 @@ class Replica:
 
     def _take_slot(self, task: Task) -> int:
         """The session's own slot if free; else a free slot no live session holds a prompt
-        cache in; else any free slot."""
+        cache in; else the free slot used longest ago (its cache is the stalest)."""
         free = self.free_slot_ids
         preferred = task.preferred_slot
         if task.preferred_replica == self.id and preferred is not None and preferred in free:
@@ -263,11 +264,16 @@ class Replica:
             owner = self.slot_owner.get(free[position])
             if owner is None or owner == task.session_id or not self.session_live(owner):
                 return free.pop(position)
-        return free.pop()
+        stalest = min(free, key=lambda slot: self.slot_used_at.get(slot, 0.0))
+        free.remove(stalest)
+        return stalest
 
     def start_task(self, task: Task) -> None:
-        task.slot_id = task.last_slot_id = self._take_slot(task)
-        self.slot_owner[task.slot_id] = task.session_id
+        slot = task.slot_id = task.last_slot_id = self._take_slot(task)
+        # The slot still holds this session's cache only if no other conversation ran in it.
+        task.cache_owned = self.slot_owner.get(slot) == task.session_id
+        self.slot_owner[slot] = task.session_id
+        self.slot_used_at[slot] = time.monotonic()
         task.affinity_kept = task.preferred_replica in (None, self.id)
         task.replica_id = self.id
         task.state = TaskState.RUNNING

@@ -105,8 +105,13 @@ async def run_task(replica: Replica, task: Task, outcome: RunOutcome) -> None:
         end = outcome.end
         if end is not None:
             task.tokens_in = end.tokens_in
-            # Warm only if the session's own cache was reused where the session left it.
-            task.kv_warm = end.tokens_cached > 0 and task.affinity_kept
+            # Warm: the session's own cache was reused, in the slot where the session left it.
+            task.kv_warm = (
+                end.tokens_cached > 0
+                and task.cache_owned
+                and task.preferred_replica == replica.id
+                and task.preferred_slot == task.last_slot_id
+            )
             task.append_metrics(_metrics_payload(replica, task, kv_warm=task.kv_warm))
             task.finish_end(end.finish_reason)
         elif not task.finished:

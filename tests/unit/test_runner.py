@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import AsyncGenerator
 from types import SimpleNamespace
 from typing import Any
@@ -109,14 +110,19 @@ async def test_metrics_frames_come_every_n_tokens_and_report_kv_warmth(
 ) -> None:
     tokens = [TokenChunk(f" t{n}") for n in range(10)]
     warm = engine([*tokens, StreamEnd("length", 4, 1, 10, 1.0)])
+    session = str(uuid.uuid4())
     async with conductor_for(warm, server={"metrics_frame_every_tokens": 4}) as (_, conductor):
-        frames = await run_one(conductor, max_tokens=10)
+        first = await run_one(conductor, max_tokens=10, session_id=session)
+        frames = await run_one(conductor, max_tokens=10, session_id=session)
         scrape = (await conductor.simulate_get("/metrics")).text
     kinds = [e for e, _ in frames]
     metrics = [p for e, p in frames if e == "metrics"]
     # before decoding, after tokens 4 and 8, and before the end
     assert [p["tokens_out"] for p in metrics] == [0, 4, 8, 10]
     assert kinds.index("metrics", 2) == kinds.index("token") + 4
+    # The engine reused cached tokens both times, but only the second turn found the
+    # session's own cache (the first had none yet): kv_warmth is about the session.
+    assert [p["kv_warmth"] for e, p in first if e == "metrics"][-1] is False
     assert [p["kv_warmth"] for p in metrics] == [False, False, False, True]
     assert 'latency_first_token_ms_count{engine="llamacpp"' in scrape
     assert "latency_first_token_ms_count" in scrape and " 1.0" in scrape
