@@ -124,8 +124,8 @@ async def test_metrics_frames_come_every_n_tokens_and_report_kv_warmth(
     # session's own cache (the first had none yet): kv_warmth is about the session.
     assert [p["kv_warmth"] for e, p in first if e == "metrics"][-1] is False
     assert [p["kv_warmth"] for p in metrics] == [False, False, False, True]
-    assert 'latency_first_token_ms_count{engine="llamacpp"' in scrape
-    assert "latency_first_token_ms_count" in scrape and " 1.0" in scrape
+    labels = 'engine="llamacpp",engine_version="mock-1",pool_id="p1"'
+    assert f"latency_first_token_ms_count{{{labels}}} 2.0" in scrape  # one per task
 
 
 @pytest.mark.req("HOME-207", "OC-CORE-1030")
