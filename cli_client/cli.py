@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--ctx", type=int)
     run.add_argument("--profile", help="sampler_profile_version")
     run.add_argument("--deadline-ms", type=int, default=300_000)
+    run.add_argument("--session", help="continue this session_id (default: a new session)")
 
     sub.add_parser("caps", help="what the server offers")
     _control_parsers(sub)
@@ -69,6 +70,13 @@ def _parser() -> argparse.ArgumentParser:
 def _control_parsers(sub: Any) -> None:
     tasks = sub.add_parser("tasks").add_subparsers(dest="action", required=True)
     tasks.add_parser("cancel").add_argument("task_id")
+    sessions = sub.add_parser("sessions").add_subparsers(dest="action", required=True)
+    sessions.add_parser("show", help="TTL, turns, KV warmth and where its cache is").add_argument(
+        "session_id"
+    )
+    sessions.add_parser("end", help="end the session and drop its KV cache").add_argument(
+        "session_id"
+    )
 
     pools = sub.add_parser("pools").add_subparsers(dest="action", required=True)
     pools.add_parser("ls", help="replica sets with their load")
@@ -139,6 +147,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings, client: OrchClient) ->
         ctx=args.ctx,
         profile=args.profile,
         deadline_ms=args.deadline_ms,
+        session_id=args.session,
     )
     caps = client.capabilities()
     if args.batch is not None:
@@ -333,6 +342,13 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "tasks":
             client.cancel(args.task_id)
             print(f"canceled {args.task_id}")
+            return 0
+        if args.command == "sessions":
+            if args.action == "show":
+                show(args, client.session(args.session_id))
+            else:
+                client.end_session(args.session_id)
+                print(f"ended {args.session_id}")
             return 0
         if args.command == "pools":
             return cmd_pools(args, client)

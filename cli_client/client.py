@@ -173,3 +173,9 @@ class OrchClient:
 
     def artifacts(self, tag: str | None = None) -> list[dict[str, Any]]:
         return list(self._get("/v1/artifacts", tag=tag))
+
+    def session(self, session_id: str) -> dict[str, Any]:
+        return dict(self._get(f"/v1/sessions/{session_id}"))
+
+    def end_session(self, session_id: str) -> None:
+        self._raise_for(self._http.delete(f"/v1/sessions/{session_id}"))

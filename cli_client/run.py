@@ -35,6 +35,7 @@ class RunOptions:
     ctx: int | None = None
     profile: str | None = None
     deadline_ms: int = 300_000
+    session_id: str | None = None
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Outcome:
             "tokens_per_s": round(self.tokens_per_s, 1),
             "finish_reason": self.finish_reason,
             "error": self.error,
+            "session_id": self.extra.get("session_id"),
         }
 
     def summary(self) -> str:
@@ -71,7 +73,7 @@ class Outcome:
             )
         return (
             f"{self.tokens} tokens in {self.seconds:.2f} s ({self.tokens_per_s:.1f} tok/s), "
-            f"{self.finish_reason}, task {self.task_id}"
+            f"{self.finish_reason}, session {self.extra.get('session_id')}, task {self.task_id}"
         )
 
 
@@ -97,7 +99,7 @@ def task_body(
 ) -> dict[str, Any]:
     body: dict[str, Any] = {
         "task_id": str(uuid.uuid4()),
-        "session_id": str(uuid.uuid4()),
+        "session_id": options.session_id or str(uuid.uuid4()),
         "workload": "completion",
         "model_ref": model_ref,
         "engine": engine,
@@ -147,7 +149,7 @@ def run_one(
     engine = options.engine or engine
     ctx = options.ctx or int(pool["ctx_max"])
     body = task_body(prompt, options, engine, model_ref, ctx)
-    outcome = Outcome(body["task_id"], prompt)
+    outcome = Outcome(body["task_id"], prompt, extra={"session_id": body["session_id"]})
     started = time.monotonic()
     submit_with_retries(client, body)
     try:

@@ -58,6 +58,11 @@ class ProviderStates:
             self._register(state.split()[1], source=False)
         elif state.startswith("model ") and state.endswith(" with a local source"):
             self._register(state.split()[1], source=True)
+        elif state.startswith("session ") and state.endswith(" has run a task"):
+            body = ix.task(str(uuid.uuid4()), session_id=state.split()[1])
+            if self._submit(body).status_code != 202:
+                raise RuntimeError("state setup: the session's task was refused")
+            self.http.get(f"/v1/tasks/{body['task_id']}/stream").raise_for_status()
         elif state == ix.POOL_DRAINED:
             self._drain()
         elif state == ix.ARTIFACT_STORED:

@@ -213,3 +213,18 @@ def test_user_mistakes_are_one_clean_line_and_a_non_zero_exit(server: LiveServer
     )  # fmt: skip
     assert unreachable.returncode == 2 and "cannot reach orchestratord" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
+
+
+@pytest.mark.req("FR-DP-004", "HOME-401", "ORCH-2004", "ORCH-2005")
+def test_a_session_is_continued_shown_and_ended(server: LiveServer) -> None:
+    session = "0b9f3c3e-7d1e-4f55-9a51-0c6f8a1d2e3f"
+    for prompt in ("Once upon a time", "Once upon a time there was"):
+        done = llorch(server, "run", prompt, "--session", session, "--max-tokens", "4")
+        assert done.returncode == 0 and f"session {session}" in done.stderr, done.stderr
+    shown = json.loads(llorch(server, "sessions", "show", session).stdout)
+    assert shown["turns"] == 2 and shown["session_id"] == session
+    assert shown["replica_id"].startswith("default-r0")  # -g1 after the reload test
+    ended = llorch(server, "sessions", "end", session)
+    assert ended.returncode == 0 and f"ended {session}" in ended.stdout
+    gone = llorch(server, "sessions", "show", session)
+    assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr

@@ -7,6 +7,7 @@ interaction so a state can prepare exactly the task the request names.
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 CONSUMER = "cli-consumer"
@@ -21,6 +22,9 @@ MODEL_REGISTERED = "model {model_id} is registered"
 MODEL_WITH_SOURCE = "model {model_id} is registered with a local source"
 POOL_DRAINED = "the default pool is drained"
 ARTIFACT_STORED = "the plan artifact is stored"
+SESSION_USED = "session {session_id} has run a task"
+SESSION_ID_SHOWN = "6f1c2b8e-1a2b-4c3d-8e9f-00000000000b"
+SESSION_ID_ENDED = "6f1c2b8e-1a2b-4c3d-8e9f-00000000000c"
 
 NEW_MODEL_ID = "pact-new-model"
 KNOWN_MODEL_ID = "pact-known-model"
@@ -55,7 +59,9 @@ SSE_REGEX = (
 def task(task_id: str, **overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "task_id": task_id,
-        "session_id": SESSION_ID,
+        # A session per task: sessions end after a few turns, and every interaction starts
+        # from its own state.
+        "session_id": str(uuid.uuid5(uuid.UUID(SESSION_ID), task_id)),
         "workload": "completion",
         "model_ref": "llorch/tiny-llama",
         "engine": "llamacpp",

@@ -462,3 +462,32 @@ def test_artifacts_put_get_and_ls(pact: Pact, declare: Any) -> None:
         assert cli.put_artifact(dict(ix.PLAN_ARTIFACT))["id"] == artifact_id
         assert cli.artifact(artifact_id)["content"] == {"steps": ["pact"]}
         assert cli.artifacts("pact")[0]["id"] == artifact_id
+
+
+@pytest.mark.req("HOME-1204", "FR-CT-003", "HOME-401", "ORCH-2004", "ORCH-2005", "FR-DP-004")
+def test_sessions_show_and_end(pact: Pact, declare: Any) -> None:
+    shown = ix.SESSION_ID_SHOWN
+    info = {
+        "session_id": shown,
+        "turns": match.integer(1, min=1),
+        "max_turns": match.integer(8, min=1),
+        "ttl_ms_remaining": match.integer(599_000, min=0),
+        "kv_tokens": match.integer(12, min=0),
+        "kv_bytes": match.integer(6144, min=0),
+        "kv_warmth": match.boolean(False),
+    }
+    _json_interaction(
+        declare, "a session read", ix.SESSION_USED.format(session_id=shown), "GET",
+        f"/v1/sessions/{shown}", 200, info,
+    )  # fmt: skip
+    ended = ix.SESSION_ID_ENDED
+    interaction = (
+        declare("a session end")
+        .given(ix.SESSION_USED.format(session_id=ended))
+        .with_request("DELETE", f"/v1/sessions/{ended}")
+    )
+    authorized(interaction)
+    interaction.will_respond_with(204).with_header("X-Correlation-Id", CORRELATION)
+    with pact.serve() as server, client(server.url) as cli:
+        assert cli.session(shown)["turns"] >= 1
+        cli.end_session(ended)
