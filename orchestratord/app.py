@@ -112,7 +112,9 @@ class Orchestrator:
     ) -> None:
         self.config = config
         self.metrics = Metrics()
-        self.sessions = Sessions(config.sessions.ttl_ms / 1000, config.sessions.max_turns)
+        self.sessions = Sessions(
+            config.sessions.ttl_ms / 1000, config.sessions.max_turns, config.sessions.budgets
+        )
         self.store = store or Store(config.resolved_state_dir() / "llorch.db")
         self.artifacts = Artifacts(self.store)
         self.cache_dir = config.cache_dir or default_cache_dir()

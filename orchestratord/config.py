@@ -265,6 +265,9 @@ class PoolConfig(Strict):
     gpu_layers: int = Field(
         999, ge=0, description="Layers offloaded to the GPU (llama.cpp --n-gpu-layers)."
     )
+    cost_per_1k_tokens: float = Field(
+        0.0, ge=0, le=1e9, description="Cost units per 1,000 tokens (session cost budgets)."
+    )
     endpoints: list[RemoteEngine] = Field(
         default_factory=list,
         description="Remote engines (one replica each) instead of spawned ones.",
@@ -372,11 +375,30 @@ class CatalogConfig(Strict):
     )
 
 
+class BudgetsConfig(Strict):
+    """Per-session budgets (HOME-402); a budget left out is unlimited."""
+
+    tokens: int | None = Field(
+        None, ge=1, le=10**12, description="Prompt plus generated tokens a session may use."
+    )
+    time_ms: int | None = Field(
+        None, ge=1, le=86_400_000, description="Decode wall time a session may use."
+    )
+    cost: float | None = Field(
+        None, gt=0, le=1e12, description="Cost units (the pools' cost_per_1k_tokens)."
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return any(v is not None for v in (self.tokens, self.time_ms, self.cost))
+
+
 class SessionsConfig(Strict):
     ttl_ms: int = Field(
         600_000, ge=1000, le=86_400_000, description="A session's lifetime from its first task."
     )
     max_turns: int = Field(8, ge=1, le=10_000, description="Tasks a session may run.")
+    budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     affinity: bool = Field(
         True,
         description="Send a session's tasks back to the replica and engine slot holding its "

@@ -31,6 +31,7 @@ class ErrorCode(enum.StrEnum):
     NOT_FOUND = "NOT_FOUND"
     CONFLICT = "CONFLICT"
     NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
+    BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
 
 
 class ApiError(Exception):

@@ -43,6 +43,8 @@ class TaskStreamResource:
         resp.content_type = "text/event-stream"
         resp.set_header("Cache-Control", "no-cache")
         resp.set_header("X-Accel-Buffering", "no")
+        if task.budget is not None:  # what the session has left (HOME-303, OC-CTRL-2068)
+            resp.set_headers(task.budget.headers())
         # Frames are pre-serialized; Falcon only ever calls their serialize().
         resp.sse = cast("AsyncIterator[SSEvent | None]", self.emit(task))
 

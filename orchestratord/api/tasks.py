@@ -40,6 +40,8 @@ class TasksResource:
             await asyncio.sleep(0)
         resp.status = falcon.HTTP_202
         resp.media = result.body
+        if result.task.budget is not None:  # what the session has left (HOME-303)
+            resp.set_headers(result.task.budget.headers())
         resp.location = f"/v1/tasks/{result.task.id}/stream"
 
 

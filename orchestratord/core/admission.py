@@ -15,6 +15,7 @@ from typing import Any
 
 from orchestratord.adapters.base import EngineError, Sampling
 from orchestratord.config import Config, Workload
+from orchestratord.core.budgets import BudgetExhausted
 from orchestratord.core.queue import QueueFull
 from orchestratord.core.registry import TaskRegistry
 from orchestratord.core.request import TaskRequest
@@ -233,7 +234,22 @@ class Admission:
         )
         if self.config.sessions.affinity:
             task.preferred_replica, task.preferred_slot = session.replica_id, session.slot_id
-        result = self._enqueue(pool, task)
+        budget = session.budget
+        if budget is not None:
+            prompt = prompt_tokens if prompt_tokens is not None else len(task.prompt.encode()) + 2
+            try:
+                task.budget_reservation = budget.reserve(
+                    prompt + request.max_tokens, pool.config.cost_per_1k_tokens
+                )
+            except BudgetExhausted as exc:
+                raise ApiError(409, ErrorCode.BUDGET_EXHAUSTED, str(exc), retriable=False) from exc
+            task.budget = budget
+        try:
+            result = self._enqueue(pool, task)
+        except ApiError:
+            if budget is not None:  # not admitted: give the reservation back
+                budget.settle(task.budget_reservation, 0, 0.0, 0.0)
+            raise
         self.sessions.task_admitted(session, task)
         return result
 

@@ -19,6 +19,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestratord.config import BudgetsConfig
+from orchestratord.core.budgets import Budget
 from orchestratord.core.task import Task
 
 
@@ -39,6 +41,7 @@ class Session:
     kv_warm: bool = False
     ended: str | None = None  # why it ended early (deleted), None while open
     tasks: set[Task] = field(default_factory=set)
+    budget: Budget | None = None
 
     def view(self, now: float, max_turns: int, kv_bytes_per_token: int | None) -> dict[str, Any]:
         return {
@@ -52,13 +55,15 @@ class Session:
             "kv_warmth": self.kv_warm,
             "replica_id": self.replica_id,
             "slot_id": self.slot_id,
+            **(self.budget.remaining() if self.budget is not None else {}),
         }
 
 
 class Sessions:
-    def __init__(self, ttl_s: float, max_turns: int) -> None:
+    def __init__(self, ttl_s: float, max_turns: int, budgets: BudgetsConfig | None = None) -> None:
         self.ttl_s = ttl_s
         self.max_turns = max_turns
+        self.budgets = budgets if budgets is not None and budgets.enabled else None
         # Creation order is expiry order (a fixed lifetime), so expired ones are at the front.
         self._table: OrderedDict[str, Session] = OrderedDict()
 
@@ -88,6 +93,8 @@ class Sessions:
             session = None
         if session is None:
             session = Session(session_id, pool_id, now, now + self.ttl_s)
+            if self.budgets is not None:
+                session.budget = Budget.from_config(self.budgets)
             self._table[session_id] = session
             return session
         if session.ended is not None:
@@ -113,6 +120,12 @@ class Sessions:
         if session is None:
             return
         session.tasks.discard(task)
+        if session.budget is not None:
+            prompt = task.tokens_in if task.tokens_in is not None else (task.prompt_tokens or 0)
+            used = prompt + task.tokens_out if task.started_at is not None else 0
+            per_1k = task.budget_reservation[1] * 1000 / max(task.budget_reservation[0], 1)
+            decode_ms = float(task.decode_ms()) if task.started_at is not None else 0.0
+            session.budget.settle(task.budget_reservation, used, decode_ms, per_1k)
         if task.terminal_event != "end" or task.replica_id is None:
             return
         session.replica_id, session.slot_id = task.replica_id, task.last_slot_id

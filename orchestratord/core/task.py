@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import Callable
 from enum import StrEnum
@@ -112,6 +113,11 @@ class Task:
         self.preferred_slot: int | None = None
         self.affinity_kept = True
         self.cache_owned = False  # its slot last ran this task's session
+        # Session budgets (core/budgets.py): the session's budget, this task's reservation,
+        # and when its decoding must stop (the session's time budget).
+        self.budget: Any = None
+        self.budget_reservation: tuple[int, float] = (0, 0.0)
+        self.budget_deadline = math.inf
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.on_finish: Callable[[Task], None] | None = None
         self._wakeup = asyncio.Event()

@@ -61,12 +61,15 @@ def on_time_probability(task: Task, now: float) -> float:
 
 
 def _metrics_payload(replica: Replica, task: Task, kv_warm: bool) -> dict[str, object]:
-    return {
+    payload: dict[str, object] = {
         "queue_depth": replica.host.queue_depth() if replica.host is not None else 0,
         "on_time_probability": on_time_probability(task, time.monotonic()),
         "kv_warmth": kv_warm,
         "tokens_out": task.tokens_out,
     }
+    if task.budget is not None:  # what the session has left (ORCH-3100, OC-METRICS-7111)
+        payload.update(task.budget.remaining())
+    return payload
 
 
 def _generation_request(task: Task) -> GenerationRequest:
@@ -98,6 +101,10 @@ async def run_task(replica: Replica, task: Task, outcome: RunOutcome) -> None:
                     if outcome.first_token_at is None:
                         outcome.first_token_at = time.monotonic()
                     task.append_token(event.text)
+                    if task.last_progress > task.budget_deadline:
+                        message = "the session's time budget ran out while decoding"
+                        task.finish_error(ErrorCode.BUDGET_EXHAUSTED, message, engine)
+                        break
                     if task.tokens_out % every == 0:
                         task.append_metrics(_metrics_payload(replica, task, kv_warm=False))
                 else:
