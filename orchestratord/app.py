@@ -44,6 +44,7 @@ from orchestratord.api.replicasets import ReplicaSetsResource
 from orchestratord.api.sessions import SessionResource
 from orchestratord.api.stream import TaskStreamResource
 from orchestratord.api.tasks import TaskCancelResource, TasksResource
+from orchestratord.api.tools import ToolFetchResource
 from orchestratord.catalog.catalog import Catalog
 from orchestratord.catalog.model import REFUSING, ModelState
 from orchestratord.catalog.pull import Puller
@@ -76,6 +77,8 @@ from orchestratord.replicas.replica import Replica, ReplicaRuntime, ReplicaSpec
 from orchestratord.replicas.runner import log_task_end
 from orchestratord.store.artifacts import Artifacts
 from orchestratord.store.db import Store
+from orchestratord.tools.audit import AuditLog
+from orchestratord.tools.policy import Policy
 
 log = logging.getLogger("orchestratord")
 
@@ -112,6 +115,8 @@ class Orchestrator:
     ) -> None:
         self.config = config
         self.metrics = Metrics()
+        self.tool_policy = Policy(config.tools, secrets=[token])
+        self.tool_audit = AuditLog(config.resolved_state_dir() / "tool-audit.jsonl")
         self.sessions = Sessions(
             config.sessions.ttl_ms / 1000, config.sessions.max_turns, config.sessions.budgets
         )
@@ -352,6 +357,7 @@ class Orchestrator:
         app.add_route("/v1/pools/{pool_id}/reload", PoolReloadResource(self))
         app.add_route("/v1/replicasets", ReplicaSetsResource(self))
         app.add_route("/v1/sessions/{session_id}", SessionResource(self))
+        app.add_route("/v1/tools/fetch", ToolFetchResource(self))
         app.add_route("/v1/catalog/models", CatalogModelsResource(self))
         app.add_route("/v1/catalog/models/{model_id}", CatalogModelResource(self))
         app.add_route("/v1/catalog/models/{model_id}/verify", CatalogVerifyResource(self))

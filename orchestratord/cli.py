@@ -203,6 +203,10 @@ def _serve(args: argparse.Namespace) -> int:
         sock.close()
         print(f"orchestratord: cannot place the pools: {exc}", file=sys.stderr)
         return 2
+    except ValueError as exc:  # a setting only checkable at start (tools.hook)
+        sock.close()
+        print(f"orchestratord: {exc}", file=sys.stderr)
+        return 2
     grace_s = config.server.shutdown_grace_ms / 1000
     server = _Server(
         uvicorn.Config(

@@ -393,6 +393,50 @@ class BudgetsConfig(Strict):
         return any(v is not None for v in (self.tokens, self.time_ms, self.cost))
 
 
+class FetchMethod(StrEnum):
+    GET = "GET"
+    HEAD = "HEAD"
+    POST = "POST"
+
+
+class ToolsConfig(Strict):
+    """The outbound tool policy (HOME-104, OC-POLICY-4030..4032) for ``POST /v1/tools/fetch``."""
+
+    allow_domains: list[str] = Field(
+        default_factory=list,
+        description="If not empty, only these hosts (and their subdomains; IP literals "
+        "verbatim) may be fetched. Empty: every public host (the permissive default).",
+    )
+    deny_domains: list[str] = Field(
+        default_factory=list, description="Never fetched; deny wins over allow."
+    )
+    allow_private_networks: bool = Field(
+        False,
+        description="Allow hosts that resolve to loopback, private or link-local addresses "
+        "(off: a fetch tool must not be a way into the LAN); a host in allow_domains is "
+        "allowed regardless.",
+    )
+    methods: list[FetchMethod] = Field(default_factory=lambda: [FetchMethod.GET, FetchMethod.HEAD])
+    max_response_bytes: int = Field(1_048_576, ge=1, le=1 << 30)
+    timeout_ms: int = Field(10_000, ge=100, le=600_000)
+    max_redirects: int = Field(5, ge=0, le=20)
+    mime_types: list[str] = Field(
+        default_factory=lambda: ["text/", "application/json", "application/xml"],
+        description="Content-Type prefixes a response may have.",
+    )
+    redact_patterns: list[str] = Field(
+        default_factory=list,
+        description="Regular expressions whose matches are replaced by [REDACTED] in what is "
+        "sent, returned and logged (the API token always is).",
+    )
+    hook: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
+        description="module:function called with each request after the lists; it returns "
+        "None to allow or a reason to deny. A hook that raises denies (fails closed).",
+    )
+
+
 class SessionsConfig(Strict):
     ttl_ms: int = Field(
         600_000, ge=1000, le=86_400_000, description="A session's lifetime from its first task."
@@ -437,6 +481,7 @@ class Config(BaseSettings):
     gpus: GpuConfig = Field(default_factory=GpuConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    tools: ToolsConfig = Field(default_factory=ToolsConfig)
     pools: list[PoolConfig] = Field(default_factory=_default_pools, min_length=1)
 
     @model_validator(mode="after")

@@ -16,12 +16,13 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from xtask.live_server import live_server
+from xtask.live_server import default_live_config, live_server
 from xtask.results import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,7 +69,14 @@ def command(document: str, url: str, token: str, examples: int) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "xtask.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
     entries: dict[str, dict[str, Any]] = {}
-    with live_server() as server:
+    # The fuzzer sends the fetch tool arbitrary URLs: keep it to loopback, so no DNS lookup or
+    # connection leaves this machine (the policy refuses every other host first).
+    with (
+        tempfile.TemporaryDirectory(prefix="llorch-conformance-") as tmp,
+        live_server(
+            {**default_live_config(Path(tmp)), "tools": {"allow_domains": ["127.0.0.1"]}}
+        ) as server,
+    ):
         for document in ("data", "control"):
             cmd = command(document, server.url, server.token, args.max_examples)
             done = subprocess.run(

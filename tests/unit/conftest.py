@@ -29,6 +29,7 @@ from orchestratord.config import (
     PoolConfig,
     QueueConfig,
     ServerConfig,
+    ToolsConfig,
 )
 from orchestratord.core.request import TaskRequest
 from orchestratord.core.task import Task
@@ -53,6 +54,7 @@ def make_config(tmp_path: Path, **pool: Any) -> Config:
     queue = pool.pop("queue", {})
     gpus = pool.pop("gpus", {})
     catalog = pool.pop("catalog", {})
+    tools = pool.pop("tools", {})
     pool_config = PoolConfig(
         id="p1",
         model_ref=pool.pop("model_ref", MODEL),
@@ -69,6 +71,7 @@ def make_config(tmp_path: Path, **pool: Any) -> Config:
         server=ServerConfig(**server),
         gpus=GpuConfig(**gpus),
         catalog=CatalogConfig(**catalog),
+        tools=ToolsConfig(**tools),
         pools=[pool_config],
         state_dir=tmp_path / "state",
         cache_dir=tmp_path / "c",

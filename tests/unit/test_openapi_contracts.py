@@ -42,6 +42,7 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         ("POST", "/v1/tasks/{id}/cancel"): {"ORCH-2003", "HOME-304"},
         ("GET", "/v1/sessions/{id}"): {"ORCH-2004", "HOME-401"},
         ("DELETE", "/v1/sessions/{id}"): {"ORCH-2005"},
+        ("POST", "/v1/tools/fetch"): {"FR-TL-001", "HOME-104"},
     },
     "control": {
         ("GET", "/v1/capabilities"): {
