@@ -23,6 +23,7 @@ from orchestratord.config import Config, load_config
 from orchestratord.devices.inventory import MIB
 from orchestratord.devices.nvml import NvmlUnavailable
 from orchestratord.logdrain import LogDrain
+from orchestratord.logs import TEXT_FORMAT, CorrelationFilter, JsonFormatter
 from orchestratord.placement.plan import PlacementError
 from orchestratord.plan_cli import run_plan
 from orchestratord.version import API_VERSION, __version__
@@ -37,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (0 picks a free one)")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
+    serve.add_argument(
+        "--log-format", default="text", choices=["text", "json"], help="json: one object per line"
+    )
     return parser
 
 
@@ -146,7 +150,7 @@ def _describe_config_error(exc: ValidationError) -> str:
 
 
 def serve(args: argparse.Namespace) -> int:
-    listener = _log_off_the_event_loop(args.log_level.upper())
+    listener = _log_off_the_event_loop(args.log_level.upper(), args.log_format)
     listener.start()
     try:
         return _serve(args)
@@ -154,14 +158,16 @@ def serve(args: argparse.Namespace) -> int:
         listener.stop()
 
 
-def _log_off_the_event_loop(level: str) -> LogDrain:
+def _log_off_the_event_loop(level: str, log_format: str = "text") -> LogDrain:
     """Log records are queued by the event loop and written by a thread: a slow stderr (a
     full pipe, a terminal) never stalls request handling."""
     output = logging.StreamHandler()
-    output.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    output.setFormatter(JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT))
     drain = LogDrain(output)
     root = logging.getLogger()
-    root.handlers[:] = [logging.handlers.QueueHandler(drain.records)]
+    queued = logging.handlers.QueueHandler(drain.records)
+    queued.addFilter(CorrelationFilter())  # stamped where the record is made
+    root.handlers[:] = [queued]
     root.setLevel(level)
     # The GGUF writer narrates every file it writes; only its problems matter here.
     logging.getLogger("gguf").setLevel(logging.WARNING)

@@ -38,6 +38,7 @@ class PoolSeries:
         }
         self.first_token_ms = metrics.latency_first_token_ms.labels(**pool)
         self.decode_ms = metrics.latency_decode_ms.labels(**pool)
+        self.queue_wait_ms = metrics.latency_queue_wait_ms.labels(**pool)
 
 
 class ReplicaSeries:
@@ -117,6 +118,13 @@ class Metrics:
         self.latency_first_token_ms = Histogram(
             "latency_first_token_ms",
             "Admission to first token.",
+            POOL,
+            buckets=_LATENCY_BUCKETS_MS,
+            registry=r,
+        )
+        self.latency_queue_wait_ms = Histogram(
+            "latency_queue_wait_ms",
+            "Admission to the start of decoding (time spent queued).",
             POOL,
             buckets=_LATENCY_BUCKETS_MS,
             registry=r,

@@ -123,6 +123,7 @@ def live_server(
     *,
     startup_timeout_s: float = 180.0,
     server: dict[str, Any] | None = None,
+    serve_args: tuple[str, ...] = (),
     **pool: Any,
 ) -> Iterator[LiveServer]:
     with tempfile.TemporaryDirectory(prefix="llorch-live-") as tmp:
@@ -132,7 +133,15 @@ def live_server(
         config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         env = {**os.environ, "LLORCH_API_TOKEN": TEST_TOKEN, "PYTHONUNBUFFERED": "1"}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "orchestratord", "serve", "--config", str(config_path)],
+            [
+                sys.executable,
+                "-m",
+                "orchestratord",
+                "serve",
+                "--config",
+                str(config_path),
+                *serve_args,
+            ],  # fmt: skip
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

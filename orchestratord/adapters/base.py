@@ -37,6 +37,8 @@ class GenerationRequest:
     reuse_kv: bool = True
     # The engine slot the orchestrator assigned; adapters that can pin a slot must use it.
     slot: int | None = None
+    # Sent to the engine as X-Correlation-Id, so its own logs can be matched with ours.
+    correlation_id: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,7 +112,9 @@ class HttpEngine(EngineAdapter):
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise EngineUnavailable(f"{self.engine} metrics: {exc!r}") from exc
 
-    async def stream(self, path: str, body: dict[str, Any]) -> AsyncGenerator[list[bytes], None]:
+    async def stream(
+        self, path: str, body: dict[str, Any], correlation_id: str | None = None
+    ) -> AsyncGenerator[list[bytes], None]:
         """POST ``body`` and yield batches of raw SSE ``data:`` payloads until the engine
         ends the response; closing the iterator closes the connection (the engine's cancel)."""
         stream: SSEPostStream | None = None
@@ -123,7 +125,7 @@ class HttpEngine(EngineAdapter):
                 self._prefix + path,
                 json.dumps(body).encode(),
                 coalesce_s=self._coalesce_s,
-                headers=self._headers,
+                headers={**self._headers, **self.request_headers(correlation_id)},
                 tls=self._tls,
             )
             async for batch in stream.batches():
@@ -140,6 +142,10 @@ class HttpEngine(EngineAdapter):
         finally:
             if stream is not None:
                 stream.close()
+
+    def request_headers(self, correlation_id: str | None) -> dict[str, str]:
+        """Headers naming the request for the engine's own logs."""
+        return {"X-Correlation-Id": correlation_id} if correlation_id else {}
 
     async def aclose(self) -> None:
         if self._session is not None:

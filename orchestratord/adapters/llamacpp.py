@@ -197,7 +197,7 @@ class LlamaCppAdapter(EngineAdapter):
                 body,
                 coalesce_s=self._coalesce_s,
                 unix_socket=self._unix_socket,
-                headers=self._headers,
+                headers=_with_correlation(self._headers, request.correlation_id),
                 tls=self._tls,
             )
             async for batch in stream.batches():
@@ -257,3 +257,7 @@ def _stream_end(chunk: dict[str, Any]) -> StreamEnd:
         tokens_out=int(timings.get("predicted_n", 0)),
         decode_ms=float(timings.get("predicted_ms", 0.0)),
     )
+
+
+def _with_correlation(headers: dict[str, str], correlation_id: str | None) -> dict[str, str]:
+    return {**headers, "X-Correlation-Id": correlation_id} if correlation_id else headers

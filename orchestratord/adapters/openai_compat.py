@@ -81,6 +81,12 @@ class OpenAICompatAdapter(HttpEngine):
     async def slots(self) -> list[SlotState]:
         return []  # vLLM schedules sequences itself; it has no slots to report
 
+    def request_headers(self, correlation_id: str | None) -> dict[str, str]:
+        # vLLM names a request after X-Request-Id in its logs.
+        if not correlation_id:
+            return {}
+        return {"X-Correlation-Id": correlation_id, "X-Request-Id": correlation_id}
+
     async def count_tokens(self, text: str) -> int:
         if self._model is None:
             await self._served_model()
@@ -116,7 +122,7 @@ class OpenAICompatAdapter(HttpEngine):
         finish: str | None = None
         usage: dict[str, Any] = {}
         produced = 0
-        events = self.stream("/v1/completions", self._body(request))
+        events = self.stream("/v1/completions", self._body(request), request.correlation_id)
         try:
             async for batch in events:
                 for payload in batch:

@@ -81,7 +81,7 @@ class TgiAdapter(HttpEngine):
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
         produced = 0
-        events = self.stream("/generate_stream", self._body(request))
+        events = self.stream("/generate_stream", self._body(request), request.correlation_id)
         try:
             async for batch in events:
                 for payload in batch:

@@ -100,7 +100,9 @@ class TritonAdapter(HttpEngine):
         if not self._inputs:
             await self.info()
         produced = 0
-        events = self.stream(f"/v2/models/{self.model}/generate_stream", self._body(request))
+        events = self.stream(
+            f"/v2/models/{self.model}/generate_stream", self._body(request), request.correlation_id
+        )
         try:
             async for batch in events:
                 for payload in batch:

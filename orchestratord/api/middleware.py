@@ -14,6 +14,7 @@ import falcon
 import falcon.asgi
 
 from orchestratord.errors import ApiError, ErrorCode
+from orchestratord.logs import correlation_id
 
 CORRELATION_HEADER = "X-Correlation-Id"
 # Printable, header-safe and short: anything else is replaced rather than echoed back.
@@ -31,6 +32,8 @@ class CorrelationIdMiddleware:
             req.context.correlation_id = sent
         else:
             req.context.correlation_id = str(uuid.uuid4())
+        # Log records of this request (and of the tasks it starts) carry the ID.
+        correlation_id.set(req.context.correlation_id)
 
     async def process_response(
         self,

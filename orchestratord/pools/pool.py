@@ -196,6 +196,8 @@ class Pool:
                 break
             queue.pop()
             replica.start_task(head)
+            if head.started_at is not None:
+                self.series.queue_wait_ms.observe((head.started_at - head.admitted_at) * 1000)
         self.queue_changed()
 
     def capacity_changed(self) -> None:

@@ -30,6 +30,7 @@ from orchestratord.adapters.base import (
 )
 from orchestratord.core.task import Task
 from orchestratord.errors import ErrorCode
+from orchestratord.logs import correlation_id
 
 if TYPE_CHECKING:
     from orchestratord.replicas.replica import Replica
@@ -81,10 +82,13 @@ def _generation_request(task: Task) -> GenerationRequest:
         sampling=task.sampling,
         reuse_kv=task.reuse_kv,
         slot=task.slot_id,
+        correlation_id=task.correlation_id,
     )
 
 
 async def run_task(replica: Replica, task: Task, outcome: RunOutcome) -> None:
+    # This runner is its own asyncio task: its log records carry the admitting request's ID.
+    correlation_id.set(task.correlation_id)
     every = replica.runtime.frame_every_tokens
     engine = replica.engine
     try:

@@ -7,6 +7,7 @@ is also queried directly (``/slots``) to prove the orchestrator freed what it sa
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 import uuid
 from collections.abc import Iterator
@@ -240,3 +241,20 @@ def test_banner_tells_where_it_listens_and_never_prints_the_token(server: LiveSe
     assert server.token not in output
     log = (server.workdir / "state" / "logs" / "default-r0-llama-server.log").read_text()
     assert server.token not in log
+
+
+@pytest.mark.req("HOME-803", "HOME-103", "FR-OB-001")
+def test_json_logs_are_one_object_per_line_with_the_correlation_id() -> None:
+    with live_server(serve_args=("--log-format", "json")) as live:
+        body = task_body(max_tokens=3)
+        with httpx.Client(base_url=live.url, headers=live.auth, timeout=30) as client:
+            client.post("/v1/tasks", json=body, headers={"X-Correlation-Id": "json-log-1"})
+            client.get(f"/v1/tasks/{body['task_id']}/stream")
+        for _ in range(100):  # the log drain writes from its own thread
+            if any("task end" in line for line in live.output):
+                break
+            time.sleep(0.02)
+        records = [json.loads(line) for line in live.output if line.startswith('{"ts"')]
+    (end,) = [r for r in records if r["message"].startswith("task end")]
+    assert end["correlation_id"] == "json-log-1" and end["logger"] == "orchestratord.task"
+    assert json.loads(end["message"].removeprefix("task end "))["task_id"] == body["task_id"]
