@@ -141,7 +141,7 @@ def live_server(
                 "--config",
                 str(config_path),
                 *serve_args,
-            ],  # fmt: skip
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
