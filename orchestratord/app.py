@@ -380,10 +380,11 @@ class Orchestrator:
             self.on_started(self)
 
     async def _monitor_devices(self) -> None:
-        """Free VRAM for placement and the GPU gauges, every monitor interval."""
+        """Free VRAM for placement, the GPU and session gauges, every monitor interval."""
         interval = self.config.server.device_monitor_interval_ms / 1000
         while True:
             self.devices.refresh(self.replicas(), self.metrics)
+            self.metrics.sessions_active.set(self.sessions.live_count())
             await asyncio.sleep(interval)
 
     def task_finished(self, task: Task) -> None:

@@ -109,6 +109,9 @@ class Metrics:
             ("result", "reason", "engine"),
             registry=r,
         )
+        self.sessions_active = Gauge(
+            "sessions_active", "Sessions that may still take tasks.", registry=r
+        )
         self.trust_gaps = Counter(
             "trust_gaps",
             "Accepted without a signature or SBOM (permissive trust policy).",

@@ -141,3 +141,8 @@ class Sessions:
 
     def __len__(self) -> int:
         return len(self._table)
+
+    def live_count(self) -> int:
+        now = time.monotonic()
+        self._purge(now)
+        return sum(1 for s in self._table.values() if s.ended is None and s.expires_at > now)
