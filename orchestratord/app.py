@@ -79,6 +79,7 @@ from orchestratord.store.artifacts import Artifacts
 from orchestratord.store.db import Store
 from orchestratord.tools.audit import AuditLog
 from orchestratord.tools.policy import Policy
+from orchestratord.tracing import Tracing
 
 log = logging.getLogger("orchestratord")
 
@@ -111,10 +112,12 @@ class Orchestrator:
         adapter_factory: Callable[[PoolConfig, ReplicaSpec], EngineAdapter] | None = None,
         inventory: DeviceInventory | None = None,
         store: Store | None = None,
+        span_exporter: Any = None,
         on_started: Callable[[Orchestrator], None] | None = None,
     ) -> None:
         self.config = config
         self.metrics = Metrics()
+        self.tracing = Tracing(config.tracing, span_exporter)
         self.tool_policy = Policy(config.tools, secrets=[token])
         self.tool_audit = AuditLog(config.resolved_state_dir() / "tool-audit.jsonl")
         self.sessions = Sessions(
@@ -392,6 +395,7 @@ class Orchestrator:
         self.registry.finished(task)
         self.sessions.task_finished(task)
         pool = self.pools[task.pool_id]
+        self.tracing.task_finished(task, pool.id)
         log_task_end(task, engine=pool.engine, pool_id=pool.id, model_id=pool.config.model_ref)
 
     def begin_shutdown(self, grace_s: float) -> asyncio.Task[None]:
@@ -423,6 +427,7 @@ class Orchestrator:
         await self.puller.stop()
         await self.catalog.stop()
         self.store.close()
+        self.tracing.shutdown()
 
     async def cancel(self, task: Task, reason: str, delivered: int | None = None) -> None:
         """Cancel race-free: once this returns no token frame follows and the slot is free.

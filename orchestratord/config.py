@@ -437,6 +437,18 @@ class ToolsConfig(Strict):
     )
 
 
+class TracingConfig(Strict):
+    """OpenTelemetry tracing (FR-OB-002); needs the ``otel`` extra installed."""
+
+    enabled: bool = Field(False, description="A span per task (admission, queue, decode, stream).")
+    otlp_endpoint: str | None = Field(
+        None,
+        pattern=r"^https?://\S+$",
+        description="Export spans over OTLP/HTTP to this URL (e.g. http://127.0.0.1:4318/v1/traces).",
+    )
+    service_name: str = Field("orchestratord", min_length=1, max_length=64)
+
+
 class SessionsConfig(Strict):
     ttl_ms: int = Field(
         600_000, ge=1000, le=86_400_000, description="A session's lifetime from its first task."
@@ -482,6 +494,7 @@ class Config(BaseSettings):
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
+    tracing: TracingConfig = Field(default_factory=TracingConfig)
     pools: list[PoolConfig] = Field(default_factory=_default_pools, min_length=1)
 
     @model_validator(mode="after")

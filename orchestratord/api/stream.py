@@ -11,6 +11,7 @@ task's frames can be replayed.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, cast
 
@@ -74,6 +75,7 @@ class TaskStreamResource:
 
     async def emit(self, task: Task) -> AsyncIterator[Burst | None]:
         loop = asyncio.get_running_loop()
+        opened_at = time.monotonic()
         window_until = 0.0
         cursor = 0
         sent_tokens = 0
@@ -113,6 +115,8 @@ class TaskStreamResource:
                 if cursor >= len(task.frames):
                     yield None  # Falcon sends a ": ping" comment; a dead client shows up here
         finally:
+            if task.finished and cursor >= len(task.frames):
+                self.orch.tracing.stream_finished(task, opened_at)
             if task.finished:
                 task.detach()
             else:

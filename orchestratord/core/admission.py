@@ -203,6 +203,7 @@ class Admission:
             raise
 
     async def _admit(self, request: TaskRequest, correlation_id: str) -> AdmissionResult:
+        received_at = time.monotonic()
         task_id = str(request.task_id)
         if task_id in self.registry:
             raise conflict(f"task_id {task_id} already exists")
@@ -232,6 +233,7 @@ class Admission:
             prompt_tokens=prompt_tokens,
             correlation_id=correlation_id,
         )
+        task.received_at = received_at
         if self.config.sessions.affinity:
             task.preferred_replica, task.preferred_slot = session.replica_id, session.slot_id
         budget = session.budget

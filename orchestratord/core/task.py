@@ -89,6 +89,8 @@ class Task:
         self.prompt_tokens = prompt_tokens
         self.correlation_id = correlation_id
         self.admitted_at = time.monotonic()
+        self.received_at = self.admitted_at  # set earlier by admission: when checks began
+        self.trace_context: Any = None  # the task span's context, when tracing is on
         self.deadline_at = self.admitted_at + request.deadline_ms / 1000
         self.started_at: float | None = None
         self.last_progress = self.admitted_at
