@@ -4,7 +4,7 @@ Feature: Capabilities and metrics
   Background:
     Given a running orchestratord with a Ready llama.cpp pool
 
-  @HOME-601 @HOME-602 @HOME-1002 @OC-CTRL-2060 @OC-CTRL-2061 @ORCH-3095 @ORCH-3096 @FR-DV-001 @FR-DV-002 @FR-MA-001 @FR-PF-001
+  @HOME-601 @HOME-602 @HOME-1002 @OC-CTRL-2060 @OC-CTRL-2061 @ORCH-3095 @ORCH-3096 @FR-DV-001 @FR-DV-002 @FR-MA-001 @FR-PF-001 @ORCH-3044
   Scenario: Capabilities report the API version and the Ready pool's slots
     When I ask for the capabilities
     Then the response status is 200

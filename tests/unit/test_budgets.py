@@ -27,7 +27,7 @@ async def submit(conductor: Any, session: str, **fields: Any) -> Any:
 
 @pytest.mark.req(
     "HOME-402", "HOME-303", "ORCH-3099", "ORCH-3100", "OC-CORE-1023", "OC-CORE-1024",
-    "OC-CTRL-2068", "OC-METRICS-7111",
+    "OC-CTRL-2068", "OC-METRICS-7111", "FR-MA-002",
 )  # fmt: skip
 async def test_tokens_and_cost_are_reserved_settled_and_reported(conductor_for: Any) -> None:
     session = str(uuid.uuid4())

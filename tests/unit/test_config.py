@@ -86,3 +86,24 @@ def test_schema_rejects_what_the_models_reject() -> None:
         jsonschema.validate({"server": {"prot": 1}}, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"pools": [{"id": "p", "model_ref": "m", "slots": 0}]}, schema)
+
+
+@pytest.mark.req("HOME-1203", "ORCH-3030")
+def test_the_schema_carries_every_knob_family_and_enforces_strictness() -> None:
+    schema = json.loads(regen.CONFIG_SCHEMA.read_text())
+    assert schema == json.loads(regen.config_schema_bytes())  # generated from the models
+    top = set(schema["properties"])
+    # priorities (queues), determinism (sampler profiles), sessions and budgets, catalog,
+    # artifacts (server.max_artifact_bytes), tooling (tools, tracing), GPUs
+    assert {"pools", "sampler_profiles", "sessions", "catalog", "tools", "tracing", "gpus"} <= top
+    defs = schema["$defs"]
+    assert set(defs["SessionsConfig"]["properties"]) >= {"ttl_ms", "max_turns", "budgets"}
+    assert set(defs["BudgetsConfig"]["properties"]) == {"tokens", "time_ms", "cost"}
+    assert "max_artifact_bytes" in defs["ServerConfig"]["properties"]
+    assert set(defs["QueueConfig"]["properties"]["rate_limit_rps"]["propertyNames"]["enum"]) == {
+        "interactive",
+        "batch",
+    }
+    for name, definition in defs.items():  # strict everywhere: unknown keys are errors
+        if definition.get("type") == "object" and "properties" in definition:
+            assert definition.get("additionalProperties") is False, name
