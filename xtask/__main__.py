@@ -9,6 +9,7 @@ from xtask import (
     bdd,
     bench,
     conformance,
+    dashboard_png,
     determinism,
     dev_loop,
     metrics_lint,
@@ -36,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     conformance.add_parser(sub)
     mutate.add_parser(sub)
     determinism.add_parser(sub)
+    dashboard_png.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.run(args))
 
