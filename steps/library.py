@@ -8,6 +8,8 @@ runner. Step bodies stay thin: the work is in :mod:`steps.world`.
 from __future__ import annotations
 
 import inspect
+import json
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -432,3 +434,41 @@ def store_plan_again(world: World) -> None:
 @when("I read the stored artifact")
 def read_artifact(world: World) -> None:
     world.get(f"/v1/artifacts/{world.remembered['artifact']}")
+
+
+# --- sessions and the fetch tool ---------------------------------------------------------------
+
+
+@when("I submit a valid completion task in a new session")
+def submit_in_new_session(world: World) -> None:
+    world.remembered["session"] = str(uuid.uuid4())
+    world.submit(session_id=world.remembered["session"])
+
+
+@when("I submit another task in that session")
+def submit_in_that_session(world: World) -> None:
+    world.submit(session_id=world.remembered["session"])
+
+
+@when("I read that session")
+def read_session(world: World) -> None:
+    world.get(f"/v1/sessions/{world.remembered['session']}")
+
+
+@when("I end that session")
+def end_session(world: World) -> None:
+    world.response = world.client.delete(
+        f"/v1/sessions/{world.remembered['session']}", headers=world.server.auth
+    )
+
+
+@when('I ask the fetch tool for "{url}"')
+def tool_fetch(world: World, url: str) -> None:
+    world.post("/v1/tools/fetch", {"url": url})
+
+
+@then("the tool audit log's last record is a denial")
+def audit_denial(world: World) -> None:
+    path = world.server.workdir / "state" / "tool-audit.jsonl"
+    last = json.loads(path.read_text().splitlines()[-1])
+    assert last["decision"] == "deny", last
