@@ -9,10 +9,12 @@ adapter only maps its engine's JSON.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import ssl
 import urllib.parse
 from collections.abc import AsyncGenerator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -30,6 +32,7 @@ from orchestratord.adapters.sse_client import (
     StreamError,
     post_sse,
 )
+from orchestratord.models.digest import sha256_file
 
 _CONTROL_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 _HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
@@ -49,7 +52,10 @@ class HttpEngine(EngineAdapter):
         auth_token: str | None = None,
         coalesce_s: float = 0.0,
         metrics_url: str | None = None,
+        model_path: Path | None = None,
     ) -> None:
+        self._model_path = model_path
+        self._digest: str | None = None
         parsed = urllib.parse.urlsplit(base_url.rstrip("/"))
         self.base_url = base_url.rstrip("/")
         self._prefix = parsed.path
@@ -70,6 +76,12 @@ class HttpEngine(EngineAdapter):
                 connector=aiohttp.TCPConnector(limit=self._limit), headers=self._headers
             )
         return self._session
+
+    async def model_digest(self) -> str | None:
+        """``sha256:`` of the model file the pool names, if it names one (computed once)."""
+        if self._digest is None and self._model_path is not None:
+            self._digest = "sha256:" + await asyncio.to_thread(sha256_file, self._model_path)
+        return self._digest
 
     async def request_json(self, method: str, path: str, body: Any = None) -> Any:
         url = self.base_url + path

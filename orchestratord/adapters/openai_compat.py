@@ -12,7 +12,6 @@ sampling extensions carry what OpenAI's schema lacks (``top_k``, ``min_p``,
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ from orchestratord.adapters.base import (
     TokenChunk,
 )
 from orchestratord.adapters.http_engine import HttpEngine, parse_payload
-from orchestratord.models.digest import sha256_file
 
 _DONE = b"[DONE]"
 
@@ -44,10 +42,8 @@ class OpenAICompatAdapter(HttpEngine):
         model_path: Path | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(base_url, max_connections=slots, **kwargs)
+        super().__init__(base_url, max_connections=slots, model_path=model_path, **kwargs)
         self._slots = slots
-        self._model_path = model_path
-        self._digest: str | None = None
         self._model: str | None = None
 
     async def _served_model(self) -> dict[str, Any]:
@@ -67,13 +63,11 @@ class OpenAICompatAdapter(HttpEngine):
             version = (await self.request_json("GET", "/version")).get("version")
         except EngineError:
             version = None  # OpenAI-compatible servers other than vLLM may not have /version
-        if self._digest is None and self._model_path is not None:
-            self._digest = "sha256:" + await asyncio.to_thread(sha256_file, self._model_path)
         ctx = model.get("max_model_len") or (model.get("meta") or {}).get("n_ctx") or 0
         return EngineInfo(
             engine=self.engine,
             engine_version=f"vllm {version}" if version else None,
-            model_digest=self._digest,
+            model_digest=await self.model_digest(),
             slots_total=self._slots,
             ctx_per_slot=int(ctx),
         )

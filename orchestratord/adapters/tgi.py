@@ -13,7 +13,6 @@ carry no text for the client.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,6 @@ from orchestratord.adapters.base import (
     TokenChunk,
 )
 from orchestratord.adapters.http_engine import HttpEngine, parse_payload
-from orchestratord.models.digest import sha256_file
 
 
 class TgiAdapter(HttpEngine):
@@ -37,20 +35,16 @@ class TgiAdapter(HttpEngine):
     def __init__(
         self, base_url: str, *, slots: int, model_path: Path | None = None, **kwargs: Any
     ) -> None:
-        super().__init__(base_url, max_connections=slots, **kwargs)
+        super().__init__(base_url, max_connections=slots, model_path=model_path, **kwargs)
         self._slots = slots
-        self._model_path = model_path
-        self._digest: str | None = None
 
     async def info(self) -> EngineInfo:
         info = await self.request_json("GET", "/info")
-        if self._digest is None and self._model_path is not None:
-            self._digest = "sha256:" + await asyncio.to_thread(sha256_file, self._model_path)
         version = info.get("version")
         return EngineInfo(
             engine=self.engine,
             engine_version=f"tgi {version}" if version else None,
-            model_digest=self._digest,
+            model_digest=await self.model_digest(),
             slots_total=min(self._slots, int(info.get("max_concurrent_requests") or self._slots)),
             ctx_per_slot=int(info.get("max_total_tokens") or 0),
         )

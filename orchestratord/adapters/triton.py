@@ -13,7 +13,6 @@ covers any byte-level or byte-fallback vocabulary) stands in for an exact count.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,6 @@ from orchestratord.adapters.base import (
     TokenChunk,
 )
 from orchestratord.adapters.http_engine import HttpEngine, parse_payload
-from orchestratord.models.digest import sha256_file
 
 _SPECIAL_TOKENS = 2
 
@@ -46,12 +44,10 @@ class TritonAdapter(HttpEngine):
         model_path: Path | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(base_url, max_connections=slots, **kwargs)
+        super().__init__(base_url, max_connections=slots, model_path=model_path, **kwargs)
         self.model = model
         self.health_path = f"/v2/models/{model}/ready"
         self._slots = slots
-        self._model_path = model_path
-        self._digest: str | None = None
         self._inputs: set[str] = set()
 
     async def info(self) -> EngineInfo:
@@ -63,13 +59,11 @@ class TritonAdapter(HttpEngine):
                 f"triton model {self.model} has no text_input (inputs {sorted(self._inputs)})",
                 public_message="the Triton model does not take text_input",
             )
-        if self._digest is None and self._model_path is not None:
-            self._digest = "sha256:" + await asyncio.to_thread(sha256_file, self._model_path)
         version = server.get("version")
         return EngineInfo(
             engine=self.engine,
             engine_version=f"triton {version}" if version else None,
-            model_digest=self._digest,
+            model_digest=await self.model_digest(),
             slots_total=self._slots,
             ctx_per_slot=0,
         )

@@ -18,7 +18,15 @@ from orchestratord.pools.reload import start_reload
 
 if TYPE_CHECKING:
     from orchestratord.app import Orchestrator
+    from orchestratord.pools.pool import Pool
     from orchestratord.replicas.replica import Replica
+
+
+def find_pool(orch: Orchestrator, pool_id: str) -> Pool:
+    pool = orch.pools.get(pool_id)
+    if pool is None:
+        raise not_found(f"no pool {pool_id}")
+    return pool
 
 
 class PoolHealthResource:
@@ -28,9 +36,7 @@ class PoolHealthResource:
     async def on_get(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, pool_id: str
     ) -> None:
-        pool = self.orch.pools.get(pool_id)
-        if pool is None:
-            raise not_found(f"no pool {pool_id}")
+        pool = find_pool(self.orch, pool_id)
         info = pool.info
         resp.media = {
             "live": any(_live(r) for r in pool.replicas),
@@ -74,9 +80,7 @@ class PoolDrainResource:
     async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, pool_id: str
     ) -> None:
-        pool = self.orch.pools.get(pool_id)
-        if pool is None:
-            raise not_found(f"no pool {pool_id}")
+        pool = find_pool(self.orch, pool_id)
         request = await parse_body(req, DrainRequest, self.orch.config.server.max_body_bytes)
         if not pool.accepting:
             raise conflict(f"pool {pool_id}: orchestratord is shutting down")
@@ -96,9 +100,7 @@ class PoolResumeResource:
     async def on_post(
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, pool_id: str
     ) -> None:
-        pool = self.orch.pools.get(pool_id)
-        if pool is None:
-            raise not_found(f"no pool {pool_id}")
+        pool = find_pool(self.orch, pool_id)
         if pool.drain is None:
             raise conflict(f"pool {pool_id} is not drained")
         resume(pool)
@@ -122,9 +124,7 @@ class PoolReloadResource:
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, pool_id: str
     ) -> None:
         orch = self.orch
-        pool = orch.pools.get(pool_id)
-        if pool is None:
-            raise not_found(f"no pool {pool_id}")
+        pool = find_pool(orch, pool_id)
         request = await parse_body(req, ReloadRequest, orch.config.server.max_body_bytes)
         new_ref = request.new_model_ref
         if not orch.can_rebuild(pool_id):
