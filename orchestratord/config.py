@@ -431,8 +431,9 @@ class ToolsConfig(Strict):
     )
     hook: str | None = Field(
         None,
-        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$",
-        description="module:function called with each request after the lists; it returns "
+        pattern=r"^[A-Za-z_][\w.]*[:.][A-Za-z_]\w*$",
+        description="A dotted path to a callable (package.module.function or "
+        "package.module:function), called with each request after the lists; it returns "
         "None to allow or a reason to deny. A hook that raises denies (fails closed).",
     )
 

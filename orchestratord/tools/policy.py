@@ -44,7 +44,8 @@ class Denied(Exception):
 
 
 def load_hook(dotted: str) -> Hook:
-    module_name, _, attribute = dotted.partition(":")
+    """``package.module:function`` or ``package.module.function``."""
+    module_name, _, attribute = dotted.partition(":") if ":" in dotted else dotted.rpartition(".")
     try:
         hook: Hook = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as exc:

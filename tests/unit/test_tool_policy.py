@@ -98,7 +98,7 @@ async def test_an_allowed_fetch_is_redacted_both_ways_and_audited(
         (TOOLS, "/image", "content type image/png is not allowed"),
         (TOOLS, "file:///etc/passwd", "scheme 'file' is not http or https"),
         ({**TOOLS, "hook": "tests.unit.tool_hooks:deny_admin"}, "/admin", "no admin pages"),
-        ({**TOOLS, "hook": "tests.unit.tool_hooks:crash"}, "/page", "hook failed"),
+        ({**TOOLS, "hook": "tests.unit.tool_hooks.crash"}, "/page", "hook failed"),
     ],
 )
 @pytest.mark.req("HOME-104", "FR-TL-002", "OC-POLICY-4030", "OC-POLICY-4032")
