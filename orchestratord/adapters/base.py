@@ -152,6 +152,10 @@ class EngineAdapter(abc.ABC):
     async def metrics_text(self) -> str:
         """The engine's own Prometheus exposition (empty if it has none)."""
 
+    async def kv_usage_ratio(self) -> float | None:
+        """Share of the engine's KV cache in use, 0..1, or None if it cannot tell."""
+        return None
+
     async def evict(self, slot: int) -> bool:
         """Drop the prompt cache an engine slot holds; False if the engine cannot."""
         return False

@@ -226,6 +226,21 @@ class LlamaCppAdapter(EngineAdapter):
             if not finished and slot_id is not None:
                 await self._wait_slot_idle(slot_id)
 
+    async def kv_usage_ratio(self) -> float | None:
+        """The engine's own gauge when its build exports one; else from its ``/slots``: the
+        tokens each slot holds (its prompt plus what it decoded) over the slots' context."""
+        text = await self.metrics_text()
+        for line in text.splitlines():
+            if line.startswith("llamacpp:kv_cache_usage_ratio "):
+                return float(line.split()[1])
+        slots = await self._request_json("GET", "/slots")
+        total = sum(int(s.get("n_ctx", 0)) for s in slots)
+        held = 0
+        for s in slots:
+            decoded = sum(int(t.get("n_decoded", 0)) for t in s.get("next_token") or [])
+            held += int(s.get("n_prompt_tokens", 0)) + decoded
+        return min(1.0, held / total) if total else None
+
     async def evict(self, slot: int) -> bool:
         """``POST /slots/{id}?action=erase`` (the engine runs with ``--slot-save-path``)."""
         try:

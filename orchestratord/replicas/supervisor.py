@@ -78,9 +78,8 @@ async def supervise(replica: Replica) -> None:
 
 async def _scrape(replica: Replica) -> None:
     try:
-        text = await replica.adapter.metrics_text()
+        ratio = await replica.adapter.kv_usage_ratio()
     except EngineError:
         return
-    for line in text.splitlines():
-        if line.startswith("llamacpp:kv_cache_usage_ratio "):
-            replica.series.kv_cache_usage.set(float(line.split()[1]))
+    if ratio is not None:
+        replica.series.kv_cache_usage.set(ratio)

@@ -258,3 +258,25 @@ def test_json_logs_are_one_object_per_line_with_the_correlation_id() -> None:
     (end,) = [r for r in records if r["message"].startswith("task end")]
     assert end["correlation_id"] == "json-log-1" and end["logger"] == "orchestratord.task"
     assert json.loads(end["message"].removeprefix("task end "))["task_id"] == body["task_id"]
+
+
+@pytest.mark.req("HOME-801")
+def test_kv_cache_usage_comes_from_the_engine(server: LiveServer) -> None:
+    """This llama.cpp build exports no KV gauge: the ratio is read from its own /slots."""
+    with httpx.Client(base_url=server.url, headers=server.auth, timeout=30) as client:
+        body = task_body(max_tokens=16, prompt="Once upon a time " * 20)
+        client.post("/v1/tasks", json=body)
+        client.get(f"/v1/tasks/{body['task_id']}/stream")
+        ratio = None
+        for _ in range(100):  # the supervisor reads it every monitor interval (1 s)
+            for line in client.get("/metrics").text.splitlines():
+                if line.startswith("kv_cache_usage_ratio{"):
+                    ratio = float(line.rsplit(" ", 1)[1])
+            if ratio:
+                break
+            time.sleep(0.05)
+    with server.engine_client() as engine:
+        slots = engine.get("/slots").json()
+    held = sum(s.get("n_prompt_tokens", 0) for s in slots)
+    assert ratio is not None and 0 < ratio <= 1
+    assert held > 0 and ratio >= held / sum(s["n_ctx"] for s in slots) * 0.5
