@@ -36,6 +36,7 @@ from typing import Any
 
 from xtask import bdd, claims
 from xtask.claims import Claim
+from xtask.compliance_diff import Changes, committed_report, compare, statuses
 from xtask.results import read_result, recorded_run_id
 from xtask.spec_extract import Requirement, SpecError, all_requirements, id_sort_key
 
@@ -234,7 +235,9 @@ def family(req_id: str) -> str:
     return req_id.rsplit("-", 1)[0]
 
 
-def render_markdown(rows: list[Row], problems: list[str], inputs: list[str]) -> str:
+def render_markdown(
+    rows: list[Row], problems: list[str], inputs: list[str], changes: Changes | None = None
+) -> str:
     counts = {s: sum(1 for r in rows if r.status == s) for s in STATUSES}
     must_uncovered = [r.req.id for r in rows if r.status == "uncovered" and r.req.level == "MUST"]
     lines = [
@@ -251,6 +254,9 @@ def render_markdown(rows: list[Row], problems: list[str], inputs: list[str]) -> 
         f"In-scope requirements without any covering test: **{counts['uncovered']}** "
         f"({len(must_uncovered)} of them MUST).",
     ]
+    if changes is not None:
+        lines += ["", "## Changed since the committed report", ""]
+        lines += [f"- {line}" for line in changes.lines()]
     if problems:
         lines += ["", "## Problems (errors)", "", *[f"- {p}" for p in problems]]
     current = None
@@ -325,7 +331,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     rows, problems, inputs = build(requirements)
     REPORTS.mkdir(exist_ok=True)
-    (ROOT / "COMPLIANCE.md").write_text(render_markdown(rows, problems, inputs), encoding="utf-8")
+    committed = committed_report(ROOT)
+    changes = compare(
+        statuses(committed) if committed is not None else None,
+        {r.req.id: r.status for r in rows},
+    )
+    (ROOT / "COMPLIANCE.md").write_text(
+        render_markdown(rows, problems, inputs, changes), encoding="utf-8"
+    )
     (REPORTS / "traceability.json").write_text(render_json(rows, problems, inputs), "utf-8")
     (REPORTS / "traceability.html").write_text(render_html(rows, problems), encoding="utf-8")
     counts = {s: sum(1 for r in rows if r.status == s) for s in STATUSES}
@@ -340,6 +353,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"trace: {problem}", file=sys.stderr)
     uncovered = [r.req.id for r in rows if r.status == "uncovered"]
     print(f"trace: {len(uncovered)} in-scope requirements uncovered")
+    for line in changes.lines():
+        print(f"trace: since the committed report: {line}")
     return 1 if problems else 0
 
 

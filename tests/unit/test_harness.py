@@ -341,3 +341,43 @@ def test_dev_loop_chains_the_steps_in_order_and_fails_loudly(
     assert "FAILED at step 'unit'" in err and "broken on purpose" in err
     junit = (tmp_path / "junit-dev-loop.xml").read_text()
     assert 'name="unit"' in junit and "<failure" in junit
+
+
+@pytest.mark.req("HOME-1206")
+def test_trace_reports_what_changed_since_the_committed_report() -> None:
+    from xtask.compliance_diff import compare, statuses  # noqa: PLC0415
+
+    def report(rows: dict[str, str]) -> str:
+        header = (
+            "| ID | Level | Scope | Status | Proven by | Evidence |\n|---|---|---|---|---|---|\n"
+        )
+        return header + "".join(f"| {i} | MUST | in | {s} |  |  |\n" for i, s in rows.items())
+
+    before = statuses(
+        report(
+            {
+                "HOME-101": "failed",
+                "HOME-102": "passed",
+                "HOME-103": "passed",
+                "ORCH-3008": "uncovered",
+            }
+        )
+    )
+    after = statuses(
+        report(
+            {
+                "HOME-101": "passed",
+                "HOME-102": "failed",
+                "HOME-103": "uncovered",
+                "OC-TEST-7001": "passed",
+            }
+        )
+    )
+    changes = compare(before, after)
+    assert changes.newly_passed == ["HOME-101"]
+    assert changes.newly_failed == ["HOME-102"]
+    assert changes.newly_uncovered == ["HOME-103"]
+    assert changes.added == ["OC-TEST-7001"] and changes.removed == ["ORCH-3008"]
+    assert changes.lines()[0] == "newly passed (1): HOME-101"
+    assert compare(after, after).lines() == ["no change"]
+    assert compare(None, after).lines() == ["no committed report to compare with"]
