@@ -38,7 +38,6 @@ def unavailable(ms: int, retriable: bool = True) -> Unavailable:
     return Unavailable(503, envelope, httpx.Headers())
 
 
-@pytest.mark.req("HOME-903", "FR-ER-002")
 def test_429_and_retriable_503_are_retried_after_the_hint_with_doubling() -> None:
     slept: list[float] = []
     client = Refusing([backoff(200), unavailable(300), backoff(100)])
@@ -49,7 +48,6 @@ def test_429_and_retriable_503_are_retried_after_the_hint_with_doubling() -> Non
         assert hint * factor <= seconds < hint * factor * 1.5
 
 
-@pytest.mark.req("HOME-903")
 def test_a_503_that_is_not_retriable_is_raised_at_once() -> None:
     client = Refusing([unavailable(100, retriable=False)])
     with pytest.raises(Unavailable):
