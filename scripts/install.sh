@@ -35,3 +35,18 @@ if [ ! -x .venv-triton/bin/python ]; then
 fi
 .venv-triton/bin/python -m pip install --quiet --upgrade "pip==24.3.1"
 .venv-triton/bin/python -m pip install --quiet -c engines/triton-constraints.txt "nvidia-pytriton==0.7.0"
+
+# A real Chromium for the traceability page's browser test (`python -m xtask report-page` and
+# tests/e2e/test_traceability_page.py drive it through Playwright). It comes from the
+# distribution's packages; Playwright's own browser downloads are not used. Without root or
+# apt-get, the install goes on and those tests say what is missing.
+if ! command -v chromium >/dev/null 2>&1 && [ -z "${LLORCH_CHROMIUM:-}" ]; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Chromium from the distribution's packages (apt-get install chromium)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  else
+    echo "note: no Chromium; the browser tests need one: apt-get install chromium (as root)," \
+      "or set LLORCH_CHROMIUM to a Chromium binary" >&2
+  fi
+fi

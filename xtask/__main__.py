@@ -16,6 +16,7 @@ from xtask import (
     mutate,
     pact,
     regen,
+    report_page,
     soak,
     spec_extract,
     trace,
@@ -32,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     pact.add_parser(sub)
     bdd.add_parser(sub)
     trace.add_parser(sub)
+    report_page.add_parser(sub)
     bench.add_parser(sub)
     soak.add_parser(sub)
     conformance.add_parser(sub)

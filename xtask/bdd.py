@@ -1,10 +1,10 @@
 """BDD in both runners over the same ``features/`` and ``steps/``.
 
 ``bdd-runner`` (console script) runs behave on ``LLORCH_BDD_FEATURE_PATH`` (a file or folder;
-default ``features/``); undefined steps are reported with snippets to paste into
-``steps/library.py``. ``python -m xtask bdd`` runs behave and pytest-bdd, writes JSON and
+default ``features/``). ``python -m xtask bdd`` runs behave and pytest-bdd, writes JSON and
 JUnit reports under ``reports/``, and fails unless both runners executed the same scenarios
-and all passed.
+and all passed. Both report undefined steps as snippets in the project's own form
+(``xtask/snippets.py``), to paste into ``steps/library.py``.
 """
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from xtask import snippets
 from xtask.results import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,11 +34,22 @@ def feature_path() -> str:
 
 def behave_command(*extra: str) -> list[str]:
     # behave pairs --outfile with formats in order; the pretty console format comes last so
-    # it keeps stdout.
+    # it keeps stdout. behave's own snippets (``context``-style) are replaced by ours.
     return [
-        sys.executable, "-m", "behave", "--no-capture", "--no-source",
+        sys.executable, "-m", "behave", "--no-capture", "--no-source", "--no-snippets",
         *extra, "--format", "pretty", feature_path(),
     ]  # fmt: skip
+
+
+def print_snippets(behave_json: Path) -> int:
+    """Print project-form snippets for the undefined steps in a behave JSON report."""
+    if not behave_json.exists():
+        return 0
+    features = json.loads(behave_json.read_text(encoding="utf-8") or "[]")
+    lines = snippets.report(features)
+    if lines:
+        print("\n" + "\n".join(lines))
+    return len(snippets.undefined_steps(features))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,7 +59,13 @@ def main(argv: list[str] | None = None) -> int:
     if not (ROOT / target).exists() and not Path(target).exists():
         print(f"bdd-runner: {FEATURE_ENV}={target} does not exist", file=sys.stderr)
         return 2
-    return subprocess.call(behave_command(*args), cwd=ROOT)
+    with tempfile.TemporaryDirectory(prefix="bdd-runner-") as scratch:
+        behave_json = Path(scratch) / "behave.json"
+        code = subprocess.call(
+            behave_command("--format", "json", "--outfile", str(behave_json), *args), cwd=ROOT
+        )
+        undefined = print_snippets(behave_json)
+    return code or (1 if undefined else 0)
 
 
 def _normal(name: str) -> str:
@@ -112,6 +131,9 @@ def run_both() -> int:
         else:
             total = sum(by_behave.values())
             print(f"bdd: behave and pytest-bdd ran the same {total} scenarios")
+    undefined = print_snippets(raw_json)
+    if undefined:
+        problems.append(f"{undefined} undefined step(s): snippets above")
     for problem in problems:
         print(f"bdd: {problem}", file=sys.stderr)
     return 1 if problems else 0

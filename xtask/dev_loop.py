@@ -2,14 +2,15 @@
 
 lint → types → regen (drift) → spec-extract (drift) → unit (unit + e2e tests) → metrics-lint
 → pact (consumer + provider verify) → bdd (behave + pytest-bdd) → conformance (schemathesis
-against both contracts, live) → soak (the short load and fault probes) → trace.
+against both contracts, live) → soak (the short load and fault probes) → trace → report-page
+(the HTML report checked against its JSON in headless Chromium).
 
 Each step is its own ``python -m xtask <step>`` and runs as a child process, starting and
-stopping whatever servers it needs. The loop stops at the first failing step; ``trace`` still
-runs afterwards when there are results, so the report names the requirements a failure
-touched; ``--keep-going`` runs every step to show everything a change broke. It prints a
-table of steps with durations and the failing step's reason, writes
-``reports/junit-dev-loop.xml``, and exits non-zero on any failure.
+stopping whatever servers it needs. The loop stops at the first failing step; ``trace`` and
+``report-page`` still run afterwards, so the report names the requirements a failure touched;
+``--keep-going`` runs every step to show everything a change broke. It prints a table of steps
+with durations and the failing step's reason, writes ``reports/junit-dev-loop.xml``, and exits
+non-zero on any failure.
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ TOOL_STEPS: dict[str, tuple[str, list[str]]] = {
 }  # fmt: skip
 CHAIN = [
     "lint", "types", "regen", "spec-extract", "unit", "metrics-lint", "pact", "bdd",
-    "conformance", "soak", "trace",
+    "conformance", "soak", "trace", "report-page",
 ]  # fmt: skip
+# Run even after a failure: they report on whatever the run produced.
+ALWAYS = frozenset({"trace", "report-page"})
 
 
 def step_command(name: str) -> list[str]:
@@ -120,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     results: list[Result] = []
     failed: Result | None = None
     for name in CHAIN:
-        if failed is not None and name != "trace" and not args.keep_going:
+        if failed is not None and name not in ALWAYS and not args.keep_going:
             results.append(Result(name, 0.0, "skipped"))
             continue
         result = run_step(name)

@@ -54,8 +54,14 @@ def id_sort_key(req_id: str) -> tuple[str, int]:
     return prefix, int(number)
 
 
-def parse_file(path: Path) -> list[Requirement]:
+def parse_file(path: Path) -> tuple[list[Requirement], list[str]]:
+    """The file's requirement rows and the problems found in it (each naming file:line).
+
+    A row with an empty clause is kept (so reports still list it) but is a problem; any
+    other malformed row is left out and is a problem.
+    """
     found: list[Requirement] = []
+    problems: list[str] = []
     for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         match = _ROW.match(line)
         if not match or match["id"] == "ID":
@@ -63,41 +69,60 @@ def parse_file(path: Path) -> list[Requirement]:
         where = f"{path.relative_to(ROOT)}:{lineno}"
         cells = [c.strip() for c in match["rest"].split("|")]
         if len(cells) != 3:
-            raise SpecError(f"{where}: expected | ID | Level | Scope | Clause |")
+            problems.append(f"{where}: expected | ID | Level | Scope | Clause |")
+            continue
         level, scope, text = cells
-        if not ID_RE.match(match["id"]):
-            raise SpecError(f"{where}: malformed requirement ID {match['id']!r}")
-        if level not in LEVELS:
-            raise SpecError(f"{where}: level must be one of {LEVELS}, not {level!r}")
         waiver = None
+        if not ID_RE.match(match["id"]):
+            problems.append(f"{where}: malformed requirement ID {match['id']!r}")
+            continue
+        if level not in LEVELS:
+            problems.append(f"{where}: level must be one of {LEVELS}, not {level!r}")
+            continue
         if scope.startswith("waived:"):
             waiver = scope.removeprefix("waived:").strip()
             if not waiver:
-                raise SpecError(f"{where}: a waiver needs a one-line reason")
+                problems.append(f"{where}: a waiver needs a one-line reason")
+                continue
             scope = "waived"
         elif scope != "in":
-            raise SpecError(f"{where}: scope must be 'in' or 'waived: <reason>', not {scope!r}")
+            problems.append(f"{where}: scope must be 'in' or 'waived: <reason>', not {scope!r}")
+            continue
         if not text:
-            raise SpecError(f"{where}: empty clause")
+            problems.append(f"{where}: {match['id']} has an empty clause")
         found.append(Requirement(match["id"], level, scope, waiver, text, where))
-    return found
+    return found, problems
 
 
 def spec_files() -> list[Path]:
     return sorted(p for p in SPECS.glob("*.md") if p.name != "README.md")
 
 
-def load_specs() -> dict[str, list[Requirement]]:
-    """Requirements per spec file stem; raises SpecError on any malformed or duplicate row."""
+def collect_specs() -> tuple[dict[str, list[Requirement]], list[str]]:
+    """Requirements per spec file stem, and every problem found; the first definition of an
+    ID defined twice is the one kept."""
     by_file: dict[str, list[Requirement]] = {}
+    problems: list[str] = []
     seen: dict[str, str] = {}
     for path in spec_files():
-        reqs = parse_file(path)
+        reqs, found = parse_file(path)
+        problems += found
+        kept = []
         for req in reqs:
             if req.id in seen:
-                raise SpecError(f"{req.source}: {req.id} already defined at {seen[req.id]}")
+                problems.append(f"{req.source}: {req.id} is already defined at {seen[req.id]}")
+                continue
             seen[req.id] = req.source
-        by_file[path.stem] = sorted(reqs, key=lambda r: id_sort_key(r.id))
+            kept.append(req)
+        by_file[path.stem] = sorted(kept, key=lambda r: id_sort_key(r.id))
+    return by_file, problems
+
+
+def load_specs() -> dict[str, list[Requirement]]:
+    """Requirements per spec file stem; raises SpecError on any malformed or duplicate row."""
+    by_file, problems = collect_specs()
+    if problems:
+        raise SpecError("; ".join(problems))
     return by_file
 
 
@@ -119,11 +144,12 @@ def outputs() -> dict[Path, bytes]:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        wanted = outputs()
-    except SpecError as exc:
-        print(f"spec-extract: {exc}", file=sys.stderr)
+    _, problems = collect_specs()
+    for problem in problems:
+        print(f"spec-extract: {problem}", file=sys.stderr)
+    if problems:
         return 1
+    wanted = outputs()
     stale = sorted(set(REQUIREMENTS.glob("*.yaml")) - set(wanted))
     drift = [p for p, content in wanted.items() if not p.exists() or p.read_bytes() != content]
     if args.check:

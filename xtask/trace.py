@@ -25,7 +25,6 @@ any failed or undefined requirement.
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import re
 import sys
@@ -37,8 +36,9 @@ from typing import Any
 from xtask import bdd, claims
 from xtask.claims import Claim
 from xtask.compliance_diff import Changes, committed_report, compare, statuses
+from xtask.report_html import STATUSES, family, missing_files, render_html
 from xtask.results import read_result, recorded_run_id
-from xtask.spec_extract import Requirement, SpecError, all_requirements, id_sort_key
+from xtask.spec_extract import Requirement, collect_specs, id_sort_key
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports"
@@ -228,13 +228,6 @@ def build(
     return ordered, problems, inputs
 
 
-STATUSES = ("passed", "failed", "undefined", "uncovered", "waived")
-
-
-def family(req_id: str) -> str:
-    return req_id.rsplit("-", 1)[0]
-
-
 def render_markdown(
     rows: list[Row], problems: list[str], inputs: list[str], changes: Changes | None = None
 ) -> str:
@@ -275,17 +268,31 @@ def render_markdown(
     return "\n".join(lines) + "\n"
 
 
-def render_json(rows: list[Row], problems: list[str], inputs: list[str]) -> str:
+def render_json(
+    rows: list[Row], problems: list[str], inputs: list[str], changes: Changes | None = None
+) -> str:
     data = {
         "inputs": inputs,
         "problems": problems,
         "summary": {s: sum(1 for r in rows if r.status == s) for s in STATUSES},
+        "changed_since_committed": (
+            {
+                "newly_passed": changes.newly_passed,
+                "newly_failed": changes.newly_failed,
+                "newly_uncovered": changes.newly_uncovered,
+                "added": changes.added,
+                "removed": changes.removed,
+            }
+            if changes is not None and changes.baseline
+            else None
+        ),
         "requirements": [
             {
                 "id": r.req.id,
                 "level": r.req.level,
                 "scope": r.req.scope,
                 "waiver": r.req.waiver,
+                "text": r.req.text,
                 "source": r.req.source,
                 "status": r.status,
                 "proven_by": r.runners if r.status == "passed" else [],
@@ -297,50 +304,45 @@ def render_json(rows: list[Row], problems: list[str], inputs: list[str]) -> str:
     return json.dumps(data, indent=1, sort_keys=True) + "\n"
 
 
-def render_html(rows: list[Row], problems: list[str]) -> str:
-    colours = {"passed": "#d4f4d2", "failed": "#f8d0d0", "undefined": "#fbe5c0",
-               "uncovered": "#eeeeee", "waived": "#dde6f6"}  # fmt: skip
-    body = [
-        "<!doctype html><meta charset=utf-8><title>llama-orch traceability</title>",
-        "<style>body{font:14px sans-serif}td,th{border:1px solid #ccc;padding:3px 6px;"
-        "vertical-align:top}table{border-collapse:collapse}</style>",
-        "<h1>llama-orch traceability</h1>",
+def write_reports(
+    rows: list[Row],
+    problems: list[str],
+    inputs: list[str],
+    changes: Changes | None,
+    *,
+    root: Path = ROOT,
+    reports: Path = REPORTS,
+) -> None:
+    """COMPLIANCE.md under ``root``, the JSON and the HTML page under ``reports``."""
+    reports.mkdir(parents=True, exist_ok=True)
+    (root / "COMPLIANCE.md").write_text(
+        render_markdown(rows, problems, inputs, changes), encoding="utf-8"
+    )
+    (reports / "traceability.json").write_text(
+        render_json(rows, problems, inputs, changes), encoding="utf-8"
+    )
+    page = render_html(rows, problems, changes, root=root, page_dir=reports)
+    (reports / "traceability.html").write_text(page, encoding="utf-8")
+
+
+def link_problems(rows: list[Row], root: Path = ROOT) -> list[str]:
+    return [
+        f"link to a missing file {path} (from {', '.join(ids)})"
+        for path, ids in sorted(missing_files(rows, root).items())
     ]
-    if problems:
-        body.append("<h2>Problems</h2><ul>")
-        body += [f"<li>{html.escape(p)}</li>" for p in problems]
-        body.append("</ul>")
-    body.append("<table><tr><th>ID<th>Level<th>Scope<th>Status<th>Covered by</tr>")
-    for r in rows:
-        covered = "<br>".join(
-            html.escape(f"{e.runner}: {e.name} ({e.outcome})") for e in r.evidence
-        )
-        body.append(
-            f"<tr style='background:{colours[r.status]}'><td>{r.req.id}<td>{r.req.level}"
-            f"<td>{html.escape(r.req.waiver or 'in')}<td>{r.status}<td>{covered}</tr>"
-        )
-    body.append("</table>")
-    return "\n".join(body) + "\n"
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        requirements = all_requirements()
-    except SpecError as exc:
-        print(f"trace: {exc}", file=sys.stderr)
-        return 1
+    by_file, spec_problems = collect_specs()
+    requirements = {r.id: r for reqs in by_file.values() for r in reqs}
     rows, problems, inputs = build(requirements)
-    REPORTS.mkdir(exist_ok=True)
+    problems = spec_problems + problems + link_problems(rows)
     committed = committed_report(ROOT)
     changes = compare(
         statuses(committed) if committed is not None else None,
         {r.req.id: r.status for r in rows},
     )
-    (ROOT / "COMPLIANCE.md").write_text(
-        render_markdown(rows, problems, inputs, changes), encoding="utf-8"
-    )
-    (REPORTS / "traceability.json").write_text(render_json(rows, problems, inputs), "utf-8")
-    (REPORTS / "traceability.html").write_text(render_html(rows, problems), encoding="utf-8")
+    write_reports(rows, problems, inputs, changes)
     counts = {s: sum(1 for r in rows if r.status == s) for s in STATUSES}
     print("trace: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(rows)}")
     for row in rows:
@@ -355,6 +357,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"trace: {len(uncovered)} in-scope requirements uncovered")
     for line in changes.lines():
         print(f"trace: since the committed report: {line}")
+    print(f"trace: wrote COMPLIANCE.md, {REPORTS.relative_to(ROOT)}/traceability.json and .html")
     return 1 if problems else 0
 
 

@@ -39,15 +39,17 @@ def in_tmp_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ],
 )
 def test_malformed_spec_rows_are_errors(in_tmp_root: Path, row: str, error: str) -> None:
-    with pytest.raises(spec_extract.SpecError, match=error):
-        spec_extract.parse_file(write_spec(in_tmp_root, row))
+    _, problems = spec_extract.parse_file(write_spec(in_tmp_root, row))
+    assert len(problems) == 1
+    assert problems[0].startswith("spec.md:3: ") and error in problems[0]
 
 
 @pytest.mark.req("HOME-1206")
 def test_waiver_reason_is_kept(in_tmp_root: Path) -> None:
-    (req,) = spec_extract.parse_file(
+    (req,), problems = spec_extract.parse_file(
         write_spec(in_tmp_root, "| PROD-001 | MUST | waived: one user | q |\n")
     )
+    assert problems == []
     assert (req.scope, req.waiver) == ("waived", "one user")
 
 
@@ -319,7 +321,7 @@ def test_dev_loop_chains_the_steps_in_order_and_fails_loudly(
     required = ["lint", "types", "regen", "spec-extract", "unit", "metrics-lint", "pact", "bdd"]
     assert [step for step in dev_loop.CHAIN if step in required] == required
     assert dev_loop.CHAIN.index("bdd") < dev_loop.CHAIN.index("conformance")
-    assert dev_loop.CHAIN[-1] == "trace"
+    assert dev_loop.CHAIN[-2:] == ["trace", "report-page"]
     ran: list[str] = []
 
     def fake_step(name: str) -> dev_loop.Result:
@@ -334,10 +336,10 @@ def test_dev_loop_chains_the_steps_in_order_and_fails_loudly(
     monkeypatch.delenv(RUN_ID_ENV, raising=False)
     code = dev_loop.run(argparse.Namespace(keep_going=False))
     assert code == 1
-    assert ran == ["lint", "types", "regen", "spec-extract", "unit", "trace"]
+    assert ran == ["lint", "types", "regen", "spec-extract", "unit", "trace", "report-page"]
     out, err = capsys.readouterr()
     assert "metrics-lint       0.0  skipped" in out
-    assert "dev-loop: 5 passed, 1 failed" in out
+    assert "dev-loop: 6 passed, 1 failed" in out
     assert "FAILED at step 'unit'" in err and "broken on purpose" in err
     junit = (tmp_path / "junit-dev-loop.xml").read_text()
     assert 'name="unit"' in junit and "<failure" in junit
@@ -381,3 +383,65 @@ def test_trace_reports_what_changed_since_the_committed_report() -> None:
     assert changes.lines()[0] == "newly passed (1): HOME-101"
     assert compare(after, after).lines() == ["no change"]
     assert compare(None, after).lines() == ["no committed report to compare with"]
+
+
+@pytest.mark.req("HOME-1205", "FR-TH-001")
+def test_undefined_steps_become_snippets_in_the_projects_own_form() -> None:
+    import parse  # noqa: PLC0415
+
+    from xtask import snippets  # noqa: PLC0415
+
+    behave_json = [
+        {
+            "elements": [
+                {"type": "background", "steps": [{"step_type": "given", "name": "a pool"}]},
+                {
+                    "type": "scenario",
+                    "steps": [
+                        {"step_type": "given", "name": "a pool", "match": {"location": "x"}},
+                        {"step_type": "when", "name": 'I frobnicate "a b" 3 times',
+                         "location": "features/p.feature:5"},
+                        {"step_type": "then", "name": "the pool has -2 {odd} replicas",
+                         "location": "features/p.feature:6"},
+                        {"step_type": "when", "name": 'I frobnicate "a b" 3 times',
+                         "location": "features/p.feature:9"},
+                    ]
+                }
+            ]
+        }
+    ]  # fmt: skip
+    steps = snippets.undefined_steps(behave_json)
+    assert [(s.keyword, s.location) for s in steps] == [
+        ("when", "features/p.feature:5"),
+        ("then", "features/p.feature:6"),
+    ]
+    first, second = (snippets.snippet(s) for s in steps)
+    assert first.splitlines()[:2] == [
+        "@when('I frobnicate \"{text}\" {number:d} times')",
+        "def i_frobnicate_times(world: World, text: str, number: int) -> None:",
+    ]
+    assert second.splitlines()[:2] == [
+        '@then("the pool has {number:d} {{odd}} replicas")',
+        "def the_pool_has_odd_replicas(world: World, number: int) -> None:",
+    ]
+
+    # Each snippet is valid Python that registers a pattern matching its own step text, with
+    # typed fields, through decorators shaped like steps/library.py's.
+    registered: dict[str, Any] = {}
+    namespace: dict[str, Any] = {
+        "World": object,
+        "when": lambda pattern: lambda f: registered.setdefault(pattern, f),
+        "then": lambda pattern: lambda f: registered.setdefault(pattern, f),
+    }
+    exec(compile(first + second, "<snippets>", "exec"), namespace)
+    matched = {
+        text: parse.parse(pattern, text)
+        for text in ('I frobnicate "a b" 3 times', "the pool has -2 {odd} replicas")
+        for pattern in registered
+        if parse.parse(pattern, text)
+    }
+    assert matched['I frobnicate "a b" 3 times'].named == {"text": "a b", "number": 3}
+    assert matched["the pool has -2 {odd} replicas"].named == {"number": -2}
+    with pytest.raises(NotImplementedError, match="When I frobnicate"):
+        registered['I frobnicate "{text}" {number:d} times'](None, text="a b", number=3)
+    assert snippets.report([]) == []
