@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _TAG = re.compile(r"@(\S+)")
 _ID_LIKE = re.compile(r"^[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)*-\d+$")
 _SCENARIO = re.compile(r"^\s*(Scenario(?: Outline| Template)?|Example):\s*(?P<name>.+?)\s*$")
+_DESCRIPTION = re.compile(r'^\s*"description": ("(?:[^"\\]|\\.)*"),?\s*$')
 # Where each kind of test runs, and the runner its results are reported under.
 PYTEST_SUITES = {"tests/unit": "pytest", "tests/e2e": "pytest", "tests/pact": "pact-consumer"}
 
@@ -132,14 +133,22 @@ def pytest_claims(errors: list[str]) -> list[Claim]:
 def pact_claims(pact_file: Path) -> list[Claim]:
     if not pact_file.exists():
         return []
+    text = pact_file.read_text(encoding="utf-8")
+    # The line of each interaction's description, so the report can point at it.
+    lines: dict[str, int] = {}
+    for number, line in enumerate(text.splitlines(), 1):
+        match = _DESCRIPTION.match(line)
+        if match:
+            lines.setdefault(json.loads(match.group(1)), number)
     found = []
-    for interaction in json.loads(pact_file.read_text(encoding="utf-8"))["interactions"]:
+    for interaction in json.loads(text)["interactions"]:
         comments = interaction.get("comments", {}).get("text", [])
         ids = {i for c in comments if c.startswith("req: ") for i in c[5:].split()}
         description = interaction["description"]
-        found.append(
-            Claim("pact-interaction", description, tuple(sorted(ids)), _relative(pact_file))
-        )
+        where = _relative(pact_file)
+        if description in lines:
+            where = f"{where}:{lines[description]}"
+        found.append(Claim("pact-interaction", description, tuple(sorted(ids)), where))
     return found
 
 

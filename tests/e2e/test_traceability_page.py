@@ -129,6 +129,14 @@ def test_the_page_in_chromium_agrees_with_the_json_and_filters_to_exactly_the_fa
         assert page.visible_ids() == ["HOME-101"]
         page.filter()
         assert page.problems() == problems
+        # A filtered view is kept in the URL, so it can be shared and reopened.
+        page.filter(status="undefined")
+        shared = page.page.url
+        assert shared.endswith("#status=undefined")
+        page.page.goto("about:blank")
+        page.page.goto(shared)
+        assert page.visible_ids() == ["HOME-106"]
+        page.filter()
         changed = page.page.inner_text("#changes")
         assert "newly passed (1): HOME-101" in changed
         assert "newly failed or undefined (2): HOME-102, HOME-106" in changed
