@@ -93,6 +93,7 @@ class Task:
         self.trace_context: Any = None  # the task span's context, when tracing is on
         self.deadline_at = self.admitted_at + request.deadline_ms / 1000
         self.started_at: float | None = None
+        self.busy_slots = 0  # the pool's busy slots when it started (itself included)
         self.last_progress = self.admitted_at
         self.finished_at: float | None = None
         self.state = TaskState.QUEUED

@@ -133,6 +133,11 @@ class Pool:
         return sum(r.slots_free for r in self.replicas if r.ready)
 
     @property
+    def busy_slots(self) -> int:
+        """Tasks decoding on this pool's current replicas."""
+        return sum(len(r.running) for r in self.replicas)
+
+    @property
     def running(self) -> set[Task]:
         return {t for r in (*self.replicas, *self.retiring) for t in r.running}
 
@@ -196,6 +201,7 @@ class Pool:
                 break
             queue.pop()
             replica.start_task(head)
+            head.busy_slots = self.busy_slots
             if head.started_at is not None:
                 self.series.queue_wait_ms.observe((head.started_at - head.admitted_at) * 1000)
         self.queue_changed()
@@ -230,7 +236,11 @@ class Pool:
     def _account(self, task: Task, outcome: RunOutcome) -> None:
         series = self.series
         if outcome.end is not None and task.started_at is not None and task.finished_at:
-            self.estimator.observe((task.finished_at - task.started_at) * 1000)
+            # Busy slots: as many as when it started, or as are still running beside it.
+            beside = self.busy_slots + 1
+            self.estimator.observe(
+                (task.finished_at - task.started_at) * 1000, max(task.busy_slots, beside)
+            )
         first = outcome.first_token_at
         if first is not None:
             first_token_ms = (first - task.admitted_at) * 1000
