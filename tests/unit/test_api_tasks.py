@@ -562,3 +562,33 @@ async def test_queue_depth_and_free_slots_follow_the_pool(conductor_for: Any) ->
     assert gauge(busy, "slots_free") == 0
     assert gauge(idle, "queue_depth", priority="batch") == 0
     assert gauge(idle, "slots_free") == 1
+
+
+@pytest.mark.req("HOME-1003", "FR-PF-002")
+async def test_the_pool_learns_service_times_by_how_busy_it_was(conductor_for: Any) -> None:
+    release = asyncio.Event()
+    adapter = MockAdapter(held_handler(release, first_tokens=0))
+    async with conductor_for(adapter, slots=2, queue={"capacity": 4}) as (orch, conductor):
+        estimator = orch.pools["p1"].estimator
+        lone = task_body()
+        assert (await submit(conductor, lone)).status_code == 202
+        await asyncio.sleep(0.02)
+        release.set()
+        await collect_stream(conductor, lone["task_id"])
+        assert set(estimator.by_occupancy) == {1}
+        lone_ms = estimator.by_occupancy[1]
+
+        release.clear()
+        pair = [task_body(), task_body()]
+        for body in pair:
+            assert (await submit(conductor, body)).status_code == 202
+        await asyncio.sleep(0.02)
+        assert orch.pools["p1"].busy_slots == 2
+        release.set()
+        for body in pair:
+            await collect_stream(conductor, body["task_id"])
+        # Both ran side by side: each is learned as a full-pool service time, even the one
+        # that finished last, alone.
+        assert set(estimator.by_occupancy) == {1, 2}
+        assert estimator.by_occupancy[1] == lone_ms
+        assert estimator.samples == 3
