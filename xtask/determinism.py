@@ -4,7 +4,9 @@ Per engine, one pool of two replicas, each with one slot (the engine's single-sl
 deterministic setting: llama.cpp's output depends on what shares its batch, so a strict task
 runs alone on its replica). For every seed of a fixed corpus (64 by default) the same strict
 task is submitted twice at once; each lands on a different replica (a replica running a
-strict task takes no other), and the two token streams must be byte-identical. The corpus
+strict task takes no other), and the two token streams must be byte-identical. Twins short
+enough to finish before the second is admitted can share a replica; that pair runs again (up
+to 3 times), and every run's streams are compared. The corpus
 must also be a real one: different seeds must give different streams.
 
 Engines: ``llamacpp`` (two spawned llama-servers), ``vllm`` (the vLLM adapter against two
@@ -144,6 +146,25 @@ async def _stream(client: httpx.AsyncClient, body: dict[str, Any]) -> tuple[str,
     return replica, b"\n".join(tokens)
 
 
+# Short twins can finish before the second is admitted, which then takes the same, idle,
+# replica. Such a pair proved nothing about two replicas, so it runs again (its streams are
+# compared every time: a mismatch is never retried away).
+PLACEMENT_ATTEMPTS = 3
+
+
+async def _wait_idle(client: httpx.AsyncClient, pool_id: str, timeout_s: float = 30.0) -> None:
+    """Until every replica of the pool has its slot back. A stream can end before the runner
+    frees the slot, and a pair sent then would find one replica busy, not two idle."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metrics = (await client.get(f"/v1/pools/{pool_id}/health")).json()["metrics"]
+        if metrics["slots_free"] == metrics["slots_total"]:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"pool {pool_id} kept a slot busy for {timeout_s} s: {metrics}")
+        await asyncio.sleep(0.01)
+
+
 async def _run_engine(server: LiveServer, engine: str, seeds: list[int]) -> EngineResult:
     result = EngineResult(engine)
     streams: set[bytes] = set()
@@ -159,12 +180,19 @@ async def _run_engine(server: LiveServer, engine: str, seeds: list[int]) -> Engi
                 determinism="strict",
                 sampler_profile_version="fixed-length",
             )
-            twin = {**body, "task_id": task_body()["task_id"]}
-            (r1, s1), (r2, s2) = await asyncio.gather(_stream(client, body), _stream(client, twin))
+            identical, apart = True, False
+            for _ in range(PLACEMENT_ATTEMPTS):
+                await _wait_idle(client, f"det-{engine}")
+                twins = [{**body, "task_id": task_body()["task_id"]} for _ in range(2)]
+                (r1, s1), (r2, s2) = await asyncio.gather(*(_stream(client, b) for b in twins))
+                identical = identical and s1 == s2 and bool(s1)
+                apart = bool(r1) and bool(r2) and r1 != r2
+                if apart or not identical:
+                    break
             result.seeds += 1
             result.tokens_compared += s1.count(b"\n") + 1 if s1 else 0
-            result.on_two_replicas += int(bool(r1) and bool(r2) and r1 != r2)
-            if s1 == s2 and s1:
+            result.on_two_replicas += int(apart)
+            if identical:
                 result.identical += 1
             else:
                 result.mismatches.append(seed)
