@@ -21,7 +21,7 @@ Feature: Sessions and the outbound fetch tool
     Then the response status is 409
     And the error code is "CONFLICT"
 
-  @HOME-104 @FR-TL-001 @FR-TL-002 @OC-POLICY-4030 @OC-POLICY-4032
+  @HOME-104 @FR-TL-001 @FR-TL-002 @OC-POLICY-4030 @OC-POLICY-4032 @HARD-101
   Scenario Outline: The fetch tool refuses what the default policy does not allow
     When I ask the fetch tool for "<url>"
     Then the response status is 403
@@ -30,7 +30,9 @@ Feature: Sessions and the outbound fetch tool
     And the tool audit log's last record is a denial
 
     Examples:
-      | url                        | reason                  |
-      | http://127.0.0.1:9/secrets | IP literal 127.0.0.1    |
-      | http://localhost:9/        | private or loopback     |
-      | file:///etc/passwd         | is not http or https    |
+      | url                            | reason                         |
+      | http://127.0.0.1:9/secrets     | IP literal 127.0.0.1           |
+      | http://2130706433:9/secrets    | IP literal 127.0.0.1           |
+      | http://[::ffff:127.0.0.1]:9/   | IP literal ::ffff:127.0.0.1    |
+      | http://localhost:9/            | not a public address           |
+      | file:///etc/passwd             | is not http or https           |

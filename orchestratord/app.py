@@ -65,6 +65,11 @@ from orchestratord.models.tiny_gguf import (
     default_cache_dir,
     ensure_tiny_model,
 )
+from orchestratord.outbound.audit import AuditLog
+from orchestratord.outbound.client import OutboundClient
+from orchestratord.outbound.policy import Policy
+from orchestratord.outbound.redact import Redactor
+from orchestratord.outbound.resolver import Resolver, SystemResolver
 from orchestratord.placement.plan import PlacementError, plan_replicas
 from orchestratord.pools.drain import resume, start_drain
 from orchestratord.pools.pool import Pool
@@ -77,8 +82,7 @@ from orchestratord.replicas.replica import Replica, ReplicaRuntime, ReplicaSpec
 from orchestratord.replicas.runner import log_task_end
 from orchestratord.store.artifacts import Artifacts
 from orchestratord.store.db import Store
-from orchestratord.tools.audit import AuditLog
-from orchestratord.tools.policy import Policy
+from orchestratord.tools.fetch import FetchTool
 from orchestratord.tracing import Tracing
 
 log = logging.getLogger("orchestratord")
@@ -113,13 +117,25 @@ class Orchestrator:
         inventory: DeviceInventory | None = None,
         store: Store | None = None,
         span_exporter: Any = None,
+        resolver: Resolver | None = None,
         on_started: Callable[[Orchestrator], None] | None = None,
     ) -> None:
         self.config = config
         self.metrics = Metrics()
         self.tracing = Tracing(config.tracing, span_exporter)
-        self.tool_policy = Policy(config.tools, secrets=[token])
-        self.tool_audit = AuditLog(config.resolved_state_dir() / "tool-audit.jsonl")
+        outbound = config.outbound
+        self.redactor = Redactor(
+            [token], list(outbound.redact_patterns), list(outbound.redact_query_params)
+        )
+        self._system_resolver: SystemResolver | None = None
+        if resolver is None:
+            resolver = self._system_resolver = SystemResolver(outbound.dns_timeout_ms / 1000)
+        self.outbound = OutboundClient(
+            Policy(outbound, resolver),
+            self.redactor,
+            AuditLog(config.resolved_state_dir() / "tool-audit.jsonl"),
+        )
+        self.fetch_tool = FetchTool(self.outbound, config.tools)
         self.sessions = Sessions(
             config.sessions.ttl_ms / 1000, config.sessions.max_turns, config.sessions.budgets
         )
@@ -130,10 +146,11 @@ class Orchestrator:
             self.store,
             self.metrics,
             trust_policy=config.catalog.trust_policy,
+            max_entries=config.catalog.max_entries,
             model_dirs=list(config.catalog.model_dirs) or [self.cache_dir / "models"],
         )
         self.catalog.load()
-        self.puller = Puller(self.catalog, self.cache_dir, config.catalog.max_model_bytes)
+        self.puller = Puller(self.catalog, self.cache_dir, config.catalog, self.outbound)
         self.registry = TaskRegistry(
             config.server.task_retention_s,
             config.server.max_retained_tasks,
@@ -428,6 +445,8 @@ class Orchestrator:
         await self.catalog.stop()
         self.store.close()
         self.tracing.shutdown()
+        if self._system_resolver is not None:
+            self._system_resolver.close()
 
     async def cancel(self, task: Task, reason: str, delivered: int | None = None) -> None:
         """Cancel race-free: once this returns no token frame follows and the slot is free.

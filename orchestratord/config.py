@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from orchestratord.models.tiny_gguf import TINY_MODEL_REF
+from orchestratord.outbound.addresses import InvalidHost, normalize_host
 
 log = logging.getLogger("orchestratord.config")
 
@@ -59,6 +60,20 @@ class ServerConfig(Strict):
         1_048_576,
         ge=1024,
         description="Artifacts with a larger body get 413 INVALID_PARAMS.",
+    )
+    max_artifacts: int = Field(
+        10_000, ge=1, description="Stored artifacts at most; one more is 409 CONFLICT."
+    )
+    max_artifact_store_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="Bytes of all stored artifacts at most; one that would pass it is 409.",
+    )
+    metrics_auth: Literal["auto", "always", "never"] = Field(
+        "auto",
+        description="Whether GET /metrics needs the bearer token: auto = open on a loopback "
+        "bind, token required on any other address; always; never (an explicit choice to "
+        "let anyone who reaches the port read the metrics).",
     )
     heartbeat_ms: int = Field(
         500,
@@ -373,6 +388,18 @@ class CatalogConfig(Strict):
     max_model_bytes: int = Field(
         64 * 1024**3, ge=1024, description="A pull larger than this fails (and keeps nothing)."
     )
+    max_entries: int = Field(
+        256,
+        ge=1,
+        le=100_000,
+        description="Catalog entries at most; a registration beyond it is 409 (each entry is a "
+        "metric label value and a database row).",
+    )
+    pull_stall_timeout_ms: int = Field(
+        30_000, ge=100, le=3_600_000, description="A pull that receives less than "
+        "pull_stall_bytes in this long fails as stalled (the next pull resumes).",
+    )  # fmt: skip
+    pull_stall_bytes: int = Field(65_536, ge=1, description="See pull_stall_timeout_ms.")
 
 
 class BudgetsConfig(Strict):
@@ -393,41 +420,65 @@ class BudgetsConfig(Strict):
         return any(v is not None for v in (self.tokens, self.time_ms, self.cost))
 
 
-class FetchMethod(StrEnum):
-    GET = "GET"
-    HEAD = "HEAD"
-    POST = "POST"
+_SECRET_QUERY_PARAMS = (
+    "token", "access_token", "api_key", "apikey", "key", "password", "secret",
+    "sig", "signature", "x-amz-signature", "x-amz-credential",
+)  # fmt: skip
+_MOVED_TO_OUTBOUND = ("allow_domains", "deny_domains", "redact_patterns", "hook", "max_redirects")
 
 
-class ToolsConfig(Strict):
-    """The outbound tool policy (HOME-104, OC-POLICY-4030..4032) for ``POST /v1/tools/fetch``."""
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IP address or CIDR network") from exc
+
+
+def _domain(value: str) -> str:
+    try:
+        host = normalize_host(value)
+    except InvalidHost as exc:
+        raise ValueError(f"{value!r}: {exc}") from exc
+    if not isinstance(host, str):
+        raise ValueError(f"{value!r} is an address: list it in allow_networks/deny_networks")
+    return host
+
+
+class OutboundConfig(Strict):
+    """The outbound policy (HOME-104, HOME-107): every request orchestratord sends to the
+    network on someone's behalf (the fetch tool, a model pull) passes these rules."""
 
     allow_domains: list[str] = Field(
         default_factory=list,
-        description="If not empty, only these hosts (and their subdomains; IP literals "
-        "verbatim) may be fetched. Empty: every public host (the permissive default).",
+        description="If not empty, only these names (and their subdomains) may be fetched. "
+        "Empty: every public host (the permissive default). A name here never makes a "
+        "private address reachable: only allow_networks does.",
     )
     deny_domains: list[str] = Field(
-        default_factory=list, description="Never fetched; deny wins over allow."
+        default_factory=list, description="Never fetched, nor their subdomains; deny wins."
     )
-    allow_private_networks: bool = Field(
-        False,
-        description="Allow hosts that resolve to loopback, private or link-local addresses "
-        "(off: a fetch tool must not be a way into the LAN); a host in allow_domains is "
-        "allowed regardless.",
+    allow_networks: list[str] = Field(
+        default_factory=list,
+        description="IP addresses or CIDR networks that may be reached although they are not "
+        "the public internet (127.0.0.1/32, 192.168.1.0/24), and the only way to name an IP "
+        "literal in a URL.",
     )
-    methods: list[FetchMethod] = Field(default_factory=lambda: [FetchMethod.GET, FetchMethod.HEAD])
-    max_response_bytes: int = Field(1_048_576, ge=1, le=1 << 30)
-    timeout_ms: int = Field(10_000, ge=100, le=600_000)
+    deny_networks: list[str] = Field(
+        default_factory=list, description="Addresses never connected to, whatever resolves there."
+    )
+    dns_timeout_ms: int = Field(
+        3_000, ge=50, le=60_000, description="A name that does not resolve in time is refused."
+    )
     max_redirects: int = Field(5, ge=0, le=20)
-    mime_types: list[str] = Field(
-        default_factory=lambda: ["text/", "application/json", "application/xml"],
-        description="Content-Type prefixes a response may have.",
-    )
     redact_patterns: list[str] = Field(
         default_factory=list,
         description="Regular expressions whose matches are replaced by [REDACTED] in what is "
         "sent, returned and logged (the API token always is).",
+    )
+    redact_query_params: list[str] = Field(
+        default_factory=lambda: list(_SECRET_QUERY_PARAMS),
+        description="Query parameters whose values are secrets: redacted in audit records, "
+        "logs and responses; a catalog source_url carrying one is refused.",
     )
     hook: str | None = Field(
         None,
@@ -436,6 +487,51 @@ class ToolsConfig(Strict):
         "package.module:function), called with each request after the lists; it returns "
         "None to allow or a reason to deny. A hook that raises denies (fails closed).",
     )
+
+    @field_validator("allow_domains", "deny_domains")
+    @classmethod
+    def _names(cls, values: list[str]) -> list[str]:
+        return [_domain(v) for v in values]
+
+    @field_validator("allow_networks", "deny_networks")
+    @classmethod
+    def _networks(cls, values: list[str]) -> list[str]:
+        return [_network(v) for v in values]
+
+
+class FetchMethod(StrEnum):
+    GET = "GET"
+    HEAD = "HEAD"
+    POST = "POST"
+
+
+class ToolsConfig(Strict):
+    """The fetch tool's own bounds (FR-TL-001); what it may reach is ``outbound``."""
+
+    methods: list[FetchMethod] = Field(default_factory=lambda: [FetchMethod.GET, FetchMethod.HEAD])
+    max_response_bytes: int = Field(1_048_576, ge=1, le=1 << 30)
+    timeout_ms: int = Field(10_000, ge=100, le=600_000)
+    mime_types: list[str] = Field(
+        default_factory=lambda: ["text/", "application/json", "application/xml"],
+        description="Content-Type prefixes a response may have.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            if "allow_private_networks" in data:
+                raise ValueError(
+                    "tools.allow_private_networks is gone: list the networks the server may "
+                    "reach in outbound.allow_networks (e.g. 192.168.1.0/24)"
+                )
+            moved = [key for key in _MOVED_TO_OUTBOUND if key in data]
+            if moved:
+                raise ValueError(
+                    f"tools.{moved[0]} moved to outbound.{moved[0]}: one policy governs the "
+                    "fetch tool and model pulls"
+                )
+        return data
 
 
 class TracingConfig(Strict):
@@ -455,6 +551,13 @@ class SessionsConfig(Strict):
         600_000, ge=1000, le=86_400_000, description="A session's lifetime from its first task."
     )
     max_turns: int = Field(8, ge=1, le=10_000, description="Tasks a session may run.")
+    max_live: int = Field(
+        4096,
+        ge=1,
+        le=1_000_000,
+        description="Live sessions at most; a task that would start one more is 429 "
+        "ADMISSION_REJECT (policy_label sessions) until one expires or is deleted.",
+    )
     budgets: BudgetsConfig = Field(default_factory=BudgetsConfig)
     affinity: bool = Field(
         True,
@@ -494,6 +597,7 @@ class Config(BaseSettings):
     gpus: GpuConfig = Field(default_factory=GpuConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
+    outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)
     tracing: TracingConfig = Field(default_factory=TracingConfig)
     pools: list[PoolConfig] = Field(default_factory=_default_pools, min_length=1)

@@ -470,5 +470,7 @@ def tool_fetch(world: World, url: str) -> None:
 @then("the tool audit log's last record is a denial")
 def audit_denial(world: World) -> None:
     path = world.server.workdir / "state" / "tool-audit.jsonl"
-    last = json.loads(path.read_text().splitlines()[-1])
-    assert last["decision"] == "deny", last
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    assert records[-1].get("outcome") == "refused", records[-1]
+    decisions = [r for r in records if "decision" in r]
+    assert decisions[-1]["decision"] == "deny" and decisions[-1]["reason"], decisions[-1]

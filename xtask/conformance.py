@@ -70,11 +70,15 @@ def run(args: argparse.Namespace) -> int:
     env = {**os.environ, "SCHEMATHESIS_HOOKS": "xtask.schemathesis_hooks", "PYTHONPATH": str(ROOT)}
     entries: dict[str, dict[str, Any]] = {}
     # The fuzzer sends the fetch tool arbitrary URLs: keep it to loopback, so no DNS lookup or
-    # connection leaves this machine (the policy refuses every other host first).
+    # connection leaves this machine (the policy refuses every other name before resolving
+    # it, and every address outside 127.0.0.1).
     with (
         tempfile.TemporaryDirectory(prefix="llorch-conformance-") as tmp,
         live_server(
-            {**default_live_config(Path(tmp)), "tools": {"allow_domains": ["127.0.0.1"]}}
+            {
+                **default_live_config(Path(tmp)),
+                "outbound": {"allow_domains": ["localhost"], "allow_networks": ["127.0.0.1/32"]},
+            }
         ) as server,
     ):
         for document in ("data", "control"):

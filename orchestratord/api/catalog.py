@@ -46,6 +46,14 @@ class _CatalogResource:
 class CatalogModelsResource(_CatalogResource):
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         entry = await parse_body(req, CatalogEntry, self.limit)
+        credential = (
+            self.orch.redactor.credentials_in(entry.source_url) if entry.source_url else None
+        )
+        if credential is not None:  # HOME-107: no secret in a durable, readable catalog row
+            raise invalid_params(
+                f"source_url carries a credential ({credential}); the catalog stores and "
+                "shows its URLs, so credentials do not belong in them"
+            )
         try:
             record = await self.orch.catalog.register(entry, req.context.correlation_id)
         except CatalogError as exc:
@@ -89,7 +97,7 @@ class CatalogPullResource(_CatalogResource):
     ) -> None:
         record = self.record(model_id)
         try:
-            await self.orch.puller.start(record)
+            await self.orch.puller.start(record, req.context.correlation_id)
         except CatalogError as exc:
             refuse(exc)
         resp.status = falcon.HTTP_202

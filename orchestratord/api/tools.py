@@ -1,7 +1,9 @@
-"""``POST /v1/tools/fetch`` (FR-TL-001, HOME-104): an HTTP fetch for agents, behind the policy.
+"""``POST /v1/tools/fetch`` (FR-TL-001, HOME-104, HOME-107): an HTTP fetch for agents.
 
-Every request — allowed, denied, failed — leaves one audit record (``tools/audit.py``); a
-denial is a 403 FORBIDDEN envelope whose message gives the policy's reason.
+Every decision — allowed, denied — is audited before anything is sent, and every request
+ends with an outcome record (``outbound/audit.py``). A denial is a 403 FORBIDDEN envelope
+whose message gives the policy's reason; a URL that cannot be a target (bad port, invalid
+host) is a 400; an upstream failure is a 200 with ``error`` set, as the contract says.
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestratord.api.bodies import parse_body
 from orchestratord.config import FetchMethod
-from orchestratord.errors import ApiError, ErrorCode
-from orchestratord.tools.fetch import fetch
-from orchestratord.tools.policy import Denied, FetchRequest
+from orchestratord.errors import ApiError, ErrorCode, invalid_params
+from orchestratord.outbound.policy import Denied, FetchRequest, InvalidTarget
 
 if TYPE_CHECKING:
     from orchestratord.app import Orchestrator
@@ -37,27 +38,13 @@ class ToolFetchResource:
     async def on_post(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
         orch = self.orch
         request = await parse_body(req, FetchBody, orch.config.server.max_body_bytes)
-        policy = orch.tool_policy
         fetch_request = FetchRequest(
             request.url, request.method.value, dict(request.headers), request.body
         )
-        audit = {
-            "correlation_id": req.context.correlation_id,
-            "method": request.method.value,
-            "url": policy.redact(request.url),
-        }
         try:
-            result = await fetch(policy, fetch_request)
+            result = await orch.fetch_tool.fetch(fetch_request, req.context.correlation_id)
         except Denied as exc:
-            reason = policy.redact(str(exc))
-            orch.tool_audit.record(**audit, decision="deny", reason=reason)
-            raise ApiError(403, ErrorCode.FORBIDDEN, f"tool policy: {reason}") from exc
-        orch.tool_audit.record(
-            **audit,
-            decision="allow",
-            status=result.status,
-            bytes=result.bytes,
-            redirects=result.redirects,
-            error=result.error,
-        )
+            raise ApiError(403, ErrorCode.FORBIDDEN, f"tool policy: {exc}") from exc
+        except InvalidTarget as exc:
+            raise invalid_params(f"url: {exc}") from exc
         resp.media = result.view()

@@ -92,7 +92,9 @@ class Catalog:
         *,
         trust_policy: str,
         model_dirs: list[Path],
+        max_entries: int = 256,
     ) -> None:
+        self.max_entries = max_entries
         self.store = store
         self.metrics = metrics
         self.trust_policy = trust_policy
@@ -126,8 +128,12 @@ class Catalog:
                 record.pull = {
                     **record.pull,
                     "state": "failed",
-                    "error": "interrupted by a restart",
+                    "error": "interrupted by a restart (the next pull resumes)",
                 }
+            if record.verification and record.verification.get("result") == "pending":
+                record.verification = _failed_check(
+                    record, "interrupted", "interrupted by a restart; verify again"
+                )
             self.records[record.id] = record
             self._publish_state(record, None)
 
@@ -179,6 +185,11 @@ class Catalog:
     async def register(self, entry: CatalogEntry, correlation_id: str) -> CatalogRecord:
         if entry.id in self.records:
             raise CatalogError("conflict", f"model {entry.id} is already registered")
+        if len(self.records) >= self.max_entries:
+            raise CatalogError(
+                "conflict",
+                f"the catalog is full: it holds catalog.max_entries ({self.max_entries}) models",
+            )
         local = self.declared_file(entry)
         gaps = self._trust_gaps(entry)
         if gaps and self.policy_for(entry) == "strict":
@@ -290,21 +301,53 @@ class Catalog:
         return record
 
     async def _verify(self, record: CatalogRecord, engine: str) -> None:
+        """Every verification ends: passed, trust_gap or failed with a reason."""
+        try:
+            record.verification = await self._check(record)
+        except asyncio.CancelledError:
+            record.verification = _failed_check(record, "interrupted", "orchestratord stopped")
+            await self._save_quietly(record)
+            raise
+        except Exception as exc:
+            log.exception("verification of model %s failed unexpectedly", record.id)
+            detail = f"internal error ({type(exc).__name__}); see the server log"
+            record.verification = _failed_check(record, "internal_error", detail)
+        result, reason = record.verification["result"], record.verification["reason"]
+        self.metrics.catalog_verifications.labels(result=result, reason=reason, engine=engine).inc()
+        if result == "trust_gap":
+            log.warning("trust gap: model %s: %s", record.id, reason)
+            self.metrics.trust_gaps.labels(subject="model").inc()
+        await self._save_quietly(record)
+
+    async def _save_quietly(self, record: CatalogRecord) -> None:
+        try:
+            await self.save(record)
+        except Exception:  # the in-memory record still answers GET with the outcome
+            log.exception("model %s: could not store the verification", record.id)
+
+    async def _check(self, record: CatalogRecord) -> dict[str, Any]:
         entry = record.entry
         try:
             path = self.local_file(record)
         except CatalogError:
             path = None
         digest_match: bool | None = None
-        reason = "ok"
+        reason, detail = "ok", None
         if path is not None:
-            if path.exists():
-                actual = "sha256:" + await asyncio.to_thread(sha256_file, path)
-                digest_match = actual == entry.digest
-                if not digest_match:
-                    reason = "digest_mismatch"
-            else:
+            kind = await asyncio.to_thread(_file_kind, path)
+            if kind == "file":
+                try:
+                    actual = "sha256:" + await asyncio.to_thread(sha256_file, path)
+                except OSError as exc:
+                    reason, detail = "unreadable", f"cannot read {path}: {exc.strerror or exc}"
+                else:
+                    digest_match = actual == entry.digest
+                    if not digest_match:
+                        reason = "digest_mismatch"
+            elif kind == "missing":
                 reason = "file_missing"
+            else:
+                reason, detail = "unreadable", f"{path} is not a regular file"
         gaps = self._trust_gaps(entry)
         if reason != "ok":
             result = "failed"
@@ -314,7 +357,7 @@ class Catalog:
             reason = "no_signature" if not entry.signatures else "no_sbom"
         else:
             result = "passed"
-        record.verification = {
+        check = {
             "result": result,
             "checked_ms": now_ms(),
             "digest_match": digest_match,
@@ -322,8 +365,25 @@ class Catalog:
             "sbom_present": entry.sbom is not None,
             "reason": reason,
         }
-        self.metrics.catalog_verifications.labels(result=result, reason=reason, engine=engine).inc()
-        if result == "trust_gap":
-            log.warning("trust gap: model %s: %s", record.id, ", ".join(gaps))
-            self.metrics.trust_gaps.labels(subject="model").inc()
-        await self.save(record)
+        if detail is not None:
+            check["detail"] = detail
+        return check
+
+
+def _file_kind(path: Path) -> str:
+    if not path.exists():
+        return "missing"
+    return "file" if path.is_file() else "other"
+
+
+def _failed_check(record: CatalogRecord, reason: str, detail: str) -> dict[str, Any]:
+    entry = record.entry
+    return {
+        "result": "failed",
+        "checked_ms": now_ms(),
+        "digest_match": None,
+        "signatures_present": bool(entry.signatures),
+        "sbom_present": entry.sbom is not None,
+        "reason": reason,
+        "detail": detail,
+    }

@@ -1,53 +1,26 @@
-"""The mediated HTTP fetch tool behind the policy (FR-TL-001, HOME-104).
+"""The mediated HTTP fetch tool for agents (FR-TL-001, HOME-104), on the outbound client.
 
-Redirects are followed by hand, each hop decided by the policy again, so a redirect cannot
-lead out of the lists or onto the LAN. The connection uses exactly the addresses the policy
-checked (a pinned resolver), so a second DNS answer cannot either. The response is bounded
-in time, bytes and content type; secrets are redacted from what is sent and what comes back.
+Where a request may go is the outbound policy's decision (``outbound/``); this module adds
+the tool's own bounds — methods, total time, bytes and content type — and shapes what the
+agent gets back. The body is read to the limit and refused past it, whatever the server
+declared or left out. Secrets are redacted from what is sent and what comes back.
 """
 
 from __future__ import annotations
 
-import socket
+import asyncio
+import codecs
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin, urlsplit
 
 import aiohttp
-from aiohttp.abc import AbstractResolver, ResolveResult
 
-from orchestratord.tools.policy import Denied, FetchRequest, Policy
+from orchestratord.config import ToolsConfig
+from orchestratord.outbound.client import OutboundClient, UpstreamFailed
+from orchestratord.outbound.policy import Denied, FetchRequest
 
 _KEPT_HEADERS = ("content-type", "content-length", "last-modified", "etag")
-_REDIRECTS = (301, 302, 303, 307, 308)
-
-
-class _PinnedResolver(AbstractResolver):
-    """Answers with the addresses the policy already checked, nothing else."""
-
-    def __init__(self, host: str, addresses: list[str]) -> None:
-        self.host = host
-        self.addresses = addresses
-
-    async def resolve(
-        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
-    ) -> list[ResolveResult]:
-        if host.lower() != self.host:
-            raise OSError(f"unexpected host {host}")
-        return [
-            {
-                "hostname": host,
-                "host": address,
-                "port": port,
-                "family": socket.AF_INET6 if ":" in address else socket.AF_INET,
-                "proto": 0,
-                "flags": socket.AI_NUMERICHOST,
-            }
-            for address in self.addresses
-        ]
-
-    async def close(self) -> None:
-        return None
+_READ_CHUNK = 64 * 1024
 
 
 @dataclass
@@ -76,58 +49,78 @@ class FetchResult:
         }
 
 
-async def fetch(policy: Policy, request: FetchRequest) -> FetchResult:
-    """Fetch under the policy; raises Denied (for this URL or any redirect hop)."""
-    config = policy.config
-    headers = {k: policy.redact(v) for k, v in request.headers.items()}
-    body = policy.redact(request.body) if request.body is not None else None
-    url, method = request.url, request.method
-    result = FetchResult(policy.redact(request.url), policy.redact(request.url))
-    timeout = aiohttp.ClientTimeout(total=config.timeout_ms / 1000)
-    for _ in range(config.max_redirects + 1):
-        addresses = policy.check(FetchRequest(url, method, headers, body))
-        host = (urlsplit(url).hostname or "").lower()
-        connector = aiohttp.TCPConnector(resolver=_PinnedResolver(host, addresses))
+class FetchTool:
+    def __init__(self, client: OutboundClient, config: ToolsConfig) -> None:
+        self.client = client
+        self.config = config
+
+    async def fetch(self, request: FetchRequest, correlation_id: str) -> FetchResult:
+        """Fetch under the policy and the tool's bounds; raises Denied or InvalidTarget.
+
+        A request that was allowed but failed upstream (connection, timeout, a bad redirect)
+        comes back with ``error`` set, as the contract says."""
+        redact, config = self.client.redactor, self.config
+        shown = redact.url(request.url)
+        result = FetchResult(shown, shown)
+        if request.method not in config.methods:
+            reason = f"method {request.method} is not allowed ({', '.join(config.methods)})"
+            self.client.record("fetch", correlation_id, decision="deny", hop=0,
+                               method=request.method, url=request.url, reason=reason)  # fmt: skip
+            raise Denied(reason)
+        headers = {k: redact.text(v) for k, v in request.headers.items()}
+        body = redact.text(request.body) if request.body is not None else None
+        seconds = config.timeout_ms / 1000
         try:
             async with (
-                aiohttp.ClientSession(connector=connector, timeout=timeout) as session,
-                session.request(
-                    method, url, headers=headers, data=body, allow_redirects=False
-                ) as response,
-            ):
-                if response.status in _REDIRECTS and "Location" in response.headers:
-                    url = urljoin(url, response.headers["Location"])
-                    result.redirects.append(policy.redact(url))
-                    if response.status == 303:
-                        method, body = "GET", None
-                    continue
-                await _read(policy, response, result)
-                result.final_url = policy.redact(url)
-                return result
-        except (aiohttp.ClientError, TimeoutError) as exc:
-            result.error = policy.redact(f"fetch failed: {type(exc).__name__}: {exc}")
-            return result
-    raise Denied(f"more than {config.max_redirects} redirects")
+                asyncio.timeout(seconds),
+                self.client.open(
+                    request.url, purpose="fetch", correlation_id=correlation_id,
+                    method=request.method, headers=headers, body=body,
+                    client_timeout=aiohttp.ClientTimeout(total=seconds),
+                ) as opened,
+            ):  # fmt: skip
+                result.redirects = [redact.url(u) for u in opened.redirects]
+                result.final_url = redact.url(opened.url)
+                await self._read(opened.response, result)
+        except Denied as exc:
+            self.client.record("fetch", correlation_id, outcome="refused", reason=str(exc))
+            raise
+        except UpstreamFailed as exc:
+            result.error = redact.text(f"fetch failed: {exc}")
+        except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
+            result.error = redact.text(f"fetch failed: {type(exc).__name__}: {exc}")
+        self.client.record(
+            "fetch", correlation_id, outcome="error" if result.error else "ok",
+            status=result.status, bytes=result.bytes, error=result.error,
+        )  # fmt: skip
+        return result
 
-
-async def _read(policy: Policy, response: aiohttp.ClientResponse, result: FetchResult) -> None:
-    config = policy.config
-    content_type = response.headers.get("Content-Type", "")
-    if response.method != "HEAD" and not any(
-        content_type.lower().startswith(prefix) for prefix in config.mime_types
-    ):
-        raise Denied(f"content type {content_type or '(none)'} is not allowed")
-    limit = config.max_response_bytes
-    declared = response.content_length
-    if declared is not None and declared > limit:
-        raise Denied(f"the response has {declared} bytes, more than {limit}")
-    raw = await response.content.read(limit + 1)
-    if len(raw) > limit:
-        raise Denied(f"the response has more than {limit} bytes")
-    result.status = response.status
-    result.content_type = content_type or None
-    result.headers = {
-        k: policy.redact(v) for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS
-    }
-    result.bytes = len(raw)
-    result.body = policy.redact(raw.decode(response.charset or "utf-8", errors="replace"))
+    async def _read(self, response: aiohttp.ClientResponse, result: FetchResult) -> None:
+        config, redact = self.config, self.client.redactor
+        content_type = response.headers.get("Content-Type", "")
+        if response.method != "HEAD" and not any(
+            content_type.lower().startswith(prefix) for prefix in config.mime_types
+        ):
+            raise Denied(f"content type {content_type or '(none)'} is not allowed")
+        limit = config.max_response_bytes
+        declared = response.content_length
+        if declared is not None and declared > limit:
+            raise Denied(f"the response has {declared} bytes, more than {limit}")
+        raw = bytearray()
+        async for chunk in response.content.iter_chunked(_READ_CHUNK):
+            raw += chunk
+            if len(raw) > limit:
+                raise Denied(f"the response has more than {limit} bytes")
+        result.status = response.status
+        result.content_type = content_type or None
+        result.headers = {
+            k: redact.text(v) for k, v in response.headers.items() if k.lower() in _KEPT_HEADERS
+        }
+        result.bytes = len(raw)
+        charset = response.charset or "utf-8"
+        try:
+            codecs.lookup(charset)
+        except LookupError:
+            result.error = f"unknown charset {charset[:40]!r}; the body was decoded as UTF-8"
+            charset = "utf-8"
+        result.body = redact.text(bytes(raw).decode(charset, errors="replace"))

@@ -26,6 +26,7 @@ from orchestratord.config import (
     CatalogConfig,
     Config,
     GpuConfig,
+    OutboundConfig,
     PoolConfig,
     QueueConfig,
     ServerConfig,
@@ -35,6 +36,7 @@ from orchestratord.core.request import TaskRequest
 from orchestratord.core.task import Task
 from tests.contract_schemas import assert_frames_match
 from tests.sse import SSEParser
+from tests.unit.standin_resolver import StandInResolver
 from xtask.live_server import task_body as live_task_body
 
 TOKEN = "unit-test-token-0123456789"
@@ -55,6 +57,7 @@ def make_config(tmp_path: Path, **pool: Any) -> Config:
     gpus = pool.pop("gpus", {})
     catalog = pool.pop("catalog", {})
     tools = pool.pop("tools", {})
+    outbound = pool.pop("outbound", {})
     pool_config = PoolConfig(
         id="p1",
         model_ref=pool.pop("model_ref", MODEL),
@@ -72,6 +75,7 @@ def make_config(tmp_path: Path, **pool: Any) -> Config:
         gpus=GpuConfig(**gpus),
         catalog=CatalogConfig(**catalog),
         tools=ToolsConfig(**tools),
+        outbound=OutboundConfig(**outbound),
         pools=[pool_config],
         state_dir=tmp_path / "state",
         cache_dir=tmp_path / "c",
@@ -105,6 +109,7 @@ def conductor_for(tmp_path: Path) -> Callable[..., Any]:
             *,
             config: Config | None = None,
             inventory: Any = None,
+            resolver: Any = None,
             **pool: Any,
         ) -> None:
             self.adapter = adapter or MockAdapter()
@@ -113,6 +118,7 @@ def conductor_for(tmp_path: Path) -> Callable[..., Any]:
                 token=TOKEN,
                 adapters={"p1": self.adapter},
                 inventory=inventory,
+                resolver=resolver if resolver is not None else StandInResolver(),
             )
             self.conductor = falcon.testing.ASGIConductor(self.orch.app)
 

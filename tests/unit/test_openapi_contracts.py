@@ -14,8 +14,9 @@ from orchestratord import API_VERSION
 from orchestratord.errors import ErrorCode
 from tests.contract_schemas import DOCUMENTS, component_validator, load_openapi, operations
 from tests.unit.conftest import AUTH
+from xtask.spec_extract import ID_PATTERN
 
-ID_GRAMMAR = re.compile(r"^(HOME-\d{3,4}|ORCH-\d{4}|OC-[A-Z]+-\d{4}|FR-[A-Z]{2}-\d{3})$")
+ID_GRAMMAR = re.compile(rf"^{ID_PATTERN}$")
 
 # Every operation of the requirements catalog, with the IDs its x-req-id must at least name.
 EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -16,11 +17,15 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+import orchestratord.catalog.pull as pull_module
 from orchestratord.catalog.pull import download_url
 from orchestratord.models.tiny_gguf import ensure_tiny_model
 from tests.unit.conftest import AUTH
+from tests.unit.standin_resolver import StandInResolver
 
 SIGNED = {"signatures": [{"signer": "me", "algo": "ed25519"}], "sbom": {"uri": "file:///sbom"}}
+# The model servers listen on loopback; pulls may reach them only because the test lists it.
+LOOPBACK = {"allow_networks": ["127.0.0.1/32"]}
 
 
 async def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None:
@@ -40,6 +45,8 @@ async def model_server(data: bytes) -> AsyncIterator[tuple[str, list[str]]]:
         header = request.headers.get("Range")
         ranges.append(header or "")
         start = int(header.split("=")[1].rstrip("-")) if header else 0
+        if start >= len(body):
+            return web.Response(status=416)
         response = web.StreamResponse(status=206 if header else 200)
         response.content_length = len(body) - start
         await response.prepare(request)
@@ -65,7 +72,23 @@ async def model_server(data: bytes) -> AsyncIterator[tuple[str, list[str]]]:
     async def flaky(request: web.Request) -> web.StreamResponse:
         return await serve(request, data, drop_half=True)
 
+    async def missing(request: web.Request) -> web.Response:
+        ranges.append(request.headers.get("Range", ""))
+        return web.Response(status=404, text="internal admin page, not found")
+
+    async def trickle(request: web.Request) -> web.StreamResponse:
+        ranges.append(request.headers.get("Range", ""))
+        response = web.StreamResponse()
+        response.content_length = len(data)
+        await response.prepare(request)
+        for byte in data[:200]:  # a byte every 20 ms: alive, but never getting anywhere
+            await response.write(bytes([byte]))
+            await asyncio.sleep(0.02)
+        return response
+
     app = web.Application()
+    app.router.add_get("/missing.gguf", missing)
+    app.router.add_get("/trickle.gguf", trickle)
     app.router.add_get("/good.gguf", good)
     app.router.add_get("/corrupt.gguf", corrupted)
     app.router.add_get("/flaky.gguf", flaky)
@@ -102,7 +125,10 @@ async def test_a_pull_fetches_checks_and_places_the_file(
     conductor_for: Any, gguf: tuple[bytes, str], tmp_path: Path
 ) -> None:
     data, digest = gguf
-    async with model_server(data) as (url, _), conductor_for() as (orch, conductor):
+    async with (
+        model_server(data) as (url, _),
+        conductor_for(outbound=LOOPBACK) as (orch, conductor),
+    ):
         body = {"id": "tiny", "digest": digest, "source_url": f"{url}/good.gguf", **SIGNED}
         await conductor.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
         entry = await pull(conductor, orch, "tiny")
@@ -118,11 +144,16 @@ async def test_a_corrupted_download_leaves_no_usable_file(
     conductor_for: Any, gguf: tuple[bytes, str], tmp_path: Path
 ) -> None:
     data, digest = gguf
-    async with model_server(data) as (url, _), conductor_for() as (orch, conductor):
+    async with (
+        model_server(data) as (url, _),
+        conductor_for(outbound=LOOPBACK) as (orch, conductor),
+    ):
         body = {"id": "bad", "digest": digest, "source_url": f"{url}/corrupt.gguf", **SIGNED}
         await conductor.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
         entry = await pull(conductor, orch, "bad")
-    assert entry["pull"]["state"] == "failed" and "digest mismatch" in entry["pull"]["error"]
+    assert entry["pull"]["state"] == "failed"
+    assert entry["pull"]["error"] == "the file's sha256 does not match the entry's digest"
+    assert "sha256:" not in entry["pull"]["error"]  # what was served is not echoed back
     assert entry["local_path"] is None
     assert files_in(tmp_path / "c" / "models" / "catalog") == {}
 
@@ -132,7 +163,10 @@ async def test_a_dropped_download_resumes_where_it_stopped(
     conductor_for: Any, gguf: tuple[bytes, str]
 ) -> None:
     data, digest = gguf
-    async with model_server(data) as (url, ranges), conductor_for() as (orch, conductor):
+    async with (
+        model_server(data) as (url, ranges),
+        conductor_for(outbound=LOOPBACK) as (orch, conductor),
+    ):
         body = {"id": "flaky", "digest": digest, "source_url": f"{url}/flaky.gguf", **SIGNED}
         await conductor.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
         first = await pull(conductor, orch, "flaky")
@@ -151,12 +185,188 @@ async def test_the_size_limit_and_sources_outside_the_model_directories(
 ) -> None:
     data, digest = gguf
     catalog = {"max_model_bytes": 1024}
-    async with model_server(data) as (url, _), conductor_for(catalog=catalog) as (orch, conductor):
+    async with (
+        model_server(data) as (url, _),
+        conductor_for(catalog=catalog, outbound=LOOPBACK) as (orch, conductor),
+    ):
         body = {"id": "big", "digest": digest, "source_url": f"{url}/good.gguf", **SIGNED}
         await conductor.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
         entry = await pull(conductor, orch, "big")
     assert entry["pull"]["state"] == "failed" and "max_model_bytes" in entry["pull"]["error"]
     assert entry["local_path"] is None
+
+
+@pytest.mark.req("HARD-101", "HOME-501")
+async def test_a_pull_obeys_the_outbound_policy(
+    conductor_for: Any, gguf: tuple[bytes, str]
+) -> None:
+    """A catalog entry cannot make the server fetch from this machine or the LAN: the pull
+    goes through the same policy as the fetch tool, and the service never sees a request."""
+    data, digest = gguf
+    resolver = StandInResolver({"models.lan": ["127.0.0.1"]})
+    async with (
+        model_server(data) as (url, ranges),
+        conductor_for(resolver=resolver) as (orch, conductor),
+    ):
+        port = url.rsplit(":", 1)[1]
+        outcomes = {}
+        for model_id, source in [("literal", f"{url}/good.gguf"),
+                                 ("named", f"http://models.lan:{port}/good.gguf")]:  # fmt: skip
+            body = {"id": model_id, "digest": digest, "source_url": source, **SIGNED}
+            created = await conductor.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
+            assert created.status_code == 201
+            outcomes[model_id] = (await pull(conductor, orch, model_id))["pull"]
+    assert ranges == []  # nothing reached the service
+    assert outcomes["literal"]["state"] == "failed"
+    assert outcomes["literal"]["error"].startswith("refused by the outbound policy: IP literal")
+    assert "not a public address" in outcomes["named"]["error"]
+    audit = (orch.config.resolved_state_dir() / "tool-audit.jsonl").read_text()
+    assert '"purpose":"pull"' in audit and '"decision":"deny"' in audit
+
+
+@pytest.mark.req("HARD-106")
+async def test_pull_errors_say_what_failed_not_what_was_there(
+    conductor_for: Any, gguf: tuple[bytes, str]
+) -> None:
+    data, digest = gguf
+    async with model_server(data) as (url, _), conductor_for(outbound=LOOPBACK) as (orch, c):
+        body = {"id": "gone", "digest": digest, "source_url": f"{url}/missing.gguf", **SIGNED}
+        await c.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
+        entry = await pull(c, orch, "gone")
+    assert entry["pull"]["error"] == "the source did not serve the file (an HTTP error status)"
+
+
+@pytest.mark.parametrize(
+    ("source_url", "what"),
+    [
+        ("https://bob:hunter2@models.example.org/m.gguf", "user information"),
+        ("https://models.example.org/m.gguf?X-Amz-Signature=abc", "x-amz-signature"),
+        ("https://models.example.org/m.gguf?token=abc", "'token'"),
+    ],
+)
+@pytest.mark.req("HARD-105", "OC-POLICY-4031")
+async def test_a_source_url_with_credentials_is_refused(
+    conductor_for: Any, source_url: str, what: str
+) -> None:
+    async with conductor_for() as (orch, conductor):
+        body = {"id": "m", "digest": "sha256:" + "0" * 64, "source_url": source_url, **SIGNED}
+        refused = await conductor.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
+    assert refused.status_code == 400 and refused.json["code"] == "INVALID_PARAMS"
+    assert what in refused.json["message"] and "hunter2" not in refused.json["message"]
+    assert orch.catalog.get("m") is None
+
+
+@pytest.mark.req("HARD-203", "HOME-501")
+async def test_a_complete_part_file_is_verified_not_requested_again(
+    conductor_for: Any, gguf: tuple[bytes, str], tmp_path: Path
+) -> None:
+    data, digest = gguf
+    target = tmp_path / "c" / "models" / "catalog"
+    target.mkdir(parents=True)
+    (target / "whole.gguf.part").write_bytes(data)  # killed between the last byte and rename
+    broken = bytearray(data)
+    broken[100] ^= 0xFF
+    (target / "broken.gguf.part").write_bytes(bytes(broken))  # full length, wrong bytes
+    async with model_server(data) as (url, ranges), conductor_for(outbound=LOOPBACK) as (o, c):
+        for model_id in ("whole", "broken"):
+            body = {"id": model_id, "digest": digest, "source_url": f"{url}/good.gguf", **SIGNED}
+            await c.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
+        whole = await pull(c, o, "whole")
+        assert ranges == []  # verified from disk
+        broken_entry = await pull(c, o, "broken")
+    assert whole["pull"]["state"] == "done" and broken_entry["pull"]["state"] == "done"
+    assert ranges == [f"bytes={len(data)}-", ""]  # 416, then the whole file again
+    assert files_in(target) == {"whole.gguf": data, "broken.gguf": data}
+
+
+@pytest.mark.req("HARD-203")
+async def test_two_pulls_of_one_model_are_one_download(
+    conductor_for: Any, gguf: tuple[bytes, str], tmp_path: Path
+) -> None:
+    data, digest = gguf
+    async with model_server(data) as (url, ranges), conductor_for(outbound=LOOPBACK) as (o, c):
+        body = {"id": "twice", "digest": digest, "source_url": f"{url}/good.gguf", **SIGNED}
+        await c.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
+        path = "/v1/catalog/models/twice/pull"
+        answers = await asyncio.gather(*(c.simulate_post(path, headers=AUTH) for _ in range(4)))
+        assert [a.status_code for a in answers] == [202] * 4
+        await eventually(lambda: o.catalog.records["twice"].pull["state"] in ("done", "failed"))
+    assert o.catalog.records["twice"].pull["state"] == "done"
+    assert ranges == [""]
+    assert files_in(tmp_path / "c" / "models" / "catalog") == {"twice.gguf": data}
+
+
+@pytest.mark.req("HARD-203")
+async def test_every_pull_ends_with_a_reason(
+    conductor_for: Any, gguf: tuple[bytes, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stalled source, disk full, a database that fails, a directory, a stop: each pull
+    reaches ``failed`` with what went wrong, and nothing is left polling forever."""
+    data, digest = gguf
+    catalog = {"pull_stall_timeout_ms": 300, "pull_stall_bytes": 1000}
+    (tmp_path / "c" / "models" / "a-directory.gguf").mkdir(parents=True)
+    async with (
+        model_server(data) as (url, _),
+        conductor_for(catalog=catalog, outbound=LOOPBACK) as (orch, c),
+    ):
+        sources = {
+            "stalled": f"{url}/trickle.gguf",
+            "full-disk": f"{url}/good.gguf",
+            "db-error": f"{url}/good.gguf",
+            "directory": f"file://{tmp_path / 'c' / 'models' / 'a-directory.gguf'}",
+        }
+        for model_id, source in sources.items():
+            body = {"id": model_id, "digest": digest, "source_url": source, **SIGNED}
+            created = await c.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
+            assert created.status_code == 201, created.json
+        errors = {"stalled": (await pull(c, orch, "stalled"))["pull"]["error"]}
+        real_write = pull_module._write
+
+        def disk_full(*args: Any) -> None:
+            raise OSError(28, "No space left on device")
+
+        monkeypatch.setattr(pull_module, "_write", disk_full)
+        errors["full-disk"] = (await pull(c, orch, "full-disk"))["pull"]["error"]
+        monkeypatch.setattr(pull_module, "_write", real_write)
+
+        async def broken_save(record: Any) -> None:
+            raise sqlite3.OperationalError("database is locked")
+
+        real_save = orch.catalog.save
+        monkeypatch.setattr(orch.catalog, "save", broken_save)
+        errors["db-error"] = (await pull(c, orch, "db-error"))["pull"]["error"]
+        monkeypatch.setattr(orch.catalog, "save", real_save)
+        errors["directory"] = (await pull(c, orch, "directory"))["pull"]["error"]
+        verified = await c.simulate_post("/v1/catalog/models/directory/verify", headers=AUTH)
+        assert verified.status_code == 202
+        await eventually(lambda: orch.catalog.records["directory"].verification["result"]
+                         != "pending")  # fmt: skip
+        verification = orch.catalog.records["directory"].verification
+    assert errors["stalled"].startswith("the source stalled: less than 1000 bytes in 0.3 s")
+    assert "No space left on device" in errors["full-disk"]
+    assert errors["db-error"] == "internal error (OperationalError); see the server log"
+    assert errors["directory"].endswith("a-directory.gguf is not a regular file")
+    assert verification["result"] == "failed" and verification["reason"] == "unreadable"
+
+
+@pytest.mark.req("HARD-203")
+async def test_a_stopped_pull_says_so_and_resumes_after_a_restart(
+    conductor_for: Any, gguf: tuple[bytes, str]
+) -> None:
+    data, digest = gguf
+    catalog = {"pull_stall_timeout_ms": 60_000}
+    async with (
+        model_server(data) as (url, _),
+        conductor_for(catalog=catalog, outbound=LOOPBACK) as (orch, c),
+    ):
+        body = {"id": "cut", "digest": digest, "source_url": f"{url}/trickle.gguf", **SIGNED}
+        await c.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
+        await c.simulate_post("/v1/catalog/models/cut/pull", headers=AUTH)
+        await eventually(lambda: orch.catalog.records["cut"].pull["bytes"] > 10)
+        await orch.puller.stop()
+        record = orch.catalog.records["cut"]
+    assert record.pull["state"] == "failed"
+    assert record.pull["error"] == "cancelled: orchestratord stopped (the next pull resumes)"
 
 
 def test_hf_sources_map_to_their_download_url() -> None:

@@ -1,5 +1,9 @@
-"""The mediated fetch tool and its policy, against loopback HTTP servers only
-(HOME-104, FR-TL-001, FR-TL-002, OC-POLICY-4030..4032)."""
+"""The mediated fetch tool through ``POST /v1/tools/fetch``, against loopback HTTP servers
+only (HOME-104, HARD-101, FR-TL-001, FR-TL-002, OC-POLICY-4030..4032).
+
+Names resolve through a stand-in resolver that hands out loopback addresses only, so a wrong
+policy could reach nothing but these test servers.
+"""
 
 from __future__ import annotations
 
@@ -13,17 +17,26 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+import orchestratord.outbound.policy as policy_module
 from tests.unit.conftest import AUTH, TOKEN
+from tests.unit.standin_resolver import StandInResolver
 
 SECRET = "sk-live-0123456789"
 
 
 @asynccontextmanager
-async def site() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
-    seen: list[dict[str, str]] = []
+async def site(
+    host: str = "127.0.0.1", audit_path: Path | None = None
+) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
+    """A loopback site; ``seen`` records every request that reached it."""
+    seen: list[dict[str, Any]] = []
+
+    def audit_now() -> str:
+        return audit_path.read_text() if audit_path is not None and audit_path.exists() else ""
 
     async def page(request: web.Request) -> web.Response:
-        seen.append(dict(request.headers))
+        audited = audit_now()
+        seen.append({**request.headers, "path": request.path_qs, "audit_then": audited})
         return web.Response(text=f"hello; token {TOKEN}; key {SECRET}", content_type="text/plain")
 
     async def image(request: web.Request) -> web.Response:
@@ -32,27 +45,48 @@ async def site() -> AsyncIterator[tuple[str, list[dict[str, str]]]]:
     async def big(request: web.Request) -> web.Response:
         return web.Response(text="x" * 5000, content_type="text/plain")
 
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        """``n`` bytes in 10 KB chunks, no Content-Length, small pauses between them."""
+        seen.append({"path": request.path_qs})
+        total = int(request.query["n"])
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        sent = 0
+        while sent < total:
+            piece = min(10_000, total - sent)
+            await response.write(b"y" * piece)
+            sent += piece
+            await asyncio.sleep(0.001)
+        await response.write_eof()
+        return response
+
     async def slow(request: web.Request) -> web.Response:
         await asyncio.sleep(2)
         return web.Response(text="late")
 
-    async def to_localhost(request: web.Request) -> web.Response:
-        port = request.url.port
-        raise web.HTTPFound(f"http://localhost:{port}/page")
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(request.query["to"])
 
-    async def to_page(request: web.Request) -> web.Response:
-        raise web.HTTPFound("/page")
+    async def bad_location(request: web.Request) -> web.Response:
+        return web.Response(status=302, headers={"Location": "http://[::1"})
+
+    async def odd_charset(request: web.Request) -> web.Response:
+        return web.Response(
+            body="grüße".encode(), headers={"Content-Type": "text/plain; charset=x-klingon"}
+        )
 
     app = web.Application()
-    for path, handler in [("/page", page), ("/image", image), ("/big", big), ("/slow", slow),
-                          ("/to-localhost", to_localhost), ("/to-page", to_page),
-                          ("/admin", page)]:  # fmt: skip
+    routes = {"/page": page, "/image": image, "/big": big, "/slow": slow, "/chunked": chunked,
+              "/redirect": redirect, "/admin": page, "/bad-location": bad_location,
+              "/odd-charset": odd_charset}  # fmt: skip
+    for path, handler in routes.items():
         app.router.add_route("*", path, handler)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    await web.TCPSite(runner, host, 0).start()
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}", seen
+        yield f"http://{host}:{runner.addresses[0][1]}", seen
     finally:
         await runner.cleanup()
 
@@ -62,8 +96,8 @@ def audit(tmp_path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
-TOOLS = {"allow_domains": ["127.0.0.1"], "max_response_bytes": 1000, "timeout_ms": 300,
-         "redact_patterns": [r"sk-live-\w+"]}  # fmt: skip
+LOOPBACK = {"allow_networks": ["127.0.0.0/8"], "redact_patterns": [r"sk-live-\w+"]}
+TOOLS = {"max_response_bytes": 1000, "timeout_ms": 300}
 
 
 async def fetch(conductor: Any, **body: Any) -> Any:
@@ -71,56 +105,223 @@ async def fetch(conductor: Any, **body: Any) -> Any:
 
 
 @pytest.mark.req("HOME-104", "FR-TL-001", "OC-POLICY-4031", "OC-POLICY-4032")
-async def test_an_allowed_fetch_is_redacted_both_ways_and_audited(
+async def test_an_allowed_fetch_is_redacted_both_ways_and_audited_before_it_is_sent(
     conductor_for: Any, tmp_path: Path
 ) -> None:
-    async with site() as (url, seen), conductor_for(tools=TOOLS) as (_, conductor):
-        got = await fetch(conductor, url=f"{url}/to-page", headers={"X-Key": f"Bearer {TOKEN}"})
+    audit_path = tmp_path / "state" / "tool-audit.jsonl"
+    async with (
+        site(audit_path=audit_path) as (url, seen),
+        conductor_for(tools=TOOLS, outbound=LOOPBACK) as (_, conductor),
+    ):
+        got = await fetch(
+            conductor,
+            url=f"{url}/redirect?to=/page",
+            headers={"X-Key": f"Bearer {TOKEN}", "Host": "intranet.corp"},
+        )
     assert got.status_code == 200, got.json
     assert got.json["status"] == 200 and got.json["final_url"] == f"{url}/page"
     assert got.json["redirects"] == [f"{url}/page"]
     assert got.json["body"] == "hello; token [REDACTED]; key [REDACTED]"
     assert seen[0]["X-Key"] == "Bearer [REDACTED]"  # the API token never left
-    (record,) = audit(tmp_path)
-    assert record["decision"] == "allow" and record["status"] == 200
-    assert TOKEN not in json.dumps(record)
+    assert seen[0]["Host"] == url.removeprefix("http://")  # the caller's Host was not sent
+    records = audit(tmp_path)
+    assert [r.get("decision") or r.get("outcome") for r in records] == ["allow", "allow", "ok"]
+    assert records[1]["hop"] == 1 and records[1]["url"] == f"{url}/page"
+    assert '"decision":"allow","hop":1' in seen[0]["audit_then"]  # on disk before the request
+    assert TOKEN not in json.dumps(records)
 
 
 @pytest.mark.parametrize(
-    ("tools", "path_or_url", "reason"),
+    ("outbound", "path_or_url", "reason"),
     [
-        ({**TOOLS, "deny_domains": ["127.0.0.1"]}, "/page", "is on the deny list"),
-        ({"allow_domains": ["example.org"]}, "/page", "not on the allow list"),
-        ({}, "/page", "IP literal 127.0.0.1 is not on the allow list"),
-        ({}, "http://localhost:{port}/page", "resolves to a private or loopback address"),
-        (TOOLS, "/to-localhost", "localhost is not on the allow list"),  # a redirect escaping
-        (TOOLS, "/big", "more than 1000"),
-        (TOOLS, "/image", "content type image/png is not allowed"),
-        (TOOLS, "file:///etc/passwd", "scheme 'file' is not http or https"),
-        ({**TOOLS, "hook": "tests.unit.tool_hooks:deny_admin"}, "/admin", "no admin pages"),
-        ({**TOOLS, "hook": "tests.unit.tool_hooks.crash"}, "/page", "hook failed"),
+        ({**LOOPBACK, "deny_domains": ["localhost"]}, "http://localhost:{port}/page",
+         "is on the deny list"),
+        ({"allow_domains": ["example.org"]}, "http://localhost:{port}/page",
+         "not on the allow list"),
+        ({}, "/page", "IP literal 127.0.0.1 is not in outbound.allow_networks"),
+        ({}, "http://localhost:{port}/page", "not a public address"),
+        ({"allow_networks": ["127.0.0.1/32"]}, "/redirect?to=http://intranet.lan.:{port}/page",
+         "not a public address"),  # a redirect may not lead where the URL may not go
+        ({"allow_networks": ["127.0.0.1/32"]}, "/redirect?to=http://0x7f000002:{port}/page",
+         "IP literal 127.0.0.2"),
+        (LOOPBACK, "file:///etc/passwd", "scheme 'file' is not http or https"),
+        ({**LOOPBACK, "hook": "tests.unit.tool_hooks:deny_admin"}, "/admin", "no admin pages"),
+        ({**LOOPBACK, "hook": "tests.unit.tool_hooks.crash"}, "/page", "hook failed"),
     ],
-)
+)  # fmt: skip
 @pytest.mark.req("HOME-104", "FR-TL-002", "OC-POLICY-4030", "OC-POLICY-4032")
 async def test_denials_are_typed_refusals_with_an_audit_record_and_no_fetch(
-    conductor_for: Any, tmp_path: Path, tools: dict[str, Any], path_or_url: str, reason: str
+    conductor_for: Any,
+    tmp_path: Path,
+    outbound: dict[str, Any],
+    path_or_url: str,
+    reason: str,
 ) -> None:
-    async with site() as (url, seen), conductor_for(tools=tools) as (_, conductor):
+    resolver = StandInResolver({"intranet.lan": ["127.0.0.2"]})
+    async with (
+        site() as (url, seen),
+        conductor_for(tools=TOOLS, outbound=outbound, resolver=resolver) as (_, c),
+    ):
         port = url.rsplit(":", 1)[1]
-        target = path_or_url.format(port=port) if "://" in path_or_url else url + path_or_url
-        denied = await fetch(conductor, url=target)
-    assert denied.status_code == 403 and denied.json["code"] == "FORBIDDEN"
+        target = path_or_url.format(port=port)
+        denied = await fetch(c, url=target if "://" in target.split("?")[0] else url + target)
+    assert denied.status_code == 403 and denied.json["code"] == "FORBIDDEN", denied.json
     assert reason in denied.json["message"]
-    assert audit(tmp_path)[-1]["decision"] == "deny"
-    if "more than" not in reason and "content type" not in reason and "localhost" not in reason:
-        assert seen == []  # refused before any request reached the site
+    decisions = [r for r in audit(tmp_path) if "decision" in r]
+    assert decisions[-1]["decision"] == "deny" and reason in decisions[-1]["reason"]
+    assert [s["path"] for s in seen if not s["path"].startswith("/redirect")] == []
+
+
+@pytest.mark.parametrize(
+    "spelling", ["2130706433", "0x7f000001", "0177.0.0.1", "127.1", "[::ffff:127.0.0.1]"]
+)
+@pytest.mark.req("HARD-101", "HOME-104")
+async def test_loopback_in_other_spellings_is_an_unlisted_ip_literal(
+    conductor_for: Any, spelling: str
+) -> None:
+    async with site() as (url, seen), conductor_for(tools=TOOLS) as (_, conductor):
+        port = url.rsplit(":", 1)[1]
+        denied = await fetch(conductor, url=f"http://{spelling}:{port}/page")
+    assert denied.status_code == 403 and "IP literal" in denied.json["message"], denied.json
+    assert seen == []
+
+
+@pytest.mark.req("HARD-101", "OC-POLICY-4030")
+async def test_a_trailing_dot_or_capitals_do_not_pass_the_deny_list(conductor_for: Any) -> None:
+    resolver = StandInResolver({"pastebin.com": ["127.0.0.1"]})
+    outbound = {"allow_networks": ["127.0.0.1/32"], "deny_domains": ["pastebin.com"]}
+    async with (
+        site() as (url, seen),
+        conductor_for(tools=TOOLS, outbound=outbound, resolver=resolver) as (_, conductor),
+    ):
+        port = url.rsplit(":", 1)[1]
+        answers = [
+            await fetch(conductor, url=f"http://{name}:{port}/page")
+            for name in ("pastebin.com.", "PasteBin.COM", "pastebin.com")
+        ]
+    assert [a.status_code for a in answers] == [403, 403, 403]
+    assert all("deny list" in a.json["message"] for a in answers)
+    assert seen == [] and resolver.asked == []
+
+
+@pytest.mark.req("HARD-101", "OC-POLICY-4030")
+async def test_an_allow_listed_domain_does_not_open_the_lan_to_its_subdomains(
+    conductor_for: Any,
+) -> None:
+    resolver = StandInResolver({"x.duckdns.org": ["127.0.0.1"]})  # stands in for 192.168.1.1
+    async with (
+        site() as (url, seen),
+        conductor_for(
+            tools=TOOLS, outbound={"allow_domains": ["duckdns.org"]}, resolver=resolver
+        ) as (_, conductor),
+    ):
+        port = url.rsplit(":", 1)[1]
+        denied = await fetch(conductor, url=f"http://x.duckdns.org:{port}/page")
+    assert denied.status_code == 403 and "not a public address" in denied.json["message"]
+    assert seen == []
+
+
+@pytest.mark.req("HARD-101", "HOME-104")
+async def test_a_public_looking_name_is_fetched_under_the_default_policy(
+    conductor_for: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped default allows any public host. The stand-in resolves the public-looking
+    name to 127.0.0.1 and the test has the policy take that address for a public one; the
+    connection is pinned to it, so it reaches the loopback site and nothing else."""
+    resolver = StandInResolver({"docs.example-public.org": ["127.0.0.1"]})
+    monkeypatch.setattr(policy_module, "is_public", lambda address: True)
+    async with site() as (url, seen), conductor_for(resolver=resolver) as (orch, conductor):
+        assert orch.config.outbound.allow_domains == [] and orch.config.outbound.deny_domains == []
+        port = url.rsplit(":", 1)[1]
+        got = await fetch(conductor, url=f"http://docs.example-public.org:{port}/page")
+    assert got.status_code == 200 and got.json["status"] == 200, got.json
+    assert seen[0]["Host"] == f"docs.example-public.org:{port}"
+
+
+@pytest.mark.req("HARD-103", "OC-POLICY-4031")
+async def test_credentials_do_not_follow_a_redirect_to_another_host(conductor_for: Any) -> None:
+    secret_headers = {"Authorization": "Basic dXNlcjpwYXNz", "Cookie": "session=abc"}
+    async with (
+        site("127.0.0.1") as (first, seen_first),
+        site("127.0.0.2") as (second, seen_second),
+        conductor_for(tools=TOOLS, outbound=LOOPBACK) as (_, conductor),
+    ):
+        same = await fetch(conductor, url=f"{first}/redirect?to=/page", headers=secret_headers)
+        other = await fetch(
+            conductor, url=f"{first}/redirect?to={second}/page", headers=secret_headers
+        )
+    assert same.status_code == 200 and other.status_code == 200
+    assert seen_first[0]["Authorization"] == "Basic dXNlcjpwYXNz"  # same origin: kept
+    assert seen_first[0]["Cookie"] == "session=abc"
+    assert "Authorization" not in seen_second[0] and "Cookie" not in seen_second[0]
+
+
+@pytest.mark.req("HARD-105", "OC-POLICY-4031", "OC-POLICY-4032")
+async def test_userinfo_and_secret_query_values_stay_out_of_the_audit_and_the_answer(
+    conductor_for: Any, tmp_path: Path
+) -> None:
+    async with (
+        site() as (url, seen),
+        conductor_for(tools=TOOLS, outbound=LOOPBACK) as (_, conductor),
+    ):
+        host = url.removeprefix("http://")
+        got = await fetch(conductor, url=f"http://bob:hunter2@{host}/page?token=abc123&page=2")
+    assert got.status_code == 200, got.json
+    assert seen[0]["path"] == "/page?token=abc123&page=2"  # the site got what was asked
+    shown = f"http://[REDACTED]@{host}/page?token=[REDACTED]&page=2"
+    assert got.json["url"] == shown and got.json["final_url"] == shown
+    text = (tmp_path / "state" / "tool-audit.jsonl").read_text()
+    assert "hunter2" not in text and "abc123" not in text and "bob" not in text
+
+
+@pytest.mark.parametrize(
+    ("path_or_url", "status", "problem"),
+    [
+        ("http://127.0.0.1:99999/page", 400, "malformed"),
+        ("http://" + "a" * 64 + ".example.org/", 400, "invalid host"),
+        ("/bad-location", 200, "Location is not a valid URL"),
+        ("/odd-charset", 200, "unknown charset"),
+    ],
+)
+@pytest.mark.req("HARD-106", "OC-POLICY-4032")
+async def test_odd_urls_and_answers_are_typed_errors_and_audited(
+    conductor_for: Any, tmp_path: Path, path_or_url: str, status: int, problem: str
+) -> None:
+    async with site() as (url, _), conductor_for(tools=TOOLS, outbound=LOOPBACK) as (_, c):
+        got = await fetch(c, url=path_or_url if "://" in path_or_url else url + path_or_url)
+    assert got.status_code == status, got.json
+    text = got.json["message"] if status == 400 else got.json["error"]
+    assert problem in text
+    assert audit(tmp_path), "every request leaves an audit record"
+    if path_or_url == "/odd-charset":
+        assert got.json["body"] == "grüße"
+
+
+@pytest.mark.req("HOME-104", "HARD-104")
+async def test_bodies_are_read_to_the_limit_and_refused_past_it(
+    conductor_for: Any, tmp_path: Path
+) -> None:
+    tools = {"max_response_bytes": 400_000, "timeout_ms": 5000}
+    async with site() as (url, _), conductor_for(tools=tools, outbound=LOOPBACK) as (_, c):
+        whole = await fetch(c, url=f"{url}/chunked?n=300000")
+        over = await fetch(c, url=f"{url}/chunked?n=400001")
+    assert whole.status_code == 200 and whole.json["bytes"] == 300_000
+    assert whole.json["body"] == "y" * 300_000
+    assert over.status_code == 403 and "more than 400000 bytes" in over.json["message"]
+    assert audit(tmp_path)[-1]["outcome"] == "refused"
 
 
 @pytest.mark.req("HOME-104")
 async def test_methods_and_timeouts_are_bounded(conductor_for: Any, tmp_path: Path) -> None:
-    async with site() as (url, _), conductor_for(tools=TOOLS) as (_, conductor):
-        post = await fetch(conductor, url=f"{url}/page", method="POST", body="x")
-        slow = await fetch(conductor, url=f"{url}/slow")
+    async with site() as (url, _), conductor_for(tools=TOOLS, outbound=LOOPBACK) as (_, c):
+        post = await fetch(c, url=f"{url}/page", method="POST", body="x")
+        slow = await fetch(c, url=f"{url}/slow")
+        image = await fetch(c, url=f"{url}/image")
+        big = await fetch(c, url=f"{url}/big")
     assert post.status_code == 403 and "method POST is not allowed" in post.json["message"]
-    assert slow.status_code == 200 and slow.json["error"].startswith("fetch failed: TimeoutError")
-    assert [r["decision"] for r in audit(tmp_path)] == ["deny", "allow"]
+    assert slow.status_code == 200 and slow.json["error"].startswith("fetch failed")
+    assert "TimeoutError" in slow.json["error"]
+    assert image.status_code == 403 and "content type image/png" in image.json["message"]
+    assert big.status_code == 403 and "more than 1000" in big.json["message"]
+    kinds = [r.get("decision") or r.get("outcome") for r in audit(tmp_path)]
+    assert kinds == ["deny", "allow", "error", "allow", "refused", "allow", "refused"]

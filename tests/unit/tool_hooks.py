@@ -1,8 +1,8 @@
-"""Policy hooks for the tool tests (``tools.hook: tests.unit.tool_hooks:...``)."""
+"""Policy hooks for the tool tests (``outbound.hook: tests.unit.tool_hooks:...``)."""
 
 from __future__ import annotations
 
-from orchestratord.tools.policy import FetchRequest
+from orchestratord.outbound.policy import FetchRequest
 
 
 def deny_admin(request: FetchRequest) -> str | None:

@@ -1,8 +1,10 @@
-"""The tool audit log (OC-POLICY-4032): one JSON line per decision, appended, never rewritten.
+"""The outbound audit log (OC-POLICY-4032): one JSON line per decision, appended, never
+rewritten.
 
 ``<state_dir>/tool-audit.jsonl``, mode 0600, opened with ``O_APPEND`` for every record so a
-record is one ``write`` and nothing in orchestratord can rewrite an earlier one. Records
-carry no secret: URLs and reasons are redacted by the policy before they get here.
+record is one ``write`` and nothing in orchestratord can rewrite an earlier one. A decision
+is written before the request it allows is sent. Records carry no secret: URLs and reasons
+pass the redactor (``redact.py``) before they get here.
 """
 
 from __future__ import annotations
