@@ -32,7 +32,12 @@ from orchestratord.api.catalog import (
     CatalogVerifyResource,
 )
 from orchestratord.api.metrics_endpoint import MetricsResource
-from orchestratord.api.middleware import AuthMiddleware, CorrelationIdMiddleware
+from orchestratord.api.middleware import (
+    METRICS_PATH,
+    AuthMiddleware,
+    CorrelationIdMiddleware,
+    metrics_open,
+)
 from orchestratord.api.planned import add_planned_routes
 from orchestratord.api.pools import (
     PoolDrainResource,
@@ -137,10 +142,15 @@ class Orchestrator:
         )
         self.fetch_tool = FetchTool(self.outbound, config.tools)
         self.sessions = Sessions(
-            config.sessions.ttl_ms / 1000, config.sessions.max_turns, config.sessions.budgets
+            config.sessions.ttl_ms / 1000,
+            config.sessions.max_turns,
+            config.sessions.budgets,
+            max_live=config.sessions.max_live,
         )
         self.store = store or Store(config.resolved_state_dir() / "llorch.db")
-        self.artifacts = Artifacts(self.store)
+        self.artifacts = Artifacts(
+            self.store, config.server.max_artifacts, config.server.max_artifact_store_bytes
+        )
         self.cache_dir = config.cache_dir or default_cache_dir()
         self.catalog = Catalog(
             self.store,
@@ -363,7 +373,17 @@ class Orchestrator:
         return Replica(spec, pc.engine.value, adapter, self.metrics, process, runtime=runtime)
 
     def _build_app(self, token: str) -> AsgiApp:
-        middleware: list[Any] = [_Lifespan(self), CorrelationIdMiddleware(), AuthMiddleware(token)]
+        server = self.config.server
+        open_paths = (
+            frozenset({METRICS_PATH})
+            if metrics_open(server.metrics_auth, server.host)
+            else frozenset()
+        )
+        middleware: list[Any] = [
+            _Lifespan(self),
+            CorrelationIdMiddleware(),
+            AuthMiddleware(token, open_paths),
+        ]
         app: AsgiApp = falcon.asgi.App(middleware=middleware, cors_enable=False)
         app.req_options.strip_url_path_trailing_slash = True
         error_handlers.install(app)
@@ -385,7 +405,7 @@ class Orchestrator:
         app.add_route("/v1/catalog/models/{model_id}/state", CatalogStateResource(self))
         app.add_route("/v1/artifacts", ArtifactsResource(self))
         app.add_route("/v1/artifacts/{artifact_id}", ArtifactResource(self))
-        app.add_route("/metrics", MetricsResource(self.metrics))
+        app.add_route(METRICS_PATH, MetricsResource(self.metrics))
         add_planned_routes(app)
         return app
 

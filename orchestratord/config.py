@@ -389,11 +389,11 @@ class CatalogConfig(Strict):
         64 * 1024**3, ge=1024, description="A pull larger than this fails (and keeps nothing)."
     )
     max_entries: int = Field(
-        256,
+        64,
         ge=1,
         le=100_000,
         description="Catalog entries at most; a registration beyond it is 409 (each entry is a "
-        "metric label value and a database row).",
+        "model_state label value, budgeted in ci/metrics.lint.json, and a database row).",
     )
     pull_stall_timeout_ms: int = Field(
         30_000, ge=100, le=3_600_000, description="A pull that receives less than "

@@ -10,8 +10,8 @@ import falcon
 import falcon.asgi
 
 from orchestratord.api.bodies import parse_body
-from orchestratord.errors import invalid_params, not_found
-from orchestratord.store.artifacts import ArtifactCreate, UnknownParent
+from orchestratord.errors import conflict, invalid_params, not_found
+from orchestratord.store.artifacts import ArtifactCreate, StoreFull, UnknownParent
 
 if TYPE_CHECKING:
     from orchestratord.app import Orchestrator
@@ -34,6 +34,8 @@ class ArtifactsResource:
             stored, created = await self.orch.artifacts.put(artifact)
         except UnknownParent as exc:
             raise invalid_params(f"parent {exc} is not a stored artifact") from exc
+        except StoreFull as exc:
+            raise conflict(str(exc)) from exc
         if created and not artifact.signed:
             log.warning(
                 "trust gap: artifact %s (%s) is unsigned (correlation %s)",

@@ -1,4 +1,5 @@
-"""``GET /metrics`` (HOME-801): the app's own Prometheus registry, open on loopback."""
+"""``GET /metrics`` (HOME-801): the app's own Prometheus registry; open on a loopback bind,
+behind the token on any other (``server.metrics_auth``, HARD-112)."""
 
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ caller's ``X-Correlation-Id`` (or a fresh UUID).
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import re
 import uuid
 
@@ -20,9 +21,17 @@ CORRELATION_HEADER = "X-Correlation-Id"
 # Printable, header-safe and short: anything else is replaced rather than echoed back.
 _CORRELATION_RE = re.compile(r"^[\x21-\x7e]{1,128}$")
 
-# Prometheus scrapes are open on loopback (documented in the README); everything else needs
-# the token.
-OPEN_PATHS = frozenset({"/metrics"})
+METRICS_PATH = "/metrics"
+
+
+def metrics_open(auth: str, host: str) -> bool:
+    """Whether ``/metrics`` is served without the token (HARD-112): on a loopback bind
+    under ``auto``, always under ``never``; everything else needs the token."""
+    if auth == "never":
+        return True
+    if auth == "always":
+        return False
+    return host == "localhost" or ipaddress.ip_address(host).is_loopback
 
 
 class CorrelationIdMiddleware:
@@ -47,11 +56,12 @@ class CorrelationIdMiddleware:
 
 
 class AuthMiddleware:
-    def __init__(self, token: str) -> None:
+    def __init__(self, token: str, open_paths: frozenset[str] = frozenset()) -> None:
         self._token = token.encode()
+        self.open_paths = open_paths
 
     async def process_request(self, req: falcon.asgi.Request, resp: falcon.asgi.Response) -> None:
-        if req.path in OPEN_PATHS:
+        if req.path in self.open_paths:
             return
         header = req.get_header("Authorization")
         if not header:

@@ -92,7 +92,7 @@ class Catalog:
         *,
         trust_policy: str,
         model_dirs: list[Path],
-        max_entries: int = 256,
+        max_entries: int = 64,
     ) -> None:
         self.max_entries = max_entries
         self.store = store

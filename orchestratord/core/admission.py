@@ -19,13 +19,14 @@ from orchestratord.core.budgets import BudgetExhausted
 from orchestratord.core.queue import QueueFull
 from orchestratord.core.registry import TaskRegistry
 from orchestratord.core.request import TaskRequest
-from orchestratord.core.sessions import SessionEnded, Sessions
+from orchestratord.core.sessions import SessionEnded, Sessions, SessionsFull
 from orchestratord.core.task import Task
 from orchestratord.errors import ApiError, ErrorCode, conflict, invalid_params
 from orchestratord.metrics import Metrics
 from orchestratord.pools.pool import Pool
 
 RATE_LIMIT = "rate-limit"  # the policy_label of a 429 from a rate limit
+SESSIONS_FULL = "sessions"  # the policy_label of a 429 from sessions.max_live
 # BOS and EOS: what an engine may add around the prompt's own tokens.
 _SPECIAL_TOKENS = 2
 
@@ -208,7 +209,6 @@ class Admission:
         if task_id in self.registry:
             raise conflict(f"task_id {task_id} already exists")
         pool = self._pool_for(request)
-        self._check_rate(request, pool)
         self._check_static(request, pool)
         sampling = self._sampling(request)
         prompt_tokens = await self._prompt_tokens(pool, request)
@@ -221,10 +221,23 @@ class Admission:
             raise conflict(f"task_id {task_id} already exists")
         if not (pool.ready and pool.admitting):  # changed while we tokenized
             raise self._unavailable(request, [pool])
+        # From here on nothing awaits: the checks below and the enqueue are one step, and
+        # the session is stored only once the task is queued (HARD-111).
         try:
-            session = self.sessions.open(str(request.session_id), pool.id)
+            session = self.sessions.prepare(str(request.session_id))
         except SessionEnded as exc:
             raise conflict(str(exc)) from exc
+        except SessionsFull as exc:
+            self.metrics.backpressure.labels(engine=pool.engine, policy=SESSIONS_FULL).inc()
+            raise ApiError(
+                429,
+                ErrorCode.ADMISSION_REJECT,
+                str(exc),
+                engine=pool.engine,
+                retriable=True,
+                retry_after_ms=pool.config.queue.default_backoff_ms,
+                policy_label=SESSIONS_FULL,
+            ) from exc
         task = Task(
             request,
             pool.id,
@@ -234,7 +247,7 @@ class Admission:
             correlation_id=correlation_id,
         )
         task.received_at = received_at
-        if self.config.sessions.affinity:
+        if self.config.sessions.affinity and session.pool_id == pool.id:
             task.preferred_replica, task.preferred_slot = session.replica_id, session.slot_id
         budget = session.budget
         if budget is not None:
@@ -246,13 +259,17 @@ class Admission:
             except BudgetExhausted as exc:
                 raise ApiError(409, ErrorCode.BUDGET_EXHAUSTED, str(exc), retriable=False) from exc
             task.budget = budget
+        bucket = pool.rate_limits.get(request.priority)
         try:
+            self._check_rate(request, pool)  # last: a task refused earlier spends no token
             result = self._enqueue(pool, task)
-        except ApiError:
+        except ApiError as exc:
             if budget is not None:  # not admitted: give the reservation back
-                budget.settle(task.budget_reservation, 0, 0.0, 0.0)
+                budget.settle(task.budget_reservation, 0, 0.0)
+            if bucket is not None and exc.policy_label != RATE_LIMIT:
+                bucket.give_back()
             raise
-        self.sessions.task_admitted(session, task)
+        self.sessions.commit(session, pool.id, task)
         return result
 
     def _enqueue(self, pool: Pool, task: Task) -> AdmissionResult:

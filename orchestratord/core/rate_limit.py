@@ -1,8 +1,10 @@
 """Per-priority admission rate limits (ORCH-3006): a token bucket per pool and priority.
 
 A bucket holds up to ``burst`` tokens and refills at ``rate_limit_rps`` per second; each
-admission takes one. An empty bucket refuses before anything else is checked, with the time
-until the next token as the retry hint (HOME-902's headers, ``policy_label: rate-limit``).
+admission takes one. The bucket is consulted last, after every other check (HARD-111), so a
+malformed or otherwise refused task spends no token; a task that then finds the queue full
+gives its token back. An empty bucket refuses with the time until the next token as the
+retry hint (HOME-902's headers, ``policy_label: rate-limit``).
 """
 
 from __future__ import annotations
@@ -31,3 +33,7 @@ class TokenBucket:
             self.tokens -= 1.0
             return 0
         return max(1, math.ceil((1.0 - self.tokens) / self.rate * 1000))
+
+    def give_back(self) -> None:
+        """Return a token taken for a task that was then refused (the queue was full)."""
+        self.tokens = min(self.capacity, self.tokens + 1.0)

@@ -28,6 +28,10 @@ class SessionEnded(Exception):
     """The session takes no more tasks; the message says why."""
 
 
+class SessionsFull(Exception):
+    """``sessions.max_live`` sessions exist; a new one must wait for one to end."""
+
+
 @dataclass(slots=True)
 class Session:
     id: str
@@ -60,9 +64,16 @@ class Session:
 
 
 class Sessions:
-    def __init__(self, ttl_s: float, max_turns: int, budgets: BudgetsConfig | None = None) -> None:
+    def __init__(
+        self,
+        ttl_s: float,
+        max_turns: int,
+        budgets: BudgetsConfig | None = None,
+        max_live: int = 4096,
+    ) -> None:
         self.ttl_s = ttl_s
         self.max_turns = max_turns
+        self.max_live = max_live
         self.budgets = budgets if budgets is not None and budgets.enabled else None
         # Creation order is expiry order (a fixed lifetime), so expired ones are at the front.
         self._table: OrderedDict[str, Session] = OrderedDict()
@@ -83,53 +94,67 @@ class Sessions:
             return None
         return session
 
-    def open(self, session_id: str, pool_id: str) -> Session:
-        """The session a new task joins (created on first use); raises SessionEnded."""
+    def prepare(self, session_id: str) -> Session:
+        """The session a new task would join: the live one, or a new one that is stored
+        only by :meth:`commit` (so a task refused at admission leaves no session behind).
+        Raises SessionEnded or SessionsFull."""
         now = time.monotonic()
         self._purge(now)
         session = self._table.get(session_id)
-        if session is not None and session.expires_at <= now:  # over: the id starts afresh
-            del self._table[session_id]
-            session = None
+        if session is not None and session.expires_at <= now:
+            session = None  # over: the id starts afresh
         if session is None:
-            session = Session(session_id, pool_id, now, now + self.ttl_s)
+            if len(self._table) >= self.max_live:
+                raise SessionsFull(
+                    f"{self.max_live} sessions are live (sessions.max_live); a new one can "
+                    "start when one expires or is deleted"
+                )
+            fresh = Session(session_id, "", now, now + self.ttl_s)
             if self.budgets is not None:
-                session.budget = Budget.from_config(self.budgets)
-            self._table[session_id] = session
-            return session
+                fresh.budget = Budget.from_config(self.budgets)
+            return fresh
         if session.ended is not None:
             raise SessionEnded(f"session {session_id} was {session.ended}; start a new session")
         if session.turns >= self.max_turns:
             raise SessionEnded(
                 f"session {session_id} has had its {self.max_turns} turns; start a new session"
             )
-        if session.pool_id != pool_id:  # another model: no cache to keep warm there
-            session.pool_id, session.replica_id, session.slot_id = pool_id, None, None
         return session
+
+    def commit(self, session: Session, pool_id: str, task: Task) -> None:
+        """Store ``session`` (if new) with ``task`` admitted into it."""
+        if self._table.get(session.id) is not session:
+            self._table.pop(session.id, None)
+            session.pool_id = pool_id
+            self._table[session.id] = session  # appended: creation order stays expiry order
+        elif session.pool_id != pool_id:  # another model: no cache to keep warm there
+            session.pool_id, session.replica_id, session.slot_id = pool_id, None, None
+        session.turns += 1
+        session.tasks.add(task)
+        task.session = session
 
     def find(self, session_id: str) -> Session | None:
         """The session, ended or not, while its lifetime lasts."""
         return self._table.get(session_id)
 
-    def task_admitted(self, session: Session, task: Task) -> None:
-        session.turns += 1
-        session.tasks.add(task)
-
     def task_finished(self, task: Task) -> None:
-        session = self._table.get(task.session_id)
+        """Settle the task's budget with the session that reserved it (even one that has
+        expired since), and record where its cache now lives."""
+        session: Session | None = task.session
         if session is None:
             return
         session.tasks.discard(task)
+        prompt = task.tokens_in if task.tokens_in is not None else (task.prompt_tokens or 0)
         if session.budget is not None:
-            prompt = task.tokens_in if task.tokens_in is not None else (task.prompt_tokens or 0)
             used = prompt + task.tokens_out if task.started_at is not None else 0
             per_1k = task.budget_reservation[1] * 1000 / max(task.budget_reservation[0], 1)
-            decode_ms = float(task.decode_ms()) if task.started_at is not None else 0.0
-            session.budget.settle(task.budget_reservation, used, decode_ms, per_1k)
+            session.budget.settle(task.budget_reservation, used, per_1k)
+            session.budget.task_stopped(task)
         if task.terminal_event != "end" or task.replica_id is None:
             return
+        if self._table.get(session.id) is not session:
+            return  # the session is over; a new one with this id starts cold
         session.replica_id, session.slot_id = task.replica_id, task.last_slot_id
-        prompt = task.tokens_in if task.tokens_in is not None else (task.prompt_tokens or 0)
         session.kv_tokens = prompt + task.tokens_out
         session.kv_warm = task.kv_warm
 

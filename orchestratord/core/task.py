@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from collections.abc import Callable
 from enum import StrEnum
@@ -116,11 +115,11 @@ class Task:
         self.preferred_slot: int | None = None
         self.affinity_kept = True
         self.cache_owned = False  # its slot last ran this task's session
-        # Session budgets (core/budgets.py): the session's budget, this task's reservation,
-        # and when its decoding must stop (the session's time budget).
+        # Session budgets (core/budgets.py): the reserving session's budget and what this
+        # task reserved of it; the session itself (core/sessions.py) once it is admitted.
         self.budget: Any = None
         self.budget_reservation: tuple[int, float] = (0, 0.0)
-        self.budget_deadline = math.inf
+        self.session: Any = None
         self.deadline_timer: asyncio.TimerHandle | None = None
         self.on_finish: Callable[[Task], None] | None = None
         self._wakeup = asyncio.Event()

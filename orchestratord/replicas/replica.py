@@ -279,7 +279,7 @@ class Replica:
         task.state = TaskState.RUNNING
         task.started_at = task.last_progress = time.monotonic()
         if task.budget is not None:
-            task.budget_deadline = task.budget.time_deadline(task.started_at)
+            task.budget.task_started(task, task.started_at)
         task.attempts += 1
         if not self.running:
             self.busy_since = task.started_at

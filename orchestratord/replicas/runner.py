@@ -105,7 +105,8 @@ async def run_task(replica: Replica, task: Task, outcome: RunOutcome) -> None:
                     if outcome.first_token_at is None:
                         outcome.first_token_at = time.monotonic()
                     task.append_token(event.text)
-                    if task.last_progress > task.budget_deadline:
+                    budget = task.budget
+                    if budget is not None and budget.time_exhausted(task.last_progress):
                         message = "the session's time budget ran out while decoding"
                         task.finish_error(ErrorCode.BUDGET_EXHAUSTED, message, engine)
                         break

@@ -63,6 +63,10 @@ class UnknownParent(Exception):
     pass
 
 
+class StoreFull(Exception):
+    """``server.max_artifacts`` or ``server.max_artifact_store_bytes`` would be passed."""
+
+
 @dataclass(frozen=True)
 class StoredArtifact:
     id: str
@@ -100,8 +104,29 @@ def _tags(conn: sqlite3.Connection, artifact_id: str) -> list[str]:
 
 
 class Artifacts:
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self, store: Store, max_count: int = 10_000, max_bytes: int = 256 * 1024 * 1024
+    ) -> None:
         self.store = store
+        self.max_count = max_count
+        self.max_bytes = max_bytes
+        # Count and bytes stored, read once in the writer thread, then kept up to date there.
+        self._usage: list[int] | None = None
+
+    def _check_room(self, conn: sqlite3.Connection, size: int) -> None:
+        if self._usage is None:
+            count, stored = conn.execute(
+                "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(body AS BLOB))), 0) FROM artifacts"
+            ).fetchone()
+            self._usage = [int(count), int(stored)]
+        count, stored = self._usage
+        if count + 1 > self.max_count:
+            raise StoreFull(f"the store holds server.max_artifacts ({self.max_count}) artifacts")
+        if stored + size > self.max_bytes:
+            raise StoreFull(
+                f"{size} more bytes would pass server.max_artifact_store_bytes "
+                f"({self.max_bytes}; {stored} stored)"
+            )
 
     async def put(self, artifact: ArtifactCreate) -> tuple[StoredArtifact, bool]:
         """Store (once); returns the stored artifact and whether this call created it."""
@@ -121,6 +146,7 @@ class Artifacts:
                 is None
             ):
                 raise UnknownParent(parent)
+            self._check_room(conn, len(canonical))
             created_ms = int(time.time() * 1000)
             conn.execute(
                 "INSERT INTO artifacts (id, kind, body, parent, signed, created_ms) "
@@ -133,9 +159,16 @@ class Artifacts:
                 "INSERT INTO artifact_tags (artifact_id, tag) VALUES (?, ?)",
                 [(artifact_id, tag) for tag in tags],
             )
+            assert self._usage is not None
+            self._usage[0] += 1
+            self._usage[1] += len(canonical)
             return StoredArtifact(artifact_id, artifact.kind.value, tags, created_ms), True
 
-        return await self.store.write(work)
+        try:
+            return await self.store.write(work)
+        except sqlite3.Error:
+            self._usage = None  # the transaction rolled back: count again next time
+            raise
 
     async def get(self, artifact_id: str) -> StoredArtifact | None:
         def work(conn: sqlite3.Connection) -> StoredArtifact | None:

@@ -108,15 +108,28 @@ class Store:
         return len(MIGRATIONS)
 
     def _transaction(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """One transaction. A failed COMMIT is rolled back, so no transaction is ever left
+        open to wedge the next write; a ROLLBACK that fails too is logged, and the caller
+        sees the error that caused it (a 409 stays a 409)."""
         conn = self._conn
+        if conn.in_transaction:  # an earlier ROLLBACK failed: try again before anything else
+            conn.execute("ROLLBACK")
         conn.execute("BEGIN IMMEDIATE")
         try:
             result = work(conn)
-        except BaseException:
-            conn.execute("ROLLBACK")
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            self._roll_back(conn, exc)
             raise
-        conn.execute("COMMIT")
         return result
+
+    def _roll_back(self, conn: sqlite3.Connection, cause: BaseException) -> None:
+        if not conn.in_transaction:
+            return
+        try:
+            conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.exception("store %s: ROLLBACK after %r failed", self.path, cause)
 
     async def write(self, work: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``work`` in one transaction on the writer thread; committed when this returns."""

@@ -30,6 +30,7 @@ from orchestratord.config import (
     PoolConfig,
     QueueConfig,
     ServerConfig,
+    SessionsConfig,
     ToolsConfig,
 )
 from orchestratord.core.request import TaskRequest
@@ -58,6 +59,7 @@ def make_config(tmp_path: Path, **pool: Any) -> Config:
     catalog = pool.pop("catalog", {})
     tools = pool.pop("tools", {})
     outbound = pool.pop("outbound", {})
+    sessions = pool.pop("sessions", {})
     pool_config = PoolConfig(
         id="p1",
         model_ref=pool.pop("model_ref", MODEL),
@@ -76,6 +78,7 @@ def make_config(tmp_path: Path, **pool: Any) -> Config:
         catalog=CatalogConfig(**catalog),
         tools=ToolsConfig(**tools),
         outbound=OutboundConfig(**outbound),
+        sessions=SessionsConfig(**sessions),
         pools=[pool_config],
         state_dir=tmp_path / "state",
         cache_dir=tmp_path / "c",

@@ -14,6 +14,7 @@ import pytest
 from orchestratord.adapters.base import GenerationRequest, StreamEnd, StreamEvent, TokenChunk
 from orchestratord.adapters.mock import MockAdapter
 from orchestratord.config import BudgetsConfig
+from orchestratord.core.budgets import Budget
 from tests.contract_schemas import assert_frames_match
 from tests.unit.conftest import AUTH, collect_stream, task_body
 
@@ -31,8 +32,10 @@ async def submit(conductor: Any, session: str, **fields: Any) -> Any:
 )  # fmt: skip
 async def test_tokens_and_cost_are_reserved_settled_and_reported(conductor_for: Any) -> None:
     session = str(uuid.uuid4())
-    async with conductor_for(cost_per_1k_tokens=10.0) as (orch, conductor):
-        orch.sessions.budgets = BudgetsConfig(**BUDGETS)
+    async with conductor_for(cost_per_1k_tokens=10.0, sessions={"budgets": BUDGETS}) as (
+        _,
+        conductor,
+    ):
         # Admission reserves the most a task may use: "hello there" has 11 bytes, so at most
         # 13 prompt tokens, plus 8: 21. It really uses 2 + 8 = 10 (the mock engine counts
         # words), which is what is settled when it ends.
@@ -72,8 +75,10 @@ class SlowEngine(MockAdapter):
 @pytest.mark.req("HOME-402", "OC-CORE-1024")
 async def test_a_task_ends_when_the_sessions_time_budget_runs_out(conductor_for: Any) -> None:
     session = str(uuid.uuid4())
-    async with conductor_for(SlowEngine()) as (orch, conductor):
-        orch.sessions.budgets = BudgetsConfig(time_ms=100)
+    async with conductor_for(SlowEngine(), sessions={"budgets": {"time_ms": 100}}) as (
+        orch,
+        conductor,
+    ):
         admitted, body = await submit(conductor, session, max_tokens=200)
         frames = await collect_stream(conductor, body["task_id"])
         refused, _ = await submit(conductor, session, max_tokens=2)
@@ -86,28 +91,76 @@ async def test_a_task_ends_when_the_sessions_time_budget_runs_out(conductor_for:
     assert slots == 2  # the stopped task gave its slot back
 
 
-@pytest.mark.req("OC-CORE-1024")
+@pytest.mark.req("OC-CORE-1024", "HARD-111")
 async def test_a_refused_admission_gives_its_reservation_back(conductor_for: Any) -> None:
-    session = str(uuid.uuid4())
+    session, newcomer = str(uuid.uuid4()), str(uuid.uuid4())
     release = asyncio.Event()
 
     async def hold(request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
         await release.wait()
         yield StreamEnd("length", 1, 0, 0, 1.0)
 
-    async with conductor_for(MockAdapter(hold), slots=1, queue={"capacity": 1}) as (
-        orch,
-        conductor,
-    ):
-        orch.sessions.budgets = BudgetsConfig(tokens=1000)
-        await submit(conductor, str(uuid.uuid4()), max_tokens=4)  # holds the slot
+    budgets = {"budgets": {"tokens": 1000}}
+    async with conductor_for(
+        MockAdapter(hold), slots=1, queue={"capacity": 1}, sessions=budgets
+    ) as (orch, conductor):
+        await submit(conductor, session, max_tokens=4)  # holds the slot: 21 reserved
         await submit(conductor, str(uuid.uuid4()), max_tokens=4)  # fills the queue
         full, _ = await submit(conductor, session, max_tokens=100)
+        refused_newcomer, _ = await submit(conductor, newcomer, max_tokens=4)
         info = orch.sessions.find(session)
+        assert info is not None and info.budget is not None
+        remaining = info.budget.remaining()["tokens_budget_remaining"]
+        left_behind = orch.sessions.find(newcomer)
         release.set()
-    assert full.status_code == 429
-    assert info is not None and info.budget is not None
-    assert info.budget.remaining()["tokens_budget_remaining"] == 1000
+    assert full.status_code == 429 and refused_newcomer.status_code == 429
+    assert remaining == 1000 - 17  # only the running task's 13 + 4 stay reserved
+    assert info.turns == 1  # the refused task took no turn
+    assert left_behind is None  # a task refused at admission leaves no session behind
+
+
+@pytest.mark.req("HOME-402", "OC-CORE-1024", "HARD-208")
+def test_tasks_decoding_side_by_side_share_the_time_budget() -> None:
+    budget = Budget.from_config(BudgetsConfig(time_ms=100))
+    first, second = object(), object()
+    budget.task_started(first, 10.0)
+    budget.task_started(second, 10.0)
+    assert not budget.time_exhausted(10.04)  # 2 x 40 ms of the 100
+    assert budget.time_exhausted(10.05)  # 2 x 50 ms: spent, for both of them
+    budget.task_stopped(first, 10.05)
+    budget.task_stopped(second, 10.05)
+    assert budget.time_used_ms == pytest.approx(100.0)
+
+
+@pytest.mark.req("HOME-402", "OC-CORE-1024", "HARD-208")
+async def test_a_task_settles_with_the_session_that_reserved_it(conductor_for: Any) -> None:
+    """A task that outlives its session's lifetime settles against that session, not a new
+    one that took over its id."""
+    session = str(uuid.uuid4())
+    release, never = asyncio.Event(), asyncio.Event()
+
+    async def hold(request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
+        await (release if request.max_tokens == 4 else never).wait()
+        yield TokenChunk(" a")
+        yield StreamEnd("length", 2, 0, 1, 1.0)
+
+    sessions = {"ttl_ms": 1000, "budgets": {"tokens": 1000}}
+    async with conductor_for(MockAdapter(hold), sessions=sessions) as (orch, conductor):
+        first, first_body = await submit(conductor, session, max_tokens=4)
+        old = orch.sessions.find(session)
+        await asyncio.sleep(1.1)  # the session's lifetime is over; its task still runs
+        second, _ = await submit(conductor, session, max_tokens=5)
+        new = orch.sessions.find(session)
+        release.set()
+        await collect_stream(conductor, first_body["task_id"])
+        assert old is not None and new is not None and old is not new
+        assert old.budget is not None and new.budget is not None
+        settled = (old.budget.tokens_used, old.budget.tokens_reserved)
+        untouched = (new.budget.tokens_used, new.budget.tokens_reserved)
+        never.set()
+    assert first.status_code == 202 and second.status_code == 202
+    assert settled == (3, 0)  # 2 prompt + 1 output, against the session that reserved it
+    assert untouched == (0, 13 + 5)  # the new session holds only its own reservation
 
 
 @pytest.mark.parametrize(

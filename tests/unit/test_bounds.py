@@ -1,0 +1,117 @@
+"""Nothing one client creates grows without limit (HARD-110, HARD-111, HARD-112)."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+
+from tests.unit.conftest import AUTH, task_body
+
+DIGEST = "sha256:" + "0" * 64
+
+
+async def submit(conductor: Any, **fields: Any) -> Any:
+    body = task_body(**fields)
+    return await conductor.simulate_post("/v1/tasks", json=body, headers=AUTH)
+
+
+@pytest.mark.req("HARD-110")
+async def test_live_sessions_are_bounded(conductor_for: Any) -> None:
+    first, second, third = (str(uuid.uuid4()) for _ in range(3))
+    async with conductor_for(sessions={"max_live": 2}, queue={"capacity": 16}) as (orch, c):
+        answers = [await submit(c, session_id=s) for s in (first, second, third)]
+        again = await submit(c, session_id=first)  # an existing session goes on
+        refused = orch.sessions.find(third)
+        metrics = (await c.simulate_get("/metrics")).text
+    assert [a.status_code for a in answers] == [202, 202, 429]
+    full = answers[2]
+    assert full.json["code"] == "ADMISSION_REJECT" and full.json["policy_label"] == "sessions"
+    assert "sessions.max_live" in full.json["message"] and int(full.headers["X-Backoff-Ms"]) > 0
+    assert again.status_code == 202
+    assert refused is None
+    assert 'admission_backpressure_events_total{engine="llamacpp",policy="sessions"} 1.0' in (
+        metrics
+    )
+
+
+@pytest.mark.req("HARD-111")
+async def test_a_refused_task_leaves_no_session_and_spends_no_rate_token(
+    conductor_for: Any,
+) -> None:
+    queue = {"rate_limit_rps": {"interactive": 0.01}, "rate_limit_burst": 1}
+    sessions = [str(uuid.uuid4()) for _ in range(4)]
+    async with conductor_for(queue=queue) as (orch, c):
+        too_long = await submit(c, session_id=sessions[0], ctx=100_000)  # 400: ctx
+        unknown = await submit(c, session_id=sessions[1], model_ref="nobody/serves-this")
+        admitted = await submit(c, session_id=sessions[2])  # takes the only token
+        limited = await submit(c, session_id=sessions[3])
+        found = [orch.sessions.find(s) is not None for s in sessions]
+    assert [too_long.status_code, unknown.status_code] == [400, 400]
+    assert admitted.status_code == 202  # the refused tasks spent no token
+    assert limited.status_code == 429 and limited.json["policy_label"] == "rate-limit"
+    assert found == [False, False, True, False]
+
+
+@pytest.mark.req("HARD-110")
+async def test_catalog_entries_are_bounded(conductor_for: Any) -> None:
+    async with conductor_for(catalog={"max_entries": 2}) as (orch, c):
+        answers = [
+            await c.simulate_post(
+                "/v1/catalog/models", json={"id": f"m{n}", "digest": DIGEST}, headers=AUTH
+            )
+            for n in range(3)
+        ]
+        series = [
+            line for line in (await c.simulate_get("/metrics")).text.splitlines()
+            if line.startswith("model_state{")
+        ]  # fmt: skip
+    assert [a.status_code for a in answers] == [201, 201, 409]
+    assert "catalog.max_entries (2)" in answers[2].json["message"]
+    assert len(series) == 2 and orch.catalog.get("m2") is None
+
+
+@pytest.mark.req("HARD-110")
+async def test_artifacts_are_bounded_by_count_and_bytes(conductor_for: Any) -> None:
+    def artifact(n: int, size: int) -> dict[str, Any]:
+        return {"kind": "trace", "content": {"n": n, "pad": "x" * size}}
+
+    by_count = {"max_artifacts": 2}
+    async with conductor_for(server=by_count) as (_, c):
+        posts = [await c.simulate_post("/v1/artifacts", json=artifact(n, 10), headers=AUTH)
+                 for n in range(3)]  # fmt: skip
+        repost = await c.simulate_post("/v1/artifacts", json=artifact(0, 10), headers=AUTH)
+    assert [p.status_code for p in posts] == [201, 201, 409]
+    assert "server.max_artifacts (2)" in posts[2].json["message"]
+    assert repost.status_code == 201  # the same artifact again is not a new one
+
+    by_bytes = {"max_artifact_store_bytes": 1024 * 1024, "max_body_bytes": 1024 * 1024}
+    async with conductor_for(server=by_bytes) as (_, c):
+        posts = [await c.simulate_post("/v1/artifacts", json=artifact(n, 400_000), headers=AUTH)
+                 for n in range(3)]  # fmt: skip
+    assert [p.status_code for p in posts] == [201, 201, 409]
+    assert "server.max_artifact_store_bytes" in posts[2].json["message"]
+
+
+@pytest.mark.parametrize(
+    ("host", "auth", "open_"),
+    [
+        ("127.0.0.1", "auto", True),
+        ("::1", "auto", True),
+        ("localhost", "auto", True),
+        ("0.0.0.0", "auto", False),
+        ("192.168.1.20", "auto", False),
+        ("127.0.0.1", "always", False),
+        ("0.0.0.0", "never", True),
+    ],
+)
+@pytest.mark.req("HARD-112", "HOME-102")
+async def test_metrics_need_the_token_off_loopback(
+    conductor_for: Any, host: str, auth: str, open_: bool
+) -> None:
+    async with conductor_for(server={"host": host, "metrics_auth": auth}) as (_, c):
+        anonymous = await c.simulate_get("/metrics")
+        with_token = await c.simulate_get("/metrics", headers=AUTH)
+    assert anonymous.status_code == (200 if open_ else 401)
+    assert with_token.status_code == 200 and "queue_depth" in with_token.text
