@@ -259,6 +259,7 @@ class Orchestrator:
         return ReplicaRuntime(
             frame_every_tokens=server.metrics_frame_every_tokens,
             idle_timeout_s=server.decode_idle_timeout_ms / 1000,
+            prompt_s_per_token=server.prompt_ms_per_token / 1000,
             wall_timeout_s=server.decode_wall_timeout_ms / 1000,
             restart_backoff_s=server.engine_restart_backoff_ms / 1000,
             max_restarts=server.engine_max_restarts,

@@ -97,6 +97,14 @@ class ServerConfig(Strict):
         description="A running task whose engine sends nothing for this long ends with "
         "DECODE_TIMEOUT and frees its slot (watchdog).",
     )
+    prompt_ms_per_token: float = Field(
+        50.0,
+        ge=0,
+        le=10_000,
+        description="Before its first token a task may also take this long per prompt token "
+        "(prompt processing is progress, not a stall: a 3,000-token prompt on a CPU pool gets "
+        "150 s more by default); llama.cpp also reports its progress through the prompt.",
+    )
     decode_wall_timeout_ms: int = Field(
         600_000,
         ge=100,

@@ -58,7 +58,16 @@ class StreamEnd:
     decode_ms: float
 
 
-StreamEvent = TokenChunk | StreamEnd
+@dataclass(frozen=True, slots=True)
+class PromptProgress:
+    """The engine's own report that it is working through the prompt (no text yet): a long
+    prompt on a slow device is progress, not a stall (HARD-202)."""
+
+    processed: int
+    total: int
+
+
+StreamEvent = TokenChunk | StreamEnd | PromptProgress
 
 
 @dataclass(frozen=True, slots=True)

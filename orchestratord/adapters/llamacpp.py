@@ -17,7 +17,7 @@ import contextlib
 import json
 import ssl
 import urllib.parse
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from orchestratord.adapters.base import (
     EngineReset,
     EngineUnavailable,
     GenerationRequest,
+    PromptProgress,
     SlotState,
     StreamEnd,
     StreamEvent,
@@ -115,9 +116,10 @@ class LlamaCppAdapter(EngineAdapter):
                 raw = await response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise EngineUnavailable(f"llama-server {path}: {exc!r}") from exc
-        if len(raw) > _BIG_REPLY_BYTES:
-            return await asyncio.to_thread(json.loads, raw)
-        return json.loads(raw)
+        with _reply_shape(path):
+            if len(raw) > _BIG_REPLY_BYTES:
+                return await asyncio.to_thread(json.loads, raw)
+            return json.loads(raw)
 
     async def healthy(self) -> bool:
         try:
@@ -131,15 +133,16 @@ class LlamaCppAdapter(EngineAdapter):
         if self._digest is None and self._model_path is not None:
             self._digest = "sha256:" + await asyncio.to_thread(sha256_file, self._model_path)
             self.max_token_bytes = await asyncio.to_thread(max_token_bytes, self._model_path)
-        settings = props.get("default_generation_settings", {})
-        return EngineInfo(
-            engine=self.engine,
-            engine_version=self._engine_version(props.get("build_info")),
-            model_digest=self._digest,
-            slots_total=int(props.get("total_slots", 1)),
-            ctx_per_slot=int(settings.get("n_ctx", 0)),
-            model_path=props.get("model_path"),
-        )
+        with _reply_shape("/props"):
+            settings = props.get("default_generation_settings", {})
+            return EngineInfo(
+                engine=self.engine,
+                engine_version=self._engine_version(props.get("build_info")),
+                model_digest=self._digest,
+                slots_total=int(props.get("total_slots", 1)),
+                ctx_per_slot=int(settings.get("n_ctx", 0)),
+                model_path=props.get("model_path"),
+            )
 
     def _engine_version(self, build_info: str | None) -> str | None:
         # Source builds without git metadata report "b0-unknown"; the packaging version of
@@ -150,11 +153,14 @@ class LlamaCppAdapter(EngineAdapter):
 
     async def slots(self) -> list[SlotState]:
         raw = await self._request_json("GET", "/slots")
-        return [SlotState(int(s["id"]), bool(s.get("is_processing"))) for s in raw]
+        with _reply_shape("/slots"):
+            return [SlotState(int(s["id"]), bool(s.get("is_processing"))) for s in raw]
 
     async def count_tokens(self, text: str) -> int:
         body = {"content": text, "add_special": True}
-        return len((await self._request_json("POST", "/tokenize", body))["tokens"])
+        reply = await self._request_json("POST", "/tokenize", body)
+        with _reply_shape("/tokenize"):
+            return len(reply["tokens"])
 
     async def metrics_text(self) -> str:
         try:
@@ -177,6 +183,8 @@ class LlamaCppAdapter(EngineAdapter):
             "ignore_eos": s.ignore_eos,
             "cache_prompt": request.reuse_kv,
             "stream": True,
+            # One progress event per prompt batch: the watchdog sees a long prompt advance.
+            "return_progress": True,
         }
         if request.slot is not None:
             body["id_slot"] = request.slot
@@ -202,14 +210,14 @@ class LlamaCppAdapter(EngineAdapter):
             )
             async for batch in stream.batches():
                 for payload in batch:
-                    chunk = json.loads(payload)
-                    if chunk.get("stop"):
+                    event = _completion_event(payload)
+                    if event is None:
+                        continue
+                    if isinstance(event, StreamEnd):
                         finished = True
-                        yield _stream_end(chunk)
+                        yield event
                         return
-                    text = chunk.get("content")
-                    if text:
-                        yield TokenChunk(text)
+                    yield event
             raise EngineConnectionLost("llama-server closed the stream without a final event")
         except ConnectFailed as exc:
             raise EngineUnavailable(f"llama-server /completion: {exc}") from exc
@@ -234,20 +242,22 @@ class LlamaCppAdapter(EngineAdapter):
             if line.startswith("llamacpp:kv_cache_usage_ratio "):
                 return float(line.split()[1])
         slots = await self._request_json("GET", "/slots")
-        total = sum(int(s.get("n_ctx", 0)) for s in slots)
-        held = 0
-        for s in slots:
-            decoded = sum(int(t.get("n_decoded", 0)) for t in s.get("next_token") or [])
-            held += int(s.get("n_prompt_tokens", 0)) + decoded
-        return min(1.0, held / total) if total else None
+        with _reply_shape("/slots"):
+            total = sum(int(s.get("n_ctx", 0)) for s in slots)
+            held = 0
+            for s in slots:
+                decoded = sum(int(t.get("n_decoded", 0)) for t in s.get("next_token") or [])
+                held += int(s.get("n_prompt_tokens", 0)) + decoded
+            return min(1.0, held / total) if total else None
 
     async def evict(self, slot: int) -> bool:
         """``POST /slots/{id}?action=erase`` (the engine runs with ``--slot-save-path``)."""
         try:
             reply = await self._request_json("POST", f"/slots/{slot}?action=erase")
+            with _reply_shape("/slots erase"):
+                return int(reply.get("id_slot", -1)) == slot
         except (EngineUnavailable, EngineReset):
             return False
-        return int(reply.get("id_slot", -1)) == slot
 
     async def _wait_slot_idle(self, slot_id: int) -> None:
         with contextlib.suppress(TimeoutError, EngineUnavailable, EngineReset):
@@ -261,6 +271,40 @@ class LlamaCppAdapter(EngineAdapter):
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
+
+
+@contextlib.contextmanager
+def _reply_shape(path: str) -> Iterator[None]:
+    """A reply that is not the JSON shape this adapter reads is an engine fault, translated
+    here like any other (HARD-201): never a stray KeyError in a supervisor or a runner."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        raise EngineReset(
+            f"llama-server {path}: unexpected reply ({exc!r})",
+            public_message="the engine answered in a shape this adapter does not read",
+        ) from exc
+
+
+def _completion_event(payload: bytes) -> StreamEvent | None:
+    """One ``/completion`` SSE event: text, the prompt's progress, or the final event.
+    (A plain try rather than ``_reply_shape``: this runs once per token.)"""
+    try:
+        chunk = json.loads(payload)
+        if chunk.get("stop"):
+            return _stream_end(chunk)
+        text = chunk.get("content")
+        if text:
+            return TokenChunk(text)
+        progress = chunk.get("prompt_progress")
+        if progress is not None:
+            return PromptProgress(int(progress.get("processed", 0)), int(progress.get("total", 0)))
+        return None
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise EngineReset(
+            f"llama-server /completion: unexpected event ({exc!r})",
+            public_message="the engine answered in a shape this adapter does not read",
+        ) from exc
 
 
 def _stream_end(chunk: dict[str, Any]) -> StreamEnd:

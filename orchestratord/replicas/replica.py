@@ -41,6 +41,7 @@ class ReplicaRuntime:
 
     frame_every_tokens: int = 64
     idle_timeout_s: float = 30.0
+    prompt_s_per_token: float = 0.05  # extra idle allowance before the first token
     wall_timeout_s: float = 600.0
     monitor_interval_s: float = 1.0
     restart_backoff_s: float = 0.5  # first delay; doubles per failed start, capped at 30 s
@@ -182,6 +183,14 @@ class Replica:
         log.error("replica %s: %s", self.id, reason)
         self._check_now.set()
 
+    def supervision_fault(self, reason: str) -> None:
+        """The supervisor's step raised: not known healthy, so dispatch nothing here until a
+        later step sees the engine answer again."""
+        if self.ready:
+            self.ready = False
+        self.last_error = reason
+        self._check_now.set()
+
     def open_circuit(self, reason: str) -> None:
         self.circuit_open = True
         self.ready = False
@@ -219,6 +228,11 @@ class Replica:
                 await self_test(self.adapter, self.runtime.startup_timeout_s)
             except SelfTestFailed as exc:
                 return await self._failed_start(f"self-test failed: {exc}", repr(exc.__cause__))
+            except Exception as exc:  # a self-test that crashes is a failed start too
+                log.exception("replica %s: self-test raised", self.id)
+                return await self._failed_start(
+                    f"self-test failed: {type(exc).__name__}", repr(exc)
+                )
         self.info = info
         self.needs_start = False
         self.set_ready()

@@ -25,6 +25,7 @@ from orchestratord.adapters.base import (
     EngineError,
     EngineUnavailable,
     GenerationRequest,
+    PromptProgress,
     StreamEnd,
     TokenChunk,
 )
@@ -101,6 +102,9 @@ async def run_task(replica: Replica, task: Task, outcome: RunOutcome) -> None:
             async for event in events:
                 if task.finished:
                     break
+                if isinstance(event, PromptProgress):
+                    task.last_progress = time.monotonic()  # working through the prompt
+                    continue
                 if isinstance(event, TokenChunk):
                     if outcome.first_token_at is None:
                         outcome.first_token_at = time.monotonic()

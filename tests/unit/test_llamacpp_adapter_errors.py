@@ -18,11 +18,14 @@ from orchestratord.adapters.base import (
     EngineReset,
     EngineUnavailable,
     GenerationRequest,
+    PromptProgress,
     Sampling,
+    TokenChunk,
 )
 from orchestratord.adapters.llamacpp import LlamaCppAdapter
 from orchestratord.errors import ErrorCode
 from orchestratord.replicas.engine_process import free_loopback_port
+from tests.unit.scripted_http import scripted_engine, sse_route
 
 REQUEST = GenerationRequest("hi", 4, 1, Sampling(0.8, 40, 0.95, 0.05, 1.0, False))
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -119,3 +122,28 @@ async def test_an_engine_error_status_keeps_its_body_out_of_the_public_message()
     assert error.public_message == "the engine refused the request (HTTP 500)"
     assert "secret internal detail" in error.detail
     assert_public(error, port)
+
+
+@pytest.mark.req("HARD-202", "HARD-201")
+async def test_prompt_progress_is_relayed_and_a_malformed_event_is_an_engine_fault() -> None:
+    progress = [{"content": "", "stop": False,
+                 "prompt_progress": {"total": 128, "cache": 0, "processed": n, "time_ms": n}}
+                for n in (0, 64, 128)]  # fmt: skip
+    final = {"content": "", "stop": True, "tokens_evaluated": 3, "timings": {"predicted_n": 1}}
+    routes = {("POST", "/completion"): sse_route([*progress, {"content": " hi"}, final])}
+    bad = {("POST", "/completion"): sse_route([{"prompt_progress": "half way"}])}
+    async with scripted_engine(routes) as engine:
+        adapter = LlamaCppAdapter(engine.url, None, max_connections=1)
+        events = [e async for e in adapter.generate(REQUEST)]
+        await adapter.aclose()
+        sent = engine.bodies("/completion")[0]
+    assert [e for e in events if isinstance(e, PromptProgress)] == [
+        PromptProgress(0, 128),
+        PromptProgress(64, 128),
+        PromptProgress(128, 128),
+    ]
+    assert [e.text for e in events if isinstance(e, TokenChunk)] == [" hi"]
+    assert sent["return_progress"] is True
+    async with scripted_engine(bad) as engine:
+        error = await generate_error(LlamaCppAdapter(engine.url, None, max_connections=1))
+    assert isinstance(error, EngineReset) and "shape" in error.public_message

@@ -7,12 +7,16 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
+from orchestratord.adapters.base import EngineAdapter
+from orchestratord.adapters.llamacpp import LlamaCppAdapter
 from orchestratord.adapters.mock import MockAdapter
 from orchestratord.config import PoolConfig
 from orchestratord.metrics import Metrics
 from orchestratord.models.tiny_gguf import TINY_MODEL_REF
 from orchestratord.pools.pool import Pool
+from orchestratord.replicas import supervisor
 from orchestratord.replicas.replica import Replica, ReplicaRuntime, ReplicaSpec
+from tests.unit.scripted_http import json_route, scripted_engine
 
 FAST = ReplicaRuntime(monitor_interval_s=0.01, restart_backoff_s=0.01, max_restarts=2)
 
@@ -51,7 +55,10 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> None:
 
 
 async def with_pool(
-    process: FakeProcess, adapter: MockAdapter, body: Callable[[Pool], Awaitable[None]]
+    process: FakeProcess,
+    adapter: EngineAdapter,
+    body: Callable[[Pool], Awaitable[None]],
+    runtime: ReplicaRuntime = FAST,
 ) -> None:
     metrics = Metrics()
     replica = Replica(
@@ -60,7 +67,7 @@ async def with_pool(
         adapter,
         metrics,
         process,  # type: ignore[arg-type]
-        runtime=FAST,
+        runtime=runtime,
     )
     pool = Pool(PoolConfig(id="p", model_ref=TINY_MODEL_REF), [replica], metrics)
     await pool.start()
@@ -111,3 +118,95 @@ async def test_the_circuit_opens_after_repeated_failed_restarts() -> None:
         assert not pool.ready
 
     await with_pool(process, MockAdapter(), body)
+
+
+@pytest.mark.req("OC-POOL-3010", "OC-POOL-3011")
+async def test_restart_delays_double_up_to_the_circuit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The backoff is exponential: each failed start doubles the wait before the next."""
+    asked: list[float] = []
+
+    async def recording_backoff(delay: float) -> None:
+        asked.append(delay)
+
+    monkeypatch.setattr(supervisor, "backoff", recording_backoff)
+    process = FakeProcess()
+    process.fail_restarts = True
+    runtime = ReplicaRuntime(monitor_interval_s=0.01, restart_backoff_s=0.25, max_restarts=4)
+
+    async def body(pool: Pool) -> None:
+        process.crash()
+        await eventually(lambda: "circuit open" in (pool.last_error or ""))
+
+    await with_pool(process, MockAdapter(), body, runtime)
+    assert asked == [0.25, 0.5, 1.0, 2.0]
+
+
+class RaisingScrape(MockAdapter):
+    """An adapter with a bug: its telemetry read raises something no adapter should."""
+
+    def __init__(self, failures: int) -> None:
+        super().__init__()
+        self.failures = failures
+
+    async def kv_usage_ratio(self) -> float | None:
+        if self.failures > 0:
+            self.failures -= 1
+            raise KeyError("n_ctx")
+        return 0.0
+
+
+@pytest.mark.req("HARD-201")
+async def test_a_supervision_step_that_raises_is_logged_and_supervision_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    process = FakeProcess()
+    adapter = RaisingScrape(failures=1)
+
+    async def body(pool: Pool) -> None:
+        await eventually(lambda: adapter.failures == 0)
+        await eventually(lambda: pool.ready)  # the next step found the engine healthy
+        process.crash()  # after the fault, a crash is still noticed and repaired
+        await eventually(lambda: process.starts == 2 and pool.ready)
+
+    await with_pool(process, adapter, body)
+    assert "replica p-r0: supervision step failed (1 in a row)" in caplog.text
+
+
+@pytest.mark.req("HARD-201", "OC-POOL-3011")
+async def test_a_replica_whose_supervision_keeps_failing_opens_its_circuit() -> None:
+    process = FakeProcess()
+    adapter = RaisingScrape(failures=1000)
+
+    async def body(pool: Pool) -> None:
+        await eventually(lambda: "circuit open after 2 supervision errors" in
+                         (pool.last_error or ""))  # fmt: skip
+        assert not pool.ready
+
+    await with_pool(process, adapter, body)
+
+
+@pytest.mark.req("HARD-201")
+async def test_malformed_slots_from_a_real_http_engine_do_not_end_supervision() -> None:
+    """The llama.cpp adapter against a scripted engine whose /slots has the wrong shape:
+    the fault is translated at the adapter boundary, supervision goes on, and a crash
+    after it is repaired."""
+    props = {"total_slots": 2, "default_generation_settings": {"n_ctx": 256},
+             "build_info": "b1-test", "model_path": "m.gguf"}  # fmt: skip
+    routes = {
+        ("GET", "/health"): json_route({"status": "ok"}),
+        ("GET", "/props"): json_route(props),
+        ("GET", "/metrics"): json_route({}, status=404),
+        ("GET", "/slots"): json_route({"not": "a list of slots"}),
+    }
+    process = FakeProcess()
+    async with scripted_engine(routes) as engine:
+        adapter = LlamaCppAdapter(engine.url, None, max_connections=2)
+        runtime = ReplicaRuntime(monitor_interval_s=0.01, restart_backoff_s=0.01,
+                                 max_restarts=2, self_test=False)  # fmt: skip
+
+        async def body(pool: Pool) -> None:
+            await eventually(lambda: len(engine.bodies("/slots")) >= 3)  # read, refused, on
+            process.crash()
+            await eventually(lambda: process.starts == 2 and pool.ready)
+
+        await with_pool(process, adapter, body, runtime)  # type: ignore[arg-type]
