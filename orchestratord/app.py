@@ -424,7 +424,10 @@ class Orchestrator:
         """Free VRAM for placement, the GPU and session gauges, every monitor interval."""
         interval = self.config.server.device_monitor_interval_ms / 1000
         while True:
-            self.devices.refresh(self.replicas(), self.metrics)
+            try:
+                await self.devices.refresh_off_loop(self.replicas(), self.metrics)
+            except Exception:  # a driver error must not end the monitor
+                log.exception("device monitor: reading the GPUs failed")
             self.metrics.sessions_active.set(self.sessions.live_count())
             await asyncio.sleep(interval)
 

@@ -33,7 +33,7 @@ class SessionResource:
     ) -> None:
         session = self._live(session_id)
         pool = self.orch.pools.get(session.pool_id)
-        per_token = pool.kv_bytes_per_token() if pool is not None else None
+        per_token = await pool.kv_bytes_per_token() if pool is not None else None
         resp.media = session.view(time.monotonic(), self.orch.sessions.max_turns, per_token)
 
     async def on_delete(

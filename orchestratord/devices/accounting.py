@@ -1,7 +1,9 @@
 """Free VRAM per device for placement, GPU metrics per replica, and the no-CPU-fallback check.
 
 Placement reads free VRAM on every dispatch, so it reads a number cached here, refreshed
-with the metrics every monitor interval (``refresh``), never NVML on the task path.
+with the metrics every monitor interval (``refresh``), never NVML on the task path. While
+serving, the NVML reads of a refresh run in a worker thread (``refresh_off_loop``): a
+driver call that hangs delays the numbers, never the streams (HARD-204).
 
 - NVML: free = total - used now - reserve; ``vram_used_bytes`` is what the replica's engine
   process holds on each card, ``gpu_utilization`` the card's utilization.
@@ -12,11 +14,19 @@ with the metrics every monitor interval (``refresh``), never NVML on the task pa
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 
-from orchestratord.devices.inventory import DeviceInventory
+from orchestratord.devices.inventory import DeviceInventory, DeviceSample
 from orchestratord.metrics import Metrics
 from orchestratord.replicas.replica import Replica
+
+
+@dataclass
+class _Readings:
+    samples: dict[int, DeviceSample | None] = field(default_factory=dict)
+    held: dict[tuple[int, int], int | None] = field(default_factory=dict)  # (device, pid)
 
 
 class DeviceAccounting:
@@ -38,29 +48,54 @@ class DeviceAccounting:
         return min(self.free_bytes.get(i, 0) for i in replica.devices)
 
     def refresh(self, replicas: Iterable[Replica], metrics: Metrics) -> None:
+        """Read and publish now (start-up, before the loop serves)."""
         replicas = list(replicas)
+        self._apply(replicas, self._read(replicas), metrics)
+
+    async def refresh_off_loop(self, replicas: Iterable[Replica], metrics: Metrics) -> None:
+        replicas = list(replicas)
+        readings = await asyncio.to_thread(self._read, replicas) if self.measured else None
+        self._apply(replicas, readings if readings is not None else _Readings(), metrics)
+
+    def _read(self, replicas: list[Replica]) -> _Readings:
+        """Every NVML call of a refresh (a blocking driver call each)."""
+        readings = _Readings()
+        inventory = self.inventory
+        if inventory is None:
+            return readings
+        for index in self.devices:
+            readings.samples[index] = inventory.sample(index)
+        if self.measured:
+            for replica in replicas:
+                pid = replica.process.pid if replica.process is not None else None
+                for index in replica.devices:
+                    if pid:
+                        readings.held[(index, pid)] = inventory.process_vram_bytes(index, pid)
+        return readings
+
+    def _apply(self, replicas: list[Replica], readings: _Readings, metrics: Metrics) -> None:
         placed: dict[int, int] = {}
         for replica in replicas:
             for index, need in replica.spec.vram_bytes.items():
                 placed[index] = placed.get(index, 0) + need
         for index, device in self.devices.items():
-            sample = self.inventory.sample(index) if self.inventory is not None else None
+            sample = readings.samples.get(index)
             if sample is not None:
                 free = device.vram_total_bytes - sample.vram_used_bytes
             else:
                 free = device.vram_total_bytes - device.vram_used_bytes - placed.get(index, 0)
             self.free_bytes[index] = free - self.reserve_bytes
         for replica in replicas:
-            self._publish(replica, metrics)
+            self._publish(replica, readings, metrics)
 
-    def _publish(self, replica: Replica, metrics: Metrics) -> None:
+    def _publish(self, replica: Replica, readings: _Readings, metrics: Metrics) -> None:
         labels = replica.labels()
+        pid = replica.process.pid if replica.process is not None else None
         for index in replica.devices:
             device = {**labels, "device": str(index)}
-            sample = self.inventory.sample(index) if self.measured and self.inventory else None
-            if sample is not None and self.inventory is not None:
-                pid = replica.process.pid if replica.process is not None else None
-                held = self.inventory.process_vram_bytes(index, pid) if pid else None
+            sample = readings.samples.get(index) if self.measured else None
+            if sample is not None:
+                held = readings.held.get((index, pid)) if pid else None
                 metrics.vram_used_bytes.labels(**device).set(held or 0)
                 metrics.gpu_utilization.labels(**device).set(sample.utilization)
             else:

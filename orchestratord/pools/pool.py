@@ -141,12 +141,13 @@ class Pool:
     def running(self) -> set[Task]:
         return {t for r in (*self.replicas, *self.retiring) for t in r.running}
 
-    def kv_bytes_per_token(self) -> int | None:
-        """KV-cache bytes per token of context, from the model file (None if unknown)."""
+    async def kv_bytes_per_token(self) -> int | None:
+        """KV-cache bytes per token of context, from the model file (None if unknown); the
+        file is parsed once, in a worker thread (HARD-204)."""
         path = self.config.model_path or self.model_file
         if self._kv_per_token is None and path is not None:
             try:
-                shape = read_model_shape(path)
+                shape = await asyncio.to_thread(read_model_shape, path)
             except (ModelShapeError, OSError):
                 return None
             self._kv_per_token = shape.kv_bytes(1)

@@ -220,7 +220,8 @@ class Replica:
         if info.slots_total < self.slots:
             reason = f"engine has {info.slots_total} slots, pool declares {self.slots}"
             return await self._failed_start(reason, reason)
-        misplaced = self.placement_check(self) if self.placement_check is not None else None
+        check = self.placement_check
+        misplaced = await asyncio.to_thread(check, self) if check is not None else None
         if misplaced is not None:
             return await self._failed_start(misplaced, misplaced)
         if self.runtime.self_test:
