@@ -57,7 +57,12 @@ async def generate_stream(request: web.Request) -> web.StreamResponse:
         return web.json_response({"error": "temperature must be strictly positive"}, status=422)
     count = int(parameters.get("max_new_tokens", 20))
     tokens = seeded_tokens(int(parameters.get("seed") or 0), count)
-    prefill = [{"id": i, "text": w} for i, w in enumerate(str(body["inputs"]).split())]
+    # TGI lists the prompt's tokens (prefill) only when asked with decoder_input_details.
+    prefill = (
+        [{"id": i, "text": w} for i, w in enumerate(str(body["inputs"]).split())]
+        if parameters.get("decoder_input_details")
+        else []
+    )
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
     for index, text in enumerate(tokens, 1):

@@ -20,6 +20,7 @@ from typing import Any
 from orchestratord.adapters.base import (
     EngineConnectionLost,
     EngineInfo,
+    EngineReset,
     GenerationRequest,
     SlotState,
     StreamEnd,
@@ -80,9 +81,11 @@ class TgiAdapter(HttpEngine):
             async for batch in events:
                 for payload in batch:
                     event = parse_payload(self.engine, payload)
-                    if "error" in event:
-                        raise EngineConnectionLost(
-                            f"tgi: {event['error']}", public_message="the engine failed mid-stream"
+                    if "error" in event:  # this request failed; the engine itself is fine
+                        kind = str(event.get("error_type") or "generation")[:40]
+                        raise EngineReset(
+                            f"tgi: {event['error']}",
+                            public_message=f"the engine failed this request ({kind} error)",
                         )
                     token = event.get("token") or {}
                     if token.get("text") and not token.get("special"):

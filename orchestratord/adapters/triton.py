@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from orchestratord.adapters.base import (
-    EngineConnectionLost,
     EngineInfo,
     EngineReset,
     GenerationRequest,
@@ -101,10 +100,10 @@ class TritonAdapter(HttpEngine):
             async for batch in events:
                 for payload in batch:
                     event = parse_payload(self.engine, payload)
-                    if "error" in event:
-                        raise EngineConnectionLost(
+                    if "error" in event:  # this request failed; the engine itself is fine
+                        raise EngineReset(
                             f"triton: {event['error']}",
-                            public_message="the engine failed mid-stream",
+                            public_message="the engine failed this request",
                         )
                     text = event.get("text_output")
                     if text:

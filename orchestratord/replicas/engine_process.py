@@ -11,20 +11,21 @@ between our choice and the engine's bind is retried on a new port.
 The child gets a clean environment (no ``LLORCH_*`` variables, so never the API token) and
 no descriptor of ours (every fd orchestratord opens is close-on-exec); its output goes
 through a pipe into a size-capped, rotated log (``engine_log.py``). On Linux it is told to
-die with its parent, so a crashed orchestrator never leaves an engine decoding for nobody.
+die with its parent (``setpriv --pdeathsig``, no Python between fork and exec), so a crashed
+orchestrator never leaves an engine decoding for nobody. The socket's directory must be a
+directory of ours that nobody else can enter, or the engine is not started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
-import signal
+import shutil
 import socket
+import stat
 import subprocess
 import sys
-from collections.abc import Callable
 from importlib.metadata import version
 from pathlib import Path
 
@@ -33,7 +34,6 @@ import psutil
 
 from orchestratord.replicas.engine_log import RotatingLog
 
-_PR_SET_PDEATHSIG = 1
 _PORT_ATTEMPTS = 3
 
 
@@ -84,15 +84,36 @@ def device_args(
     return args
 
 
-def _die_with_parent() -> Callable[[], None] | None:
+def die_with_parent_prefix() -> list[str]:
+    """``setpriv --pdeathsig TERM --``: the engine gets SIGTERM when orchestratord dies.
+
+    util-linux's setpriv sets the death signal and execs the engine in its own process (the
+    same PID, still our child). A ``preexec_fn`` would do it in Python between fork and exec,
+    which can deadlock the child of a process that runs threads (HARD-209)."""
     if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        return []
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
 
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
-    return preexec
+def private_directory(path: Path) -> None:
+    """Create ``path`` (mode 0700) or accept it only if it is a real directory of ours that
+    nobody else can enter: a directory another user made first in a shared place (``/tmp``)
+    must not receive our engine's socket (HARD-209)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        raise EngineStartError(
+            f"{path} is not a directory (a symlink?); refusing to put an engine socket there",
+            "the engine's socket directory is not safe to use (see the log)",
+        )
+    if info.st_uid != os.getuid():
+        raise EngineStartError(
+            f"{path} belongs to uid {info.st_uid}, not us ({os.getuid()}); refusing it",
+            "the engine's socket directory is not safe to use (see the log)",
+        )
+    if stat.S_IMODE(info.st_mode) & 0o077:
+        path.chmod(0o700)
 
 
 def _same_file(a: str, b: Path) -> bool:
@@ -216,19 +237,18 @@ class LlamaServerProcess:
         if self.slot_dir is not None:
             self.slot_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         if self.socket_path is not None:
-            self.socket_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            self.socket_path.parent.chmod(0o700)
+            private_directory(self.socket_path.parent)
             self.socket_path.unlink(missing_ok=True)  # a stale one from a crashed run
         read_fd, write_fd = os.pipe()
         try:
             proc = await asyncio.create_subprocess_exec(
+                *die_with_parent_prefix(),
                 *self.command(),
                 stdin=subprocess.DEVNULL,
                 stdout=write_fd,
                 stderr=write_fd,
                 env=self.env,
                 close_fds=True,
-                preexec_fn=_die_with_parent(),
             )
         except BaseException:
             os.close(read_fd)

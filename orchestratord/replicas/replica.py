@@ -327,7 +327,7 @@ class Replica:
         if end is None:
             return
         series = self.series
-        series.tokens_in.inc(end.tokens_in)
+        series.tokens_in.inc(task.tokens_in or 0)
         series.tokens_out.inc(end.tokens_out)
         if first is None or task.finished_at is None or end.tokens_out < 2:
             return

@@ -87,6 +87,21 @@ def _generation_request(task: Task) -> GenerationRequest:
     )
 
 
+async def _prompt_tokens(replica: Replica, task: Task) -> int:
+    """The prompt's tokens for an engine that did not report them (TGI without prefill
+    details, Triton): the count admission made, else the engine's tokenizer, else the
+    prompt's UTF-8 length (an upper bound, charged rather than nothing; HARD-208)."""
+    if not task.prompt:
+        return 0
+    if task.prompt_tokens is not None:
+        return task.prompt_tokens
+    try:
+        return await replica.adapter.count_tokens(task.prompt)
+    except EngineError as exc:
+        log.warning("task %s: the engine could not count the prompt: %s", task.id, exc.detail)
+        return len(task.prompt.encode()) + 2
+
+
 async def run_task(replica: Replica, task: Task, outcome: RunOutcome) -> None:
     # This runner is its own asyncio task: its log records carry the admitting request's ID.
     correlation_id.set(task.correlation_id)
@@ -120,7 +135,7 @@ async def run_task(replica: Replica, task: Task, outcome: RunOutcome) -> None:
                     outcome.end = event
         end = outcome.end
         if end is not None:
-            task.tokens_in = end.tokens_in
+            task.tokens_in = end.tokens_in or await _prompt_tokens(replica, task)
             # Warm: the session's own cache was reused, in the slot where the session left it.
             task.kv_warm = (
                 end.tokens_cached > 0

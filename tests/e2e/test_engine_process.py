@@ -119,3 +119,15 @@ async def test_a_port_held_by_another_server_is_never_taken_for_our_engine(
     finally:
         foreign.shutdown()
         await process.stop()
+
+
+@pytest.mark.req("HARD-209")
+def test_the_engine_dies_with_a_killed_orchestratord() -> None:
+    """SIGKILL leaves orchestratord no chance to stop its engine: the death signal set by
+    setpriv before exec must end it (no Python runs in the child between fork and exec)."""
+    with live_server() as live:
+        engine = engine_of(live)
+        assert engine.cmdline()[0].endswith("llama-server")  # setpriv exec'd the engine itself
+        os.kill(live.pid, signal.SIGKILL)
+        gone, alive = psutil.wait_procs([engine], timeout=15)
+    assert gone and not alive, "the engine outlived the orchestratord that spawned it"

@@ -14,14 +14,23 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import shutil
+import stat
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from orchestratord.app import Orchestrator
 from orchestratord.core.task import Task
-from orchestratord.replicas.engine_process import EngineStartError
+from orchestratord.replicas.engine_process import (
+    EngineStartError,
+    LlamaServerProcess,
+    die_with_parent_prefix,
+    private_directory,
+)
 from tests.unit.conftest import AUTH, collect_stream, task_body
 from tests.unit.faulty_engine import FaultyEngine
 
@@ -266,3 +275,48 @@ async def test_a_task_whose_engine_is_never_reachable_gives_up_after_three_start
         "error",
         {"code": "POOL_UNAVAILABLE", "message": "the engine is unavailable", "engine": "llamacpp"},
     )
+
+
+@pytest.mark.req("HARD-209")
+async def test_engines_are_spawned_without_preexec_fn(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: dict[str, Any] = {}
+
+    async def capture(*args: Any, **kwargs: Any) -> Any:
+        seen["args"], seen["kwargs"] = args, kwargs
+        raise OSError("not really starting it")
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", capture)
+    process = LlamaServerProcess(
+        binary=Path("/opt/llama-server"), model_path=tmp_path / "m.gguf", ctx_per_slot=64,
+        slots=1, log_path=tmp_path / "engine.log", socket_path=tmp_path / "s" / "e.sock",
+    )  # fmt: skip
+    with pytest.raises(OSError, match="not really"):
+        await process._spawn()
+    assert "preexec_fn" not in seen["kwargs"]
+    args = list(seen["args"])
+    assert args[: len(die_with_parent_prefix())] == die_with_parent_prefix()
+    assert shutil.which("setpriv") is None or args[0].endswith("setpriv")
+    assert args[len(die_with_parent_prefix())] == "/opt/llama-server"
+
+
+@pytest.mark.req("HARD-209")
+def test_a_socket_directory_that_is_not_ours_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    link = tmp_path / "llorch-0"
+    link.symlink_to(target)
+    with pytest.raises(EngineStartError, match="not a directory"):
+        private_directory(link)
+    mine = tmp_path / "mine"
+    private_directory(mine)
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o700
+    mine.chmod(0o777)
+    private_directory(mine)  # ours, but open to others: closed again
+    assert stat.S_IMODE(mine.stat().st_mode) == 0o700
+    monkeypatch.setattr(os, "getuid", lambda: mine.stat().st_uid + 1)  # as another user made it
+    with pytest.raises(EngineStartError, match="belongs to uid"):
+        private_directory(mine)

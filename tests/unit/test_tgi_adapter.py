@@ -12,12 +12,14 @@ from aiohttp import web
 
 from orchestratord.adapters.base import (
     EngineConnectionLost,
+    EngineReset,
     GenerationRequest,
     Sampling,
     StreamEnd,
     TokenChunk,
 )
 from orchestratord.adapters.tgi import TgiAdapter
+from tests.unit.conftest import AUTH, collect_stream, task_body
 from tests.unit.scripted_http import json_route, scripted_engine, sse_route
 from xtask.fake_tgi import build_app, seeded_tokens
 
@@ -67,7 +69,9 @@ async def test_against_the_tgi_protocol_fake_info_tokens_and_stream() -> None:
         finally:
             await adapter.aclose()
     words = seeded_tokens(99, 5)
-    assert events == [*(TokenChunk(w) for w in words), StreamEnd("length", 4, 0, 5, 0.0)]
+    # TGI names the prompt's tokens only when asked for decoder input details: 0 here, and
+    # the runner counts the prompt with /tokenize instead (test below).
+    assert events == [*(TokenChunk(w) for w in words), StreamEnd("length", 0, 0, 5, 0.0)]
     assert again == events
 
 
@@ -103,12 +107,56 @@ async def test_special_tokens_are_hidden_and_failures_are_contract_errors() -> N
     }
     async with scripted_engine(failing) as engine:
         adapter = TgiAdapter(engine.url, slots=1)
-        with pytest.raises(EngineConnectionLost, match="CUDA out of memory"):
+        with pytest.raises(EngineReset, match="CUDA out of memory") as raised:
             await collect(adapter, request())
         await adapter.aclose()
+    assert not raised.value.engine_down  # one request failed, not the engine
     cut = {("POST", "/generate_stream"): sse_route([word, word]), ("GET", "/info"): json_route({})}
     async with scripted_engine(cut) as engine:
         adapter = TgiAdapter(engine.url, slots=1)
         with pytest.raises(EngineConnectionLost, match="without details"):
             await collect(adapter, request())
         await adapter.aclose()
+
+
+@pytest.mark.req("HARD-208", "HOME-402")
+async def test_a_tgi_task_is_charged_its_prompt_counted_by_the_engine(
+    conductor_for: Any,
+) -> None:
+    async with protocol_fake() as url:
+        adapter = TgiAdapter(url, slots=2)
+        budgets = {"budgets": {"tokens": 1000}}
+        tgi = {"engine": "tgi", "endpoints": [{"url": url}]}
+        async with conductor_for(adapter, sessions=budgets, **tgi) as (orch, conductor):
+            body = task_body(engine="tgi", prompt="hello there friend", max_tokens=5)
+            admitted = await conductor.simulate_post("/v1/tasks", json=body, headers=AUTH)
+            frames = await collect_stream(conductor, body["task_id"])
+            session = orch.sessions.find(body["session_id"])
+        await adapter.aclose()
+    assert admitted.status_code == 202 and frames[-1][0] == "end"
+    assert session is not None and session.budget is not None
+    assert session.budget.tokens_used == 3 + 5  # /tokenize's 3 words, not 0
+
+
+@pytest.mark.req("HARD-211")
+async def test_a_tgi_request_error_ends_the_task_not_the_replica(conductor_for: Any) -> None:
+    word = {"token": {"id": 5, "text": " hi", "special": False}, "details": None}
+    routes: dict[tuple[str, str], Any] = {
+        ("POST", "/generate_stream"): sse_route(
+            [word, {"error": "Input validation error: too long", "error_type": "validation"}]
+        ),
+        ("GET", "/health"): json_route({}),
+        ("GET", "/info"): json_route({"model_id": "m", "max_total_tokens": 4096}),
+    }
+    async with scripted_engine(routes) as engine:
+        adapter = TgiAdapter(engine.url, slots=2)
+        tgi = {"engine": "tgi", "endpoints": [{"url": engine.url}]}
+        async with conductor_for(adapter, **tgi) as (orch, conductor):
+            body = task_body(engine="tgi")
+            await conductor.simulate_post("/v1/tasks", json=body, headers=AUTH)
+            frames = await collect_stream(conductor, body["task_id"])
+            ready = orch.pools["p1"].ready
+        await adapter.aclose()
+    assert frames[-1][0] == "error" and frames[-1][1]["code"] == "WORKER_RESET"
+    assert "validation error" in frames[-1][1]["message"]
+    assert ready  # the replica keeps serving: one request failed, not the engine
