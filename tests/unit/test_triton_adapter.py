@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 
 from orchestratord.adapters.base import (
-    EngineConnectionLost,
     EngineReset,
     GenerationRequest,
     Sampling,
@@ -76,7 +75,7 @@ async def test_only_the_inputs_a_model_declares_are_sent_and_the_stream_maps() -
     }
 
 
-@pytest.mark.req("ORCH-3058", "OC-ADAPT-5011")
+@pytest.mark.req("ORCH-3058", "OC-ADAPT-5011", "HARD-211")
 async def test_a_model_without_text_input_or_a_failing_stream_is_an_engine_error() -> None:
     image_model = [{"name": "pixels", "datatype": "FP32", "shape": [-1, 3]}]
     async with scripted_engine(routes(image_model, sse_route([]))) as engine:
@@ -87,9 +86,10 @@ async def test_a_model_without_text_input_or_a_failing_stream_is_an_engine_error
     failing = sse_route([{"text_output": " a"}, {"error": "model crashed"}])
     async with scripted_engine(routes(TRT_LLM_INPUTS, failing)) as engine:
         adapter = TritonAdapter(engine.url, model="ensemble", slots=1)
-        with pytest.raises(EngineConnectionLost, match="model crashed"):
+        with pytest.raises(EngineReset, match="model crashed") as raised:
             await collect(adapter, request(3))
         await adapter.aclose()
+    assert not raised.value.engine_down  # the request failed; the server is fine (HARD-211)
     async with scripted_engine(
         {("GET", "/v2/models/ensemble/ready"): json_route({}, 400)}
     ) as engine:
