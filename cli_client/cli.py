@@ -9,7 +9,10 @@
     llorch tasks cancel ID
 
 Errors print the envelope's message, code and correlation ID and exit non-zero; no
-tracebacks for mistakes a user can make.
+tracebacks for mistakes a user can make. Every wait is visible and bounded: a full queue or
+an unavailable pool is retried saying why (``--max-wait-s``), ``--wait`` on a reload, a pull
+and a verification give up with the reason (``--timeout-s``, ``--stall-s``). To a loopback
+server llorch ignores proxy variables, so the token never goes through a proxy.
 """
 
 from __future__ import annotations
@@ -27,7 +30,16 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
 from cli_client.client import OrchClient, OrchError
-from cli_client.run import Interrupted, Outcome, RunOptions, read_batch, run_batch, run_one
+from cli_client.run import (
+    MAX_WAIT_S,
+    BatchInterrupted,
+    Interrupted,
+    Outcome,
+    RunOptions,
+    read_batch,
+    run_batch,
+    run_one,
+)
 from cli_client.settings import Settings, SettingsError, resolve
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -61,6 +73,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--profile", help="sampler_profile_version")
     run.add_argument("--deadline-ms", type=int, default=300_000)
     run.add_argument("--session", help="continue this session_id (default: a new session)")
+    run.add_argument(
+        "--max-wait-s",
+        type=float,
+        default=MAX_WAIT_S,
+        help="give up after waiting this long for a full queue or an unavailable pool",
+    )
 
     sub.add_parser("caps", help="what the server offers")
     _control_parsers(sub)
@@ -89,6 +107,7 @@ def _control_parsers(sub: Any) -> None:
     reload.add_argument("pool_id")
     reload.add_argument("model_ref")
     reload.add_argument("--wait", action="store_true", help="until switched or rolled back")
+    reload.add_argument("--timeout-s", type=float, default=600.0, help="how long --wait waits")
     _model_parsers(sub)
     _artifact_parsers(sub)
 
@@ -101,8 +120,14 @@ def _model_parsers(sub: Any) -> None:
     add.add_argument("--source-url", help="https://, http://, file:// or hf://org/repo/file")
     add.add_argument("--tag", action="append", default=[])
     add.add_argument("--trust-policy", choices=["permissive", "strict"])
-    models.add_parser("pull").add_argument("model_id")
-    models.add_parser("verify").add_argument("model_id")
+    pull = models.add_parser("pull")
+    pull.add_argument("model_id")
+    pull.add_argument(
+        "--stall-s", type=float, default=120.0, help="give up when no byte arrives for this long"
+    )
+    verify = models.add_parser("verify")
+    verify.add_argument("model_id")
+    verify.add_argument("--timeout-s", type=float, default=3600.0)
     retire = models.add_parser("retire")
     retire.add_argument("model_id")
     retire.add_argument("--deadline-ms", type=int, default=60_000)
@@ -148,6 +173,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings, client: OrchClient) ->
         profile=args.profile,
         deadline_ms=args.deadline_ms,
         session_id=args.session,
+        max_wait_s=args.max_wait_s,
     )
     caps = client.capabilities()
     if args.batch is not None:
@@ -156,7 +182,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings, client: OrchClient) ->
         err.print("llorch run: give a prompt, or --batch FILE")
         return 2
     try:
-        outcome = run_one(client, args.prompt, options, caps, None if args.json else sys.stdout)
+        outcome = run_one(
+            client, args.prompt, options, caps, None if args.json else sys.stdout, notify=_waiting
+        )
     except Interrupted as stop:
         if not args.json:
             print()
@@ -168,6 +196,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings, client: OrchClient) ->
         print()
         err.print(outcome.summary(), style="dim" if outcome.error is None else "red")
     return 0 if outcome.error is None else 1
+
+
+def _waiting(why: str) -> None:
+    err.print(f"waiting: {why}", style="yellow")
 
 
 def _run_batch(
@@ -183,14 +215,23 @@ def _run_batch(
         def done(outcome: Outcome) -> None:
             progress.advance(bar)
 
-        outcomes = run_batch(
-            lambda: OrchClient(settings.url, settings.token, timeout=600),
-            prompts,
-            options,
-            caps,
-            concurrency=args.concurrency,
-            progress=done,
-        )
+        try:
+            outcomes = run_batch(
+                lambda: OrchClient(settings.url, settings.token, timeout=600),
+                prompts,
+                options,
+                caps,
+                concurrency=args.concurrency,
+                progress=done,
+                notify=_waiting,
+            )
+        except BatchInterrupted as stop:
+            finished = sum(1 for o in stop.outcomes if o.finish_reason not in (None, "canceled"))
+            err.print(
+                f"canceled: {finished} of {len(prompts)} prompts had finished; the rest were "
+                "not submitted or were canceled on the server"
+            )
+            return 130
     for outcome in outcomes:
         if args.json:
             print(json.dumps(outcome.as_json()))
@@ -218,35 +259,53 @@ def _pools_table(sets: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _wait_reload(client: OrchClient, pool_id: str) -> dict[str, Any]:
-    while True:
+class WaitGaveUp(Exception):
+    pass
+
+
+def _wait_reload(client: OrchClient, pool_id: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
         reload = client.pool_health(pool_id).get("reload") or {}
         if reload.get("state") in ("switched", "rolled_back"):
             return dict(reload)
+        if not reload:  # the server forgot it: it restarted since the reload began
+            raise WaitGaveUp(f"pool {pool_id} reports no reload (did orchestratord restart?)")
         time.sleep(POLL_S)
+    raise WaitGaveUp(f"the reload of pool {pool_id} did not finish within {timeout_s:g} s")
 
 
-def _wait_pull(client: OrchClient, model_id: str, quiet: bool) -> dict[str, Any]:
+def _wait_pull(client: OrchClient, model_id: str, quiet: bool, stall_s: float) -> dict[str, Any]:
     with Progress(
         TextColumn(f"[bold]{model_id}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
         console=err, disable=quiet,
     ) as progress:  # fmt: skip
         bar = progress.add_task("pull", total=None)
+        seen, moved_at = -1, time.monotonic()
         while True:
             entry = client.model(model_id)
             pull = entry.get("pull") or {}
             progress.update(bar, completed=pull.get("bytes", 0), total=pull.get("total_bytes"))
             if pull.get("state") in ("done", "failed"):
                 return entry
+            if pull.get("bytes", 0) != seen:
+                seen, moved_at = pull.get("bytes", 0), time.monotonic()
+            elif time.monotonic() - moved_at > stall_s:
+                raise WaitGaveUp(
+                    f"the pull of {model_id} made no progress for {stall_s:g} s "
+                    f"(state {pull.get('state')}); it may still finish: llorch models get"
+                )
             time.sleep(POLL_S)
 
 
-def _wait_verify(client: OrchClient, model_id: str) -> dict[str, Any]:
-    while True:
+def _wait_verify(client: OrchClient, model_id: str, timeout_s: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
         entry = client.model(model_id)
         if (entry.get("verification") or {}).get("result") != "pending":
             return entry
         time.sleep(POLL_S)
+    raise WaitGaveUp(f"the verification of {model_id} did not finish within {timeout_s:g} s")
 
 
 def _pulled(entry: dict[str, Any]) -> str:
@@ -274,7 +333,7 @@ def cmd_pools(args: argparse.Namespace, client: OrchClient) -> int:
         if not args.wait:
             show(args, started)
             return 0
-        reload = _wait_reload(client, args.pool_id)
+        reload = _wait_reload(client, args.pool_id, args.timeout_s)
         show(args, reload, lambda r: f"reload {r['state']}: {r['from_model_ref']} -> "
              f"{r['to_model_ref']}" + (f" ({r['error']})" if r["error"] else ""))  # fmt: skip
         return 0 if reload["state"] == "switched" else 1
@@ -291,12 +350,12 @@ def cmd_models(args: argparse.Namespace, client: OrchClient) -> int:
         show(args, client.add_model(entry))
     elif args.action == "pull":
         client.pull_model(args.model_id)
-        entry = _wait_pull(client, args.model_id, args.json)
+        entry = _wait_pull(client, args.model_id, args.json, args.stall_s)
         show(args, entry, _pulled)
         return 0 if entry["pull"]["state"] == "done" else 1
     elif args.action == "verify":
         client.verify_model(args.model_id)
-        entry = _wait_verify(client, args.model_id)
+        entry = _wait_verify(client, args.model_id, args.timeout_s)
         verification = entry["verification"]
         show(args, verification, lambda v: f"{args.model_id}: {v['result']} ({v.get('reason')})")
         return 0 if verification["result"] in ("passed", "trust_gap") else 1
@@ -365,6 +424,9 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         err.print(f"llorch: {exc}")
         return 2
+    except WaitGaveUp as exc:
+        err.print(f"llorch: gave up: {exc}")
+        return 1
     except OrchError as exc:
         where = f", correlation id {exc.correlation_id}" if exc.correlation_id else ""
         err.print(f"llorch: {exc.envelope.get('message')} ({exc.code}, HTTP {exc.status}{where})")

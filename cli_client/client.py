@@ -3,16 +3,33 @@
 It knows only what a client may rely on: the admission response, the error envelope, the
 429 backoff headers, the SSE framing and capabilities. The Pact consumer tests exercise it
 against a Pact mock server; the provider then has to honour exactly what it used.
+
+Proxies: to a loopback address (``localhost``, ``127.0.0.0/8``, ``::1``) the client talks
+directly and ignores ``HTTP_PROXY``/``ALL_PROXY`` — the bearer token never takes a detour
+through a proxy to reach this machine; any other address honours the proxy variables.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+
+DEFAULT_BACKOFF_MS = 1000
+
+
+def is_loopback_url(url: str) -> bool:
+    host = httpx.URL(url).host
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -38,7 +55,8 @@ class Unavailable(OrchError):
     def __init__(self, status: int, envelope: dict[str, Any], headers: httpx.Headers) -> None:
         super().__init__(status, envelope, headers.get("X-Correlation-Id"))
         self.retriable = bool(envelope.get("retriable"))
-        self.retry_after_ms = int(envelope.get("retry_after_ms") or 1000)
+        self.retry_after_ms = int(envelope.get("retry_after_ms") or DEFAULT_BACKOFF_MS)
+        self.message = str(envelope.get("message") or "unavailable")
 
 
 class Backoff(OrchError):
@@ -46,9 +64,13 @@ class Backoff(OrchError):
 
     def __init__(self, status: int, envelope: dict[str, Any], headers: httpx.Headers) -> None:
         super().__init__(status, envelope, headers.get("X-Correlation-Id"))
-        self.backoff_ms = int(headers["X-Backoff-Ms"])
-        self.retry_after_s = int(headers["Retry-After"])
-        self.policy_label = str(envelope["policy_label"])
+        # A 429 from something other than orchestratord (a proxy) may carry no hint at all.
+        hint = headers.get("X-Backoff-Ms") or envelope.get("retry_after_ms")
+        if hint is None and headers.get("Retry-After", "").isdigit():
+            hint = int(headers["Retry-After"]) * 1000
+        self.backoff_ms = int(hint) if hint is not None else DEFAULT_BACKOFF_MS
+        self.retry_after_s = max(1, -(-self.backoff_ms // 1000))
+        self.policy_label = str(envelope.get("policy_label") or "unknown")
 
 
 class OrchClient:
@@ -58,7 +80,12 @@ class OrchClient:
         headers = {"Authorization": f"Bearer {token}"}
         if correlation_id is not None:  # ties every request of this client to one trace
             headers["X-Correlation-Id"] = correlation_id
-        self._http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        self._http = httpx.Client(
+            base_url=base_url,
+            headers=headers,
+            timeout=timeout,
+            trust_env=not is_loopback_url(base_url),
+        )
 
     def close(self) -> None:
         self._http.close()

@@ -1,28 +1,37 @@
 """``llorch run``: one prompt streamed live, or a batch file at a safe concurrency.
 
 A task's ids are made here; 429 and 503-with-``retriable`` are retried after the server's
-hint (``Retry-After``/``retry_after_ms``), with jitter and doubling, a bounded number of
-times. Ctrl-C cancels the task on the server before exiting. The batch concurrency comes
+hint (``Retry-After``/``retry_after_ms``), with jitter and doubling, saying each time why it
+waits ("the pool ... is draining ...; retrying in 4.1 s") and giving up once the waits would
+pass ``max_wait_s`` (60 s). Ctrl-C cancels the task on the server before exiting — also
+during the submit, whose POST may already have been admitted. The batch concurrency comes
 from capabilities (FR-MA-001): the pool's slots plus half its queue, so the batch keeps the
-engine busy without meeting the full-queue policy.
+engine busy without meeting the full-queue policy; Ctrl-C stops a batch at once: prompts not
+yet submitted are dropped and the tasks in flight are canceled on the server (HARD-210).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+import httpx
+
 from cli_client.client import Backoff, OrchClient, OrchError, Unavailable
 
 MAX_ATTEMPTS = 8
+MAX_WAIT_S = 60.0
+Notify = Callable[[str], None]
 
 
 @dataclass
@@ -36,6 +45,7 @@ class RunOptions:
     profile: str | None = None
     deadline_ms: int = 300_000
     session_id: str | None = None
+    max_wait_s: float = MAX_WAIT_S
 
 
 @dataclass
@@ -117,25 +127,52 @@ def task_body(
 
 
 def submit_with_retries(
-    client: OrchClient, body: dict[str, Any], sleep: Callable[[float], None] = time.sleep
+    client: OrchClient,
+    body: dict[str, Any],
+    sleep: Callable[[float], None] = time.sleep,
+    *,
+    notify: Notify | None = None,
+    max_wait_s: float = MAX_WAIT_S,
 ) -> None:
     delay_factor = 1.0
+    waited = 0.0
+    last: OrchError
     for attempt in range(MAX_ATTEMPTS):
         try:
             client.enqueue(body)
             return
         except Backoff as exc:
-            wait_ms = exc.backoff_ms
+            wait_ms, why, last = exc.backoff_ms, _why_429(exc), exc
         except Unavailable as exc:
-            if not exc.retriable or attempt == MAX_ATTEMPTS - 1:
+            if not exc.retriable:
                 raise
-            wait_ms = exc.retry_after_ms
-        if attempt == MAX_ATTEMPTS - 1:
+            wait_ms, why, last = exc.retry_after_ms, exc.message, exc
+        delay = wait_ms / 1000 * delay_factor * random.uniform(1.0, 1.5)
+        if attempt == MAX_ATTEMPTS - 1 or waited + delay > max_wait_s:
             raise OrchError(
-                429, {"code": "ADMISSION_REJECT", "message": "still refused after retries"}, None
+                last.status,
+                {**last.envelope, "message": f"gave up after waiting {waited:.0f} s: {why}"},
+                last.correlation_id,
             )
-        sleep(wait_ms / 1000 * delay_factor * random.uniform(1.0, 1.5))
+        if notify is not None:
+            notify(f"{why}; retrying in {delay:.1f} s")
+        sleep(delay)
+        waited += delay
         delay_factor *= 2
+
+
+def _why_429(exc: Backoff) -> str:
+    if exc.policy_label == "rate-limit":
+        return "over the priority's rate limit"
+    if exc.policy_label == "sessions":
+        return "too many live sessions"
+    return str(exc.envelope.get("message") or "the queue is full")
+
+
+def cancel_quietly(client: OrchClient, task_id: str) -> None:
+    """Cancel a task that may or may not have been admitted (a 404 means it was not)."""
+    with contextlib.suppress(OrchError, httpx.HTTPError):
+        client.cancel(task_id)
 
 
 def run_one(
@@ -144,15 +181,20 @@ def run_one(
     options: RunOptions,
     capabilities: dict[str, Any],
     out: TextIO | None,
+    *,
+    notify: Notify | None = None,
+    on_task: Callable[[str], None] | None = None,
 ) -> Outcome:
     engine, model_ref, pool = pick_pool(capabilities, options.model_ref)
     engine = options.engine or engine
     ctx = options.ctx or int(pool["ctx_max"])
     body = task_body(prompt, options, engine, model_ref, ctx)
     outcome = Outcome(body["task_id"], prompt, extra={"session_id": body["session_id"]})
+    if on_task is not None:
+        on_task(outcome.task_id)
     started = time.monotonic()
-    submit_with_retries(client, body)
     try:
+        submit_with_retries(client, body, notify=notify, max_wait_s=options.max_wait_s)
         for event, payload in client.stream(outcome.task_id):
             if event == "token":
                 outcome.text += payload["t"]
@@ -165,7 +207,7 @@ def run_one(
             elif event == "error":
                 outcome.error = payload
     except KeyboardInterrupt:
-        client.cancel(outcome.task_id)
+        cancel_quietly(client, outcome.task_id)  # the POST may have been admitted already
         outcome.finish_reason = "canceled"
         outcome.seconds = time.monotonic() - started
         raise Interrupted(outcome) from None
@@ -198,6 +240,12 @@ def read_batch(path: Path) -> list[str]:
     return prompts
 
 
+class BatchInterrupted(Exception):
+    def __init__(self, outcomes: list[Outcome]) -> None:
+        super().__init__("batch interrupted")
+        self.outcomes = outcomes
+
+
 def run_batch(
     client_factory: Callable[[], OrchClient],
     prompts: list[str],
@@ -206,18 +254,66 @@ def run_batch(
     *,
     concurrency: int | None,
     progress: Callable[[Outcome], None],
+    notify: Notify | None = None,
 ) -> list[Outcome]:
+    """Run ``prompts``; Ctrl-C raises BatchInterrupted once the batch has stopped: nothing
+    more is submitted and every task in flight is canceled on the server."""
     _, _, pool = pick_pool(capabilities, options.model_ref)
     workers = concurrency or safe_concurrency(pool)
+    stop = threading.Event()
+    lock = threading.Lock()
+    in_flight: set[str] = set()
 
     def one(prompt: str) -> Outcome:
+        if stop.is_set():
+            return Outcome("", prompt, finish_reason="canceled")
+        task_ids: list[str] = []
+
+        def track(task_id: str) -> None:
+            task_ids.append(task_id)
+            with lock:
+                in_flight.add(task_id)
+
         with client_factory() as client:
             try:
-                outcome = run_one(client, prompt, options, capabilities, None)
+                outcome = run_one(client, prompt, options, capabilities, None, notify=notify,
+                                  on_task=track)  # fmt: skip
             except OrchError as exc:
-                outcome = Outcome("", prompt, error=exc.envelope)
+                outcome = Outcome(task_ids[0] if task_ids else "", prompt, error=exc.envelope)
+            finally:
+                with lock:
+                    in_flight.difference_update(task_ids)
         progress(outcome)
         return outcome
 
-    with ThreadPoolExecutor(max_workers=workers) as pool_executor:
-        return list(pool_executor.map(one, prompts))
+    executor = ThreadPoolExecutor(max_workers=workers)
+    futures: list[Future[Outcome]] = []
+    try:
+        futures += (executor.submit(one, p) for p in prompts)
+        pending: set[Future[Outcome]] = set(futures)
+        while pending:  # short waits, so Ctrl-C reaches this thread at once
+            _, pending = wait(pending, timeout=0.2, return_when=FIRST_EXCEPTION)
+    except KeyboardInterrupt:
+        stop.set()
+        for future in futures:
+            future.cancel()
+        with lock:
+            canceling = sorted(in_flight)
+        with client_factory() as client:
+            for task_id in canceling:
+                cancel_quietly(client, task_id)
+        executor.shutdown(wait=True, cancel_futures=True)
+        raise BatchInterrupted(_collect(futures, prompts)) from None
+    executor.shutdown(wait=True)
+    return [f.result() for f in futures]
+
+
+def _collect(futures: list[Future[Outcome]], prompts: list[str]) -> list[Outcome]:
+    outcomes = []
+    for index, prompt in enumerate(prompts):
+        future = futures[index] if index < len(futures) else None
+        if future is None or future.cancelled() or future.exception() is not None:
+            outcomes.append(Outcome("", prompt, finish_reason="canceled"))
+        else:
+            outcomes.append(future.result())
+    return outcomes

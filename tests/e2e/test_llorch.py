@@ -228,3 +228,17 @@ def test_a_session_is_continued_shown_and_ended(server: LiveServer) -> None:
     assert ended.returncode == 0 and f"ended {session}" in ended.stdout
     gone = llorch(server, "sessions", "show", session)
     assert gone.returncode == 1 and "NOT_FOUND" in gone.stderr
+
+
+@pytest.mark.req("HARD-210")
+def test_a_drained_pool_is_waited_on_visibly_and_given_up_on(server: LiveServer) -> None:
+    with httpx.Client(base_url=server.url, headers=server.auth) as client:
+        drained = client.post("/v1/pools/default/drain", json={"deadline_ms": 0})
+        assert drained.status_code == 202
+        try:
+            done = llorch(server, "run", "hello", "--max-wait-s", "3")
+        finally:
+            assert client.post("/v1/pools/default/resume").status_code in (200, 202)
+    assert done.returncode == 1, done.stderr
+    assert "waiting: " in done.stderr and "draining" in done.stderr and "retrying in" in done.stderr
+    assert "gave up after waiting" in done.stderr
