@@ -53,7 +53,7 @@ from orchestratord.api.tools import ToolFetchResource
 from orchestratord.catalog.catalog import Catalog
 from orchestratord.catalog.model import REFUSING, ModelState
 from orchestratord.catalog.pull import Puller
-from orchestratord.config import Config, PoolConfig
+from orchestratord.config import Config, Engine, PoolConfig
 from orchestratord.core.admission import Admission
 from orchestratord.core.registry import TaskRegistry
 from orchestratord.core.sessions import Sessions
@@ -75,6 +75,8 @@ from orchestratord.outbound.client import OutboundClient
 from orchestratord.outbound.policy import Policy
 from orchestratord.outbound.redact import Redactor
 from orchestratord.outbound.resolver import Resolver, SystemResolver
+from orchestratord.placement.fit import replica_need
+from orchestratord.placement.fit_check import log_cross_check
 from orchestratord.placement.plan import PlacementError, plan_replicas
 from orchestratord.pools.drain import resume, start_drain
 from orchestratord.pools.pool import Pool
@@ -246,13 +248,20 @@ class Orchestrator:
                 raise PlacementError(f"pool {pc.id!r}: cannot size the model: {exc}") from exc
 
         inventory = self.inventory
-        return plan_replicas(
+        reserve = self.config.gpus.reserve_mb * MIB
+        specs = plan_replicas(
             list(self.config.pools),
             inventory.devices() if inventory is not None else [],
-            reserve_bytes=self.config.gpus.reserve_mb * MIB,
+            reserve_bytes=reserve,
             source=inventory.source if inventory is not None else "empty",
             shape_of=shape_of,
         )
+        for pc in self.config.pools:  # llama.cpp's own arithmetic beside ours, in the log
+            if pc.devices and not pc.endpoints and pc.engine is Engine.LLAMACPP:
+                need = replica_need(pc, shape_of(pc), reserve)
+                binary = pc.llamacpp.binary or llama_server_binary()
+                log_cross_check(binary, self._model_path_for(pc), pc, need)
+        return specs
 
     def _runtime(self, pc: PoolConfig) -> ReplicaRuntime:
         server = self.config.server

@@ -288,6 +288,13 @@ class PoolConfig(Strict):
     gpu_layers: int = Field(
         999, ge=0, description="Layers offloaded to the GPU (llama.cpp --n-gpu-layers)."
     )
+    reload_mode: Literal["beside", "stop-first"] = Field(
+        "beside",
+        description="How a reload starts the new model: beside the old engines (no downtime; "
+        "refused with the numbers when both do not fit), or stop-first (the old engines "
+        "finish what they decode and stop, then the new ones start; the pool serves nothing "
+        "meanwhile).",
+    )
     cost_per_1k_tokens: float = Field(
         0.0, ge=0, le=1e9, description="Cost units per 1,000 tokens (session cost budgets)."
     )

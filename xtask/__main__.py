@@ -12,6 +12,7 @@ from xtask import (
     dashboard_png,
     determinism,
     dev_loop,
+    fit_check,
     metrics_lint,
     mutate,
     pact,
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     mutate.add_parser(sub)
     determinism.add_parser(sub)
     dashboard_png.add_parser(sub)
+    fit_check.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

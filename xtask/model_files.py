@@ -13,6 +13,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from orchestratord.models.tiny_gguf import tiny_vocab
+
 
 def write_shaped_gguf(
     path: Path,
@@ -23,9 +25,23 @@ def write_shaped_gguf(
     n_head_kv: int,
     n_ff: int,
     n_vocab: int = 32000,
+    with_tokenizer: bool = False,
 ) -> int:
-    """Write a llama-shaped f16 GGUF whose tensors are holes; returns the weights' bytes."""
+    """Write a llama-shaped f16 GGUF whose tensors are holes; returns the weights' bytes.
+
+    ``with_tokenizer`` adds the tiny model's vocabulary (and sizes the embeddings to it), so
+    that llama.cpp's own tools, which load the vocabulary, can read the file too."""
     writer = gguf.GGUFWriter(path, "llama")
+    if with_tokenizer:
+        tokens, scores, types = tiny_vocab()
+        n_vocab = len(tokens)
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(types)
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+        writer.add_unk_token_id(0)
     writer.add_block_count(n_layer)
     writer.add_context_length(4096)
     writer.add_embedding_length(n_embd)

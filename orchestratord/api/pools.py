@@ -3,6 +3,7 @@ resume (HOME-504, ORCH-2101); reload (HOME-505, ORCH-2102)."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
 import falcon
@@ -11,10 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from orchestratord.api.bodies import parse_body
 from orchestratord.api.replicasets import replica_entry
+from orchestratord.devices.inventory import MIB
 from orchestratord.errors import ApiError, ErrorCode, conflict, invalid_params, not_found
+from orchestratord.models.gguf_shape import ModelShapeError, read_model_shape
+from orchestratord.placement.fit import FitError
 from orchestratord.placement.plan import PlacementError
 from orchestratord.pools.drain import resume, start_drain
-from orchestratord.pools.reload import start_reload
+from orchestratord.pools.reload import ReloadRefused, fit_reload, start_reload
 
 if TYPE_CHECKING:
     from orchestratord.app import Orchestrator
@@ -145,6 +149,17 @@ class PoolReloadResource:
         except PlacementError as exc:
             raise invalid_params(str(exc)) from exc
         new_config = pool.config.model_copy(update={"model_ref": new_ref, "model_path": path})
-        reload = start_reload(pool, new_config, orch.build_replica)
+        shape = None
+        if any(r.devices for r in pool.replicas):  # GPU replicas: the fit is re-run (HARD-206)
+            try:
+                shape = await asyncio.to_thread(read_model_shape, path)
+            except (ModelShapeError, OSError) as exc:
+                raise invalid_params(f"cannot size model {new_ref}: {exc}") from exc
+        reserve = orch.config.gpus.reserve_mb * MIB
+        try:
+            specs, mode = fit_reload(pool, new_config, shape, orch.devices, reserve)
+        except (ReloadRefused, FitError) as exc:
+            raise conflict(str(exc)) from exc
+        reload = start_reload(pool, new_config, orch.build_replica, specs, mode)
         resp.status = falcon.HTTP_202
         resp.media = {"pool_id": pool_id, "reload": reload.view()}

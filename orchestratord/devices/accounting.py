@@ -41,6 +41,10 @@ class DeviceAccounting:
     def measured(self) -> bool:
         return self.inventory is not None and self.inventory.source == "nvml"
 
+    def room(self, index: int) -> int:
+        """Free VRAM on a device, before any reserve for a next process (0 if unknown)."""
+        return self.free_bytes.get(index, 0) + self.reserve_bytes
+
     def free_vram(self, replica: Replica) -> int:
         """Free VRAM on the replica's tightest device (0 for a CPU or remote replica)."""
         if not replica.devices:

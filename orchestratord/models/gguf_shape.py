@@ -39,6 +39,18 @@ class ModelShape:
     n_head_kv: int
     key_length: int
     value_length: int
+    # What partial offload and the compute buffer need (placement/fit.py).
+    layer_bytes: int = 0  # the repeating blocks' tensors (blk.N.*)
+    input_bytes: int = 0  # token embeddings: llama.cpp keeps them in host memory
+    n_embd: int = 0
+    n_ff: int = 0
+    n_head: int = 0
+    n_vocab: int = 0
+
+    @property
+    def output_bytes(self) -> int:
+        """Tensors outside the blocks and the input embeddings: the output head and norms."""
+        return self.weights_bytes - self.layer_bytes - self.input_bytes
 
     def kv_bytes(self, tokens: int, cache_type_k: str = "f16", cache_type_v: str = "f16") -> int:
         per_layer_token = self.n_head_kv * (
@@ -80,11 +92,23 @@ def read_model_shape(path: Path) -> ModelShape:
     n_embd = number("embedding_length")
     n_head = number("attention.head_count")
     head_dim = n_embd // max(n_head, 1)
+    sizes = {t.name: int(t.n_bytes) for t in reader.tensors}
+    embeddings = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
+    tokens = reader.get_field("tokenizer.ggml.tokens")
+    n_vocab = len(tokens.data) if tokens is not None else 0
+    if not n_vocab and embeddings is not None:
+        n_vocab = int(max(embeddings.shape))
     return ModelShape(
         architecture=arch,
-        weights_bytes=sum(int(t.n_bytes) for t in reader.tensors),
+        weights_bytes=sum(sizes.values()),
         n_layer=number("block_count"),
         n_head_kv=number("attention.head_count_kv", n_head),
         key_length=number("attention.key_length", head_dim),
         value_length=number("attention.value_length", head_dim),
+        layer_bytes=sum(size for name, size in sizes.items() if name.startswith("blk.")),
+        input_bytes=sizes.get("token_embd.weight", 0),
+        n_embd=n_embd,
+        n_ff=number("feed_forward_length", 4 * n_embd),
+        n_head=n_head,
+        n_vocab=n_vocab,
     )

@@ -49,7 +49,7 @@ _SUFFIXES = ("s", "ed", "ing", "er", "ly", "est", "tion")
 _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-:;"
 
 
-def _vocab() -> tuple[list[str], list[float], list[int]]:
+def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
     tokens = ["<unk>", "<s>", "</s>"]
     scores = [0.0, 0.0, 0.0]
     types = [
@@ -103,7 +103,7 @@ def _write_metadata(
 
 
 def write_tiny_model(path: Path) -> None:
-    tokens, scores, types = _vocab()
+    tokens, scores, types = tiny_vocab()
     n_vocab = len(tokens)
     rng = np.random.default_rng(_SEED)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,9 +1,9 @@
 """Start-up placement (HOME-1001, HOME-1004, ORCH-3011, ORCH-3012): which devices each replica gets.
 
-A replica's VRAM need is read from its model file (``models/gguf_shape.py``): the weights
-plus the KV cache for ``ctx_max x slots`` tokens of the cache type in the pool's
-``llamacpp.extra_args`` (f16 unless ``--cache-type-k/-v`` say otherwise). A device offers its
-total VRAM minus what others use minus ``gpus.reserve_mb`` (CUDA context, compute buffers).
+A replica's VRAM need is read from its model file (``placement/fit.py``): the offloaded
+weights, the KV cache for ``ctx_max x slots`` tokens, the compute buffer, and
+``gpus.reserve_mb`` for the engine process on each device it uses. A device offers its
+total VRAM minus what others use.
 
 Pools are placed biggest need first, so a model that fits only the big card gets it before
 smaller models fill it; pools may share devices (that is how two models share a box without
@@ -14,51 +14,24 @@ that cannot be placed is a :class:`PlacementError` naming the numbers, at start-
 
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable
 
 from orchestratord.config import PoolConfig
 from orchestratord.devices.inventory import Device, gib
-from orchestratord.models.gguf_shape import CACHE_TYPE_BYTES, ModelShape
+from orchestratord.models.gguf_shape import ModelShape
+from orchestratord.placement.fit import FitError, Need, replica_need
 from orchestratord.replicas.replica import ReplicaSpec
-
-_CACHE_FLAGS = {"--cache-type-k": "k", "-ctk": "k", "--cache-type-v": "v", "-ctv": "v"}
 
 
 class PlacementError(ValueError):
     """The configured pools cannot be placed on the devices; the message says why, in numbers."""
 
 
-def cache_types(extra_args: list[str]) -> tuple[str, str]:
-    types = {"k": "f16", "v": "f16"}
-    for flag, value in itertools.pairwise(extra_args):
-        which = _CACHE_FLAGS.get(flag)
-        if which is not None:
-            if value not in CACHE_TYPE_BYTES:
-                raise PlacementError(f"unknown KV cache type {value!r} in {flag}")
-            types[which] = value
-    return types["k"], types["v"]
-
-
-def replica_need(pool: PoolConfig, shape: ModelShape) -> tuple[int, str]:
-    """VRAM one replica of ``pool`` needs, and how that number was made."""
-    k_type, v_type = cache_types(pool.llamacpp.extra_args)
-    tokens = pool.ctx_max * pool.slots
-    kv = shape.kv_bytes(tokens, k_type, v_type)
-    how = (
-        f"weights {gib(shape.weights_bytes)} + KV cache {gib(kv)} for ctx {pool.ctx_max} x "
-        f"{pool.slots} slots ({k_type}/{v_type})"
-    )
-    return shape.weights_bytes + kv, how
-
-
 class _Devices:
-    def __init__(self, devices: list[Device], reserve_bytes: int, source: str) -> None:
+    def __init__(self, devices: list[Device], source: str) -> None:
         self.by_index = {d.index: d for d in devices}
-        self.free = {
-            d.index: d.vram_total_bytes - d.vram_used_bytes - reserve_bytes for d in devices
-        }
+        self.free = {d.index: d.vram_total_bytes - d.vram_used_bytes for d in devices}
         self.source = source
 
     def describe(self, mask: list[int]) -> str:
@@ -84,9 +57,9 @@ def plan_replicas(
     source: str,
     shape_of: Callable[[PoolConfig], ModelShape],
 ) -> dict[str, list[ReplicaSpec]]:
-    inventory = _Devices(devices, reserve_bytes, source)
+    inventory = _Devices(devices, source)
     plans: dict[str, list[ReplicaSpec]] = {}
-    gpu_pools: list[tuple[int, str, PoolConfig]] = []
+    gpu_pools: list[tuple[int, Need, PoolConfig]] = []
     for pool in pools:
         if pool.endpoints:
             plans[pool.id] = [
@@ -98,20 +71,24 @@ def plan_replicas(
             plans[pool.id] = [ReplicaSpec(pool.id, i, pool.slots) for i in range(count)]
         else:
             inventory.check_mask(pool)
-            need, how = replica_need(pool, shape_of(pool))
-            gpu_pools.append((need, how, pool))
+            try:
+                need = replica_need(pool, shape_of(pool), reserve_bytes)
+            except FitError as exc:
+                raise PlacementError(f"pool {pool.id!r}: {exc}") from exc
+            gpu_pools.append((need.total(), need, pool))
     # Biggest first; ties keep config order (sorted is stable).
-    for need, how, pool in sorted(gpu_pools, key=lambda item: -item[0]):
+    for _, need, pool in sorted(gpu_pools, key=lambda item: -item[0]):
         if pool.tensor_split is not None:
-            plans[pool.id] = _place_split(pool, need, how, inventory)
+            plans[pool.id] = _place_split(pool, need, inventory)
         else:
-            plans[pool.id] = _place_whole(pool, need, how, inventory)
+            plans[pool.id] = _place_whole(pool, need, inventory)
     return {pool.id: plans[pool.id] for pool in pools}
 
 
-def _place_whole(pool: PoolConfig, need: int, how: str, inventory: _Devices) -> list[ReplicaSpec]:
+def _place_whole(pool: PoolConfig, fit: Need, inventory: _Devices) -> list[ReplicaSpec]:
     specs: list[ReplicaSpec] = []
     free = inventory.free
+    need = fit.total()
     if pool.replicas == "auto":
         for index in sorted(pool.devices, key=lambda i: -free[i]):
             if need <= free[index]:
@@ -128,21 +105,32 @@ def _place_whole(pool: PoolConfig, need: int, how: str, inventory: _Devices) -> 
     wanted = 1 if pool.replicas == "auto" else pool.replicas
     if len(specs) < wanted:
         raise PlacementError(
-            f"pool {pool.id!r}: model {pool.model_ref} needs {gib(need)} per replica ({how}); "
-            f"placed {len(specs)} of {wanted} replicas, the rest fit no device of mask "
-            f"{pool.devices} ({inventory.describe(pool.devices)}). Lower ctx_max or slots, "
-            f"use a smaller quantization, or split it with tensor_split"
+            f"pool {pool.id!r}: model {pool.model_ref} needs {gib(need)} per replica "
+            f"({fit.describe()}); placed {len(specs)} of {wanted} replicas, the rest fit no "
+            f"device of mask {pool.devices} ({inventory.describe(pool.devices)}). Lower "
+            f"ctx_max or slots, use a smaller quantization, offload fewer layers (gpu_layers) "
+            f"or split it with tensor_split"
         )
     return specs
 
 
-def _place_split(pool: PoolConfig, need: int, how: str, inventory: _Devices) -> list[ReplicaSpec]:
-    assert pool.tensor_split is not None
+def vram_shares(pool: PoolConfig, fit: Need, devices: tuple[int, ...]) -> dict[int, int]:
+    """What one replica on ``devices`` takes from each: all of it on one device, or its
+    split by ``tensor_split`` ratios, each device also holding the process's reserve."""
+    if pool.tensor_split is None or len(devices) == 1:
+        return {devices[0]: fit.total()}
     total = sum(pool.tensor_split)
-    shares = {
-        index: math.ceil(need * ratio / total)
-        for index, ratio in zip(pool.devices, pool.tensor_split, strict=True)
+    shared = fit.total(devices=0)  # the reserve is per device, not split
+    return {
+        index: math.ceil(shared * ratio / total) + fit.reserve_per_device
+        for index, ratio in zip(devices, pool.tensor_split, strict=True)
     }
+
+
+def _place_split(pool: PoolConfig, fit: Need, inventory: _Devices) -> list[ReplicaSpec]:
+    assert pool.tensor_split is not None
+    need = fit.total(devices=len(pool.devices))
+    shares = vram_shares(pool, fit, tuple(pool.devices))
     count = 1 if pool.replicas == "auto" else pool.replicas
     specs: list[ReplicaSpec] = []
     free = inventory.free
@@ -152,8 +140,9 @@ def _place_split(pool: PoolConfig, need: int, how: str, inventory: _Devices) -> 
             i = short[0]
             raise PlacementError(
                 f"pool {pool.id!r}: model {pool.model_ref} needs {gib(need)} per replica "
-                f"({how}); split {pool.tensor_split} puts {gib(shares[i])} on GPU{i}, which "
-                f"has {gib(max(free[i], 0))} free ({inventory.describe(pool.devices)})"
+                f"({fit.describe()}); split {pool.tensor_split} puts {gib(shares[i])} on "
+                f"GPU{i}, which has {gib(max(free[i], 0))} free "
+                f"({inventory.describe(pool.devices)})"
             )
         for i, share in shares.items():
             free[i] -= share

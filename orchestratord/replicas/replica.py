@@ -117,6 +117,7 @@ class Replica:
         self.info: EngineInfo | None = None
         self.ready = False
         self.needs_start = False  # the engine must be (re)started by the supervisor
+        self.held = False  # takes no new task (a stop-first reload is emptying it)
         self.circuit_open = False
         self.last_error: str | None = None
         self.decode_tokens_per_s = 0.0  # measured, averaged over finished decodes
@@ -263,7 +264,7 @@ class Replica:
     # --- decoding -----------------------------------------------------------------------------
 
     def can_take(self, task: Task) -> bool:
-        if not self.ready or not self.free_slot_ids or self.strict_running:
+        if not self.ready or self.held or not self.free_slot_ids or self.strict_running:
             return False
         return not (task.strict and self.running)
 

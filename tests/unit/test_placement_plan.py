@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 
 from orchestratord.config import PoolConfig
-from orchestratord.devices.inventory import MIB, Device
+from orchestratord.devices.inventory import MIB, Device, gib
 from orchestratord.models.gguf_shape import ModelShape, read_model_shape
 from orchestratord.models.tiny_gguf import ensure_tiny_model
-from orchestratord.placement.plan import PlacementError, plan_replicas, replica_need
+from orchestratord.placement.fit import replica_need
+from orchestratord.placement.plan import PlacementError, plan_replicas
 from xtask.model_files import write_shaped_gguf
 
 GIB = 1024 * MIB
@@ -52,14 +53,23 @@ def plan(pools: list[PoolConfig], devices: list[Device] = BOX) -> dict[str, list
     return {pool_id: [s.devices for s in replicas] for pool_id, replicas in specs.items()}
 
 
-@pytest.mark.req("HOME-1001")
-def test_the_need_is_weights_plus_kv_for_ctx_times_slots(seven_b: Path) -> None:
+@pytest.mark.req("HOME-1001", "HARD-207")
+def test_the_need_is_offloaded_weights_kv_compute_and_a_reserve_per_process(
+    seven_b: Path,
+) -> None:
     shape = read_model_shape(seven_b)
     # llama-2-7B: 32 layers x 32 KV heads x (128 + 128) x f16 = 512 KiB per token.
     assert shape.kv_bytes(1) == 512 * 1024
-    need, how = replica_need(pool("a", seven_b, ctx_max=4096, slots=2), shape)
-    assert need == shape.weights_bytes + 8192 * 512 * 1024
-    assert "KV cache 4.00 GiB for ctx 4096 x 2 slots (f16/f16)" in how
+    embeddings = 32000 * 4096 * 2  # stay in host memory, as llama.cpp keeps them
+    assert shape.input_bytes == embeddings
+    need = replica_need(pool("a", seven_b, ctx_max=4096, slots=2), shape, RESERVE)
+    assert need.weights == shape.weights_bytes - embeddings
+    assert need.kv == 8192 * 512 * 1024
+    # One 512-token micro-batch: activations, and a byte per batch token and context token.
+    assert need.compute == 512 * 4 * (3 * 11008 + 5.5 * 4096) + 512 * 8192
+    assert need.total() == need.weights + need.kv + need.compute + RESERVE
+    assert need.total(devices=2) == need.total() + RESERVE  # per process and device
+    assert "KV cache 4.00 GiB for ctx 4096 x 2 slots (f16/f16)" in need.describe()
     quantized = pool(
         "b",
         seven_b,
@@ -67,9 +77,33 @@ def test_the_need_is_weights_plus_kv_for_ctx_times_slots(seven_b: Path) -> None:
         slots=2,
         llamacpp={"extra_args": ["-ctk", "q8_0", "-ctv", "q4_0"]},
     )
-    smaller, how_q = replica_need(quantized, shape)
-    assert smaller == shape.weights_bytes + int(32 * 32 * (128 * 34 / 32 + 128 * 18 / 32) * 8192)
-    assert "(q8_0/q4_0)" in how_q
+    smaller = replica_need(quantized, shape, RESERVE)
+    assert smaller.kv == int(32 * 32 * (128 * 34 / 32 + 128 * 18 / 32) * 8192)
+    assert "(q8_0/q4_0)" in smaller.describe()
+
+
+@pytest.mark.req("HARD-207")
+def test_partial_offload_needs_only_the_offloaded_layers(seven_b: Path) -> None:
+    shape = read_model_shape(seven_b)
+    whole = replica_need(pool("a", seven_b, ctx_max=4096), shape, RESERVE)
+    half = replica_need(pool("a", seven_b, ctx_max=4096, gpu_layers=16), shape, RESERVE)
+    assert half.weights == shape.layer_bytes // 2  # 16 of 32 blocks, no output head
+    assert half.kv == whole.kv // 2
+    assert "16/32 layers" in half.describe()
+    # The 3060 cannot hold the whole model, but it can hold half of it.
+    with pytest.raises(PlacementError, match="fit no device"):
+        plan([pool("a", seven_b, devices=[1], ctx_max=4096)])
+    assert plan([pool("a", seven_b, devices=[1], ctx_max=4096, gpu_layers=16)])["a"] == [(1,)]
+
+
+@pytest.mark.req("HARD-207")
+def test_two_replicas_on_one_card_each_pay_the_engine_reserve(tiny: Path) -> None:
+    need = replica_need(pool("p", tiny), read_model_shape(tiny), RESERVE).total()
+    assert need > RESERVE
+    two = pool("p", tiny, devices=[0], replicas=2)
+    assert plan([two], [Device(0, "card", 2 * need)])["p"] == [(0,), (0,)]
+    with pytest.raises(PlacementError, match="placed 1 of 2 replicas"):
+        plan([two], [Device(0, "card", 2 * need - 1)])  # one reserve short
 
 
 @pytest.mark.req("HOME-1004", "HOME-1001", "ORCH-3011", "OC-CORE-1012")
@@ -97,16 +131,18 @@ def test_a_model_that_fits_nowhere_is_a_start_up_error_naming_the_numbers(seven_
     with pytest.raises(PlacementError) as error:
         plan([too_big])
     message = str(error.value)
-    assert "pool 'huge'" in message and "needs 14.55 GiB per replica" in message
-    assert "weights 12.55 GiB + KV cache 2.00 GiB for ctx 4096 x 1 slots" in message
-    assert "GPU1 RTX 3060 11.50 GiB free" in message
+    need = replica_need(too_big, read_model_shape(seven_b), RESERVE)
+    assert "pool 'huge'" in message and f"needs {gib(need.total())} per replica" in message
+    assert f"weights {gib(need.weights)} (all layers) + KV cache 2.00 GiB for ctx 4096" in message
+    assert "GPU1 RTX 3060 12.00 GiB free" in message
 
 
 @pytest.mark.req("HOME-1001")
 def test_vram_is_shared_between_pools_biggest_first(seven_b: Path) -> None:
     first = pool("a", seven_b, devices=[0], ctx_max=4096, slots=1)
     second = pool("b", seven_b, devices=[0], ctx_max=4096, slots=1)
-    with pytest.raises(PlacementError, match=r"pool 'b'.*GPU0 RTX 3090 8\.95 GiB free"):
+    left = 24 * GIB - replica_need(first, read_model_shape(seven_b), RESERVE).total()
+    with pytest.raises(PlacementError, match=rf"pool 'b'.*GPU0 RTX 3090 {gib(left)} free"):
         plan([first, second])
 
 
@@ -118,7 +154,9 @@ def test_a_model_is_split_only_with_explicit_ratios(seven_b: Path) -> None:
         plan([pool("s", seven_b, **config)])
     split = plan([pool("s", seven_b, tensor_split=[2, 1], **config)])
     assert split["s"] == [(0, 1)]
-    with pytest.raises(PlacementError, match=re.escape("puts 16.37 GiB on GPU1")):
+    need = replica_need(pool("t", seven_b, **config), read_model_shape(seven_b), RESERVE)
+    on_gpu1 = -(-need.total(devices=0) * 2 // 3) + RESERVE  # its share, plus its own reserve
+    with pytest.raises(PlacementError, match=re.escape(f"puts {gib(on_gpu1)} on GPU1")):
         plan([pool("t", seven_b, tensor_split=[1, 2], **config)])
 
 
