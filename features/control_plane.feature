@@ -35,7 +35,7 @@ Feature: The control plane: drain and resume, the model catalog, artifacts
     Then the response status is 409
     And the error code is "CONFLICT"
 
-  @HOME-701 @HOME-702 @ORCH-3097 @ORCH-3098 @OC-CTRL-2065 @OC-CTRL-2066 @FR-AR-001
+  @HOME-701 @ORCH-3097 @ORCH-3098 @OC-CTRL-2065 @OC-CTRL-2066 @FR-AR-001
   Scenario: An artifact is stored once under its digest and read back
     When I store a plan artifact tagged "bdd"
     Then the response status is 201

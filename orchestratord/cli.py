@@ -209,7 +209,7 @@ def _serve(args: argparse.Namespace) -> int:
         sock.close()
         print(f"orchestratord: cannot place the pools: {exc}", file=sys.stderr)
         return 2
-    except ValueError as exc:  # a setting only checkable at start (tools.hook)
+    except ValueError as exc:  # a setting only checkable at start (outbound.hook)
         sock.close()
         print(f"orchestratord: {exc}", file=sys.stderr)
         return 2

@@ -166,7 +166,7 @@ async def overload(server: LiveServer, probe: Probe, clients: int, each: int) ->
                     priority=rng.choice(["interactive", "batch"]),
                     seed=rng.randint(0, 2**31),
                 )
-                status, headers, _ = await submit(session, server, body)
+                status, headers, reply = await submit(session, server, body)
                 probe.count += 1
                 probe.tally[str(status)] += 1
                 if status == 202:
@@ -175,12 +175,37 @@ async def overload(server: LiveServer, probe: Probe, clients: int, each: int) ->
                     if problem:
                         probe.fail(f"{body['task_id']}: {problem}")
                 elif status in (429, 503):
-                    backoff = int(headers.get("X-Backoff-Ms", "50"))
+                    problem = check_refusal(status, headers, reply)
+                    if problem:
+                        probe.fail(f"{body['task_id']}: {problem}")
+                        return
+                    backoff = int(headers["X-Backoff-Ms"])
                     await asyncio.sleep(min(backoff, 200) / 1000 * rng.uniform(1.0, 1.5))
                 else:
                     probe.fail(f"unexpected status {status}")
 
         await asyncio.gather(*(client(n) for n in range(clients)))
+    if probe.tally["429"] == 0:  # HOME-902 is about the 429s: an overload must produce some
+        probe.fail(f"no 429 in {probe.count} submissions: the queue never filled")
+
+
+def check_refusal(status: int, headers: dict[str, str], envelope: Any) -> str | None:
+    """A 429 or 503 must tell the client when to come back (HOME-902, FR-DP-003)."""
+    backoff = headers.get("X-Backoff-Ms", "")
+    if not backoff.isdigit() or int(backoff) <= 0:
+        return f"{status} without a positive X-Backoff-Ms ({backoff!r})"
+    retry_after = headers.get("Retry-After", "")
+    if retry_after != str(max(1, -(-int(backoff) // 1000))):
+        return f"{status}: Retry-After {retry_after!r} does not round X-Backoff-Ms {backoff} up"
+    if not isinstance(envelope, dict) or envelope.get("retry_after_ms") != int(backoff):
+        return f"{status}: the envelope's retry_after_ms is not X-Backoff-Ms ({envelope})"
+    if status == 429 and (
+        envelope.get("code") != "ADMISSION_REJECT" or not envelope.get("policy_label")
+    ):
+        return f"429 without ADMISSION_REJECT and a policy_label ({envelope})"
+    if status == 503 and envelope.get("retriable") is not True:
+        return f"503 during an overload that is not retriable ({envelope})"
+    return None
 
 
 async def engine_kills(server: LiveServer, probe: Probe, kills: int) -> None:

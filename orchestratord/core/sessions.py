@@ -3,7 +3,9 @@
 A session begins with the first task that names its ``session_id`` and lives for
 ``sessions.ttl_ms`` from then (10 minutes by default) and at most ``sessions.max_turns``
 tasks (8). An expired, exhausted or deleted session refuses further tasks (409 CONFLICT,
-saying which); its id is forgotten once its lifetime is over.
+saying which): an expired one is remembered as such for one more lifetime (at most
+``sessions.max_live`` of them), so its id cannot quietly start over with a fresh budget;
+after that the id is forgotten.
 
 Affinity: each finished task records the replica and engine slot it ran on; the session's
 next task prefers that replica (when it can take the task now) and that slot (when free),
@@ -77,13 +79,21 @@ class Sessions:
         self.budgets = budgets if budgets is not None and budgets.enabled else None
         # Creation order is expiry order (a fixed lifetime), so expired ones are at the front.
         self._table: OrderedDict[str, Session] = OrderedDict()
+        # Expired sessions' ids, until one more lifetime has passed (id -> forget at).
+        self._expired: OrderedDict[str, float] = OrderedDict()
 
     def _purge(self, now: float) -> None:
         while self._table:
             oldest = next(iter(self._table.values()))
             if oldest.expires_at > now:
-                return
+                break
             self._table.popitem(last=False)
+            self._expired[oldest.id] = oldest.expires_at + self.ttl_s
+            self._expired.move_to_end(oldest.id)
+        while self._expired and (
+            len(self._expired) > self.max_live or next(iter(self._expired.values())) <= now
+        ):
+            self._expired.popitem(last=False)
 
     def get(self, session_id: str) -> Session | None:
         """A live session (not expired, not deleted), or None."""
@@ -101,8 +111,12 @@ class Sessions:
         now = time.monotonic()
         self._purge(now)
         session = self._table.get(session_id)
-        if session is not None and session.expires_at <= now:
-            session = None  # over: the id starts afresh
+        if session_id in self._expired or (session is not None and session.expires_at <= now):
+            minutes = self.ttl_s / 60
+            raise SessionEnded(
+                f"session {session_id} expired ({minutes:g} minutes after its first task); "
+                "start a new session"
+            )
         if session is None:
             if len(self._table) >= self.max_live:
                 raise SessionsFull(

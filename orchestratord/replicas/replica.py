@@ -235,6 +235,7 @@ class Replica:
                 return await self._failed_start(
                     f"self-test failed: {type(exc).__name__}", repr(exc)
                 )
+            log.info("replica %s: self-test passed (decode, cancel, telemetry)", self.id)
         self.info = info
         self.needs_start = False
         self.set_ready()

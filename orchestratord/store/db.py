@@ -67,7 +67,11 @@ class Store:
         # One thread: the one writer (and reader). check_same_thread is off because the
         # connection is made on this thread and then only ever used on the executor's.
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llorch-store")
-        self._conn = self._executor.submit(self._open).result()
+        try:
+            self._conn = self._executor.submit(self._open).result()
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            raise
         self._closed = False
 
     def _open(self) -> sqlite3.Connection:

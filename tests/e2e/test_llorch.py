@@ -40,6 +40,9 @@ def server(workdir: Path) -> Iterator[LiveServer]:
     config = default_live_config(workdir)
     config["cache_dir"] = str(workdir / "cache")
     config["catalog"] = {"model_dirs": [str(workdir / "models")]}
+    # The model site below listens on loopback: only an explicit network entry lets a pull
+    # reach it (HARD-101).
+    config["outbound"] = {"allow_networks": ["127.0.0.1/32"]}
     (workdir / "models").mkdir()
     with live_server(config) as live:
         yield live
@@ -79,7 +82,7 @@ def llorch(
     )
 
 
-@pytest.mark.req("FR-AR-001", "HOME-204", "ORCH-2001", "ORCH-2002")
+@pytest.mark.req("HOME-204", "ORCH-2001", "ORCH-2002")
 def test_llorch_run_streams_tokens_and_a_summary(server: LiveServer) -> None:
     done = llorch(server, "run", "Once upon a time", "--max-tokens", "16", "--seed", "5")
     assert done.returncode == 0, done.stderr
@@ -242,3 +245,25 @@ def test_a_drained_pool_is_waited_on_visibly_and_given_up_on(server: LiveServer)
     assert done.returncode == 1, done.stderr
     assert "waiting: " in done.stderr and "draining" in done.stderr and "retrying in" in done.stderr
     assert "gave up after waiting" in done.stderr
+
+
+@pytest.mark.req("FR-CP-003", "OC-CTRL-2004")
+def test_pools_ls_lists_the_replica_sets_with_their_load(server: LiveServer) -> None:
+    proc = subprocess.Popen(
+        [LLORCH, "run", "load", "--max-tokens", "1900", "--profile", "fixed-length"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=llorch_env(server),
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        proc.stdout.read(8)  # decoding: one of the pool's two slots is busy
+        listed = llorch(server, "pools", "ls")
+        as_json = json.loads(llorch(server, "--json", "pools", "ls").stdout)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=30)
+    assert listed.returncode == 0, listed.stderr
+    first = listed.stdout.splitlines()[0]
+    assert first.startswith("default") and "load=0.5" in first and "slots 1/2 free" in first
+    (pool,) = as_json
+    assert pool["engine"] == "llamacpp" and pool["load"] == 0.5 and pool["slots_free"] == 1
+    assert pool["replicas"][0]["load"] == 0.5

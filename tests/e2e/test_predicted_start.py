@@ -5,8 +5,8 @@ tasks since (a task alone decodes faster than two side by side). Each 202's
 ``predicted_start_ms`` is compared with when that task's first token really arrived. Useful
 means: every queued task gets a prediction, predictions grow with the queue, they order the
 tasks the way the engine served them, and the typical error is a fraction of the wait, not a
-multiple of it. The bound is a wide ratio of two figures measured on the same machine in the
-same minute, so a slow machine moves both alike.
+multiple of it: the median of actual over predicted within [0.7, 1.4], a ratio of two figures
+measured on the same machine in the same minute, so a slow machine moves both alike.
 """
 
 from __future__ import annotations
@@ -105,7 +105,9 @@ def test_predicted_start_tracks_the_real_queue_under_load(server: LiveServer) ->
     # The engine served them in the order the predictions gave.
     assert spearman([float(p) for p in known], actual_ms) >= 0.8, (known, actual_ms)
     ratios = [actual_ms[i] / known[i] for i in queued]
-    assert 1 / 3 <= statistics.median(ratios) <= 3, (known, actual_ms)
+    # Measured here with the per-occupancy estimator: 0.90-1.23. The single mean it replaced
+    # predicted this burst from the quicker lone runs: 1.32-2.1, mostly above 1.4.
+    assert 0.7 <= statistics.median(ratios) <= 1.4, (known, actual_ms)
     print(
         "predicted_start_ms", known,
         "first token after ms", [round(a) for a in actual_ms],

@@ -33,7 +33,7 @@ def exposition(**replace: str) -> str:
     return "".join(families.values())
 
 
-@pytest.mark.req("HOME-801", "HOME-802")
+@pytest.mark.req("HOME-802")
 def test_the_contract_requires_the_home_profile_metrics() -> None:
     required = {e["name"] for e in contract()["required"]}
     assert required == {

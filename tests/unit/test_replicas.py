@@ -165,7 +165,7 @@ def test_placement_prefers_free_slots_then_free_vram_then_decode_speed() -> None
     assert pick(b, c) is None
 
 
-@pytest.mark.req("HOME-801", "ORCH-2104")
+@pytest.mark.req("HOME-801", "ORCH-2104", "OC-CTRL-2004")
 async def test_cancels_count_on_the_replica_and_the_slo_reads_first_token_times(
     conductor_for: Any,
 ) -> None:
@@ -186,12 +186,16 @@ async def test_cancels_count_on_the_replica_and_the_slo_reads_first_token_times(
             done.append((await collect_stream(conductor, task_id))[-1][0])
         elapsed_ms = (asyncio.get_running_loop().time() - started) * 1000
         assert orch.registry.get(held).replica_id == "p1-r1"  # type: ignore[union-attr]
+        busy = (await conductor.simulate_get("/v1/replicasets", headers=AUTH)).json
         assert (
             await conductor.simulate_post(f"/v1/tasks/{held}/cancel", headers=AUTH)
         ).status_code == 204
         sets = (await conductor.simulate_get("/v1/replicasets", headers=AUTH)).json
         text = (await conductor.simulate_get("/metrics")).text
     assert done == ["end", "end", "end"]
+    # While r1 held its task: one of two slots busy, nothing queued.
+    assert (busy[0]["engine"], busy[0]["slots_total"], busy[0]["slots_free"]) == ("llamacpp", 2, 1)
+    assert busy[0]["load"] == 0.5 and [r["load"] for r in busy[0]["replicas"]] == [0.0, 1.0]
     slo = sets[0]["slo"]
     assert slo["samples"] == 4  # the three finished tasks and the canceled one, which had begun
     assert 50 <= slo["first_token_ms_p50"] <= slo["first_token_ms_p95"] <= elapsed_ms

@@ -12,7 +12,7 @@ import pytest
 from orchestratord.adapters.base import GenerationRequest, StreamEnd, StreamEvent, TokenChunk
 from orchestratord.adapters.mock import MockAdapter
 from tests.contract_schemas import assert_matches
-from tests.unit.conftest import AUTH, collect_stream, task_body
+from tests.unit.conftest import AUTH, collect_stream, held_handler, task_body
 
 
 class CachingEngine(MockAdapter):
@@ -109,19 +109,42 @@ async def test_delete_ends_the_session_and_erases_its_slot(conductor_for: Any) -
 @pytest.mark.req("HOME-401", "ORCH-3021")
 async def test_a_session_ends_after_its_turns_or_its_lifetime(conductor_for: Any) -> None:
     session, short = str(uuid.uuid4()), str(uuid.uuid4())
-    async with conductor_for() as (orch, conductor):
-        orch.sessions.max_turns = 2
+    sessions = {"max_turns": 2, "ttl_ms": 1000}
+    async with conductor_for(sessions=sessions) as (_, conductor):
         statuses = [(await turn(conductor, session, "x"))[0].status_code for _ in range(3)]
-        refused = (await turn(conductor, session, "x"))[0]
-        orch.sessions.ttl_s = 0.05
-        await turn(conductor, short, "y")
-        await asyncio.sleep(0.1)
+        refused = (await turn(conductor, short, "y"))[0]
+        await asyncio.sleep(1.1)  # the sessions' lifetime (1 s here) is over
         expired = await info(conductor, short)
-        restarted, _ = await turn(conductor, short, "y")  # its lifetime is over: a new one
+        after_lifetime, _ = await turn(conductor, short, "y")
     assert statuses == [202, 202, 409]
-    assert "has had its 2 turns" in refused.json["message"] and refused.json["code"] == "CONFLICT"
+    assert refused.status_code == 202
     assert expired.status_code == 404
-    assert restarted.status_code == 202
+    assert after_lifetime.status_code == 409 and after_lifetime.json["code"] == "CONFLICT"
+    assert "expired" in after_lifetime.json["message"]
+
+
+@pytest.mark.req("HOME-401", "ORCH-2005")
+async def test_delete_ends_the_sessions_running_and_queued_tasks(conductor_for: Any) -> None:
+    session = str(uuid.uuid4())
+    release = asyncio.Event()
+    async with conductor_for(MockAdapter(held_handler(release)), slots=1) as (orch, conductor):
+
+        async def submit(session_id: str) -> Any:
+            body = task_body(session_id=session_id, max_tokens=4)
+            return await conductor.simulate_post("/v1/tasks", json=body, headers=AUTH)
+
+        running, queued = await submit(session), await submit(session)
+        other = await submit(str(uuid.uuid4()))
+        deleted = await conductor.simulate_delete(f"/v1/sessions/{session}", headers=AUTH)
+        ended = [await collect_stream(conductor, r.json["task_id"]) for r in (running, queued)]
+        release.set()
+        untouched = await collect_stream(conductor, other.json["task_id"])
+        slots = orch.pools["p1"].slots_free
+    assert deleted.status_code == 204
+    for frames in ended:
+        assert frames[-1][0] == "end" and frames[-1][1]["finish_reason"] == "canceled"
+    assert untouched[-1][0] == "end" and untouched[-1][1]["finish_reason"] != "canceled"
+    assert slots == 1
 
 
 @pytest.mark.req("HOME-401", "HOME-901")

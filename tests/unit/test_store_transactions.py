@@ -1,5 +1,6 @@
-"""The store's transactions under failure (HARD-205): a failed COMMIT never wedges later
-writes, and a failing ROLLBACK never hides the error that caused it."""
+"""The store under failure and across versions (HARD-205, ORCH-3066): a failed COMMIT never
+wedges later writes, a failing ROLLBACK never hides the error that caused it, and the
+database is WAL with full sync and migrates forward only."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from orchestratord.store import db
 from orchestratord.store.db import Store
 
 
@@ -74,3 +76,31 @@ async def test_a_failing_rollback_does_not_mask_the_first_error(tmp_path: Path) 
     finally:
         store._conn = real
         store.close()
+
+
+@pytest.mark.req("ORCH-3066", "HOME-702")
+async def test_the_store_is_wal_with_full_sync_and_migrates_forward_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "llorch.db"
+    store = Store(path)
+    await store.write(insert("kept"))
+
+    def pragmas(conn: sqlite3.Connection) -> tuple[Any, ...]:
+        return tuple(
+            conn.execute(f"PRAGMA {name}").fetchone()[0]
+            for name in ("journal_mode", "synchronous", "user_version")
+        )
+
+    assert store.run_now(pragmas) == ("wal", 2, len(db.MIGRATIONS))  # 2 is FULL
+    store.close()
+    released = db.MIGRATIONS
+    monkeypatch.setattr(db, "MIGRATIONS", (*released, "ALTER TABLE artifacts ADD COLUMN note TEXT"))
+    upgraded = Store(path)  # the next orchestratord opens the older database
+    assert upgraded.run_now(pragmas)[2] == len(released) + 1
+    rows = upgraded.run_now(lambda c: c.execute("SELECT id, note FROM artifacts").fetchall())
+    assert rows == [("kept", None)]  # migrated in place, nothing lost
+    upgraded.close()
+    monkeypatch.setattr(db, "MIGRATIONS", released)
+    with pytest.raises(db.StoreError, match="newer than this orchestratord knows"):
+        Store(path)  # an older orchestratord refuses a newer database
