@@ -13,9 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pytest_bdd.scenario import scenario_wrapper_template_registry
 
 from xtask.results import write_result
 
+_ROOT = Path(__file__).resolve().parent.parent
 _RESULTS: dict[str, dict[str, Any]] = {}
 _RUNNERS = {"tests/bdd/": "pytest-bdd", "tests/pact/": "pact-consumer"}
 
@@ -41,11 +43,27 @@ def _check_marker_scope(item: pytest.Item) -> None:
                 )
 
 
+def _scenario(item: pytest.Item) -> list[str] | None:
+    """[feature file, scenario name] of a pytest-bdd test: outcomes are keyed by both, since
+    two features may hold scenarios of the same name."""
+    function = getattr(item, "function", None)
+    template = scenario_wrapper_template_registry.get(function) if function else None
+    if template is None:
+        return None
+    path = Path(template.feature.filename).resolve()
+    shown = path.relative_to(_ROOT) if path.is_relative_to(_ROOT) else path
+    return [str(shown), template.name]
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         _check_marker_scope(item)
         runner = next((r for prefix, r in _RUNNERS.items() if prefix in item.nodeid), "pytest")
-        _RESULTS[item.nodeid] = {"ids": _ids(item), "outcome": "not run", "runner": runner}
+        entry: dict[str, Any] = {"ids": _ids(item), "outcome": "not run", "runner": runner}
+        scenario = _scenario(item)
+        if scenario is not None:
+            entry["scenario"] = scenario
+        _RESULTS[item.nodeid] = entry
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

@@ -12,6 +12,7 @@ errors, each named with its file and line.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import re
 from dataclasses import dataclass
@@ -70,6 +71,14 @@ def feature_claims(errors: list[str]) -> list[Claim]:
                 continue
             if stripped.startswith("Feature:"):
                 feature_tags, pending = pending, []
+                continue
+            if stripped.startswith(("Examples:", "Scenarios:")):
+                # Tags above Examples belong to that outline's rows, not the next scenario.
+                if pending and found and found[-1].location.startswith(f"{_relative(feature)}:"):
+                    last = found[-1]
+                    merged = tuple(sorted(set(last.ids) | set(pending)))
+                    found[-1] = dataclasses.replace(last, ids=merged)
+                pending = []
                 continue
             match = _SCENARIO.match(line)
             if match:

@@ -1,8 +1,8 @@
 """Result files of one run, stamped with that run's id so trace never reads stale evidence.
 
 ``python -m xtask dev-loop`` empties ``reports/``, writes a fresh id to ``reports/run-id`` and
-passes it to every step in ``LLORCH_RUN_ID``. A step run on its own reuses the id in
-``reports/run-id`` (or starts one). Every result file carries the id; trace accepts only
+passes it to every step in ``LLORCH_RUN_ID``. A step run on its own starts a run of its own
+(a new id), never borrowing the last run's. Every result file carries the id; trace accepts only
 files of the current run, and a missing or foreign file fails every claim it should prove.
 """
 
@@ -36,16 +36,17 @@ def start_run() -> str:
 
 
 def current_run_id() -> str:
-    """The id results written now belong to."""
+    """The id results written now belong to: the dev loop's, or, for a step run on its own,
+    a run of its own. Results an earlier run left in ``reports/`` are not its evidence, so
+    a trace after it sees this step's results and counts every other runner as not run. The
+    id goes to the environment, so the step's child processes share it."""
     from_env = os.environ.get(RUN_ID_ENV)
     if from_env:
         return from_env
-    path = run_id_file()
-    if path.exists():
-        return path.read_text(encoding="utf-8").strip()
     REPORTS.mkdir(exist_ok=True)
     run_id = str(uuid.uuid4())
-    path.write_text(run_id + "\n", encoding="utf-8")
+    run_id_file().write_text(run_id + "\n", encoding="utf-8")
+    os.environ[RUN_ID_ENV] = run_id
     return run_id
 
 

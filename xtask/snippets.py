@@ -10,10 +10,17 @@ strings and whole numbers turned into typed ``parse`` fields, ready to paste.
 
 from __future__ import annotations
 
+import functools
 import keyword
 import re
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+
+import parse
+
+ROOT = Path(__file__).resolve().parent.parent
 
 _QUOTED = re.compile(r'"[^"]*"')
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?![\w.])")
@@ -27,20 +34,45 @@ class UndefinedStep:
     location: str  # feature file:line of its first use
 
 
-def undefined_steps(features: list[dict[str, Any]]) -> list[UndefinedStep]:
-    """Steps behave matched to no definition (its JSON gives them no ``match``), once each.
+def is_defined(kind: str, text: str) -> bool:
+    """Whether the shared step library has a step of this kind whose pattern takes ``text``.
 
-    Only scenarios count: behave lists a background's steps unmatched, and again, matched,
-    in every scenario that runs them."""
+    Decided against the library itself, not behave's JSON: behave leaves every step after an
+    undefined one unmatched in its report, defined or not."""
+    return any(
+        step.keyword == kind and _compiled(step.pattern).parse(text) is not None
+        for step in _library()
+    )
+
+
+@functools.cache
+def _library() -> list[Any]:
+    # The step library lives at the repository root beside features/, as behave expects it,
+    # not in an installed package: make the root importable (bdd-runner runs from anywhere).
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from steps.library import STEPS  # noqa: PLC0415 - only once a report needs it
+
+    return list(STEPS)
+
+
+@functools.cache
+def _compiled(pattern: str) -> parse.Parser:
+    return parse.compile(pattern)
+
+
+def undefined_steps(features: list[dict[str, Any]]) -> list[UndefinedStep]:
+    """The steps of a behave JSON report that no definition takes, once each (scenarios
+    only: behave lists a background's steps again in every scenario that runs them)."""
     found: dict[tuple[str, str], UndefinedStep] = {}
     for feature in features:
         for element in feature.get("elements", []):
             if element.get("type") != "scenario":
                 continue
             for step in element.get("steps", []):
-                if "match" in step:
-                    continue
                 kind = str(step.get("step_type", "given"))
+                if is_defined(kind, step["name"]):
+                    continue
                 key = (kind, step["name"])
                 found.setdefault(key, UndefinedStep(kind, step["name"], step.get("location", "")))
     return list(found.values())

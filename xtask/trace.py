@@ -129,21 +129,26 @@ def pytest_outcomes(document: dict[str, Any]) -> dict[str, str]:
     return {key: _combine(outcomes) for key, outcomes in cases.items()}
 
 
-def pytest_bdd_outcomes(document: dict[str, Any]) -> dict[str, str]:
-    """Normalized scenario name → outcome (pytest-bdd names tests after scenarios)."""
-    return {
-        bdd._normal(key.split("::", 1)[1].removeprefix("test_")): outcome
-        for key, outcome in pytest_outcomes(document).items()
-    }
+def pytest_bdd_outcomes(document: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """(feature file, scenario name) → outcome, outline rows folded into their outline. A
+    test without its scenario recorded cannot be attributed to one, and proves nothing."""
+    cases: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for entry in document["results"].values():
+        scenario = entry.get("scenario")
+        if isinstance(scenario, list) and len(scenario) == 2:
+            cases[(str(scenario[0]), bdd._normal(str(scenario[1])))].append(entry["outcome"])
+    return {key: _combine(outcomes) for key, outcomes in cases.items()}
 
 
 def _scenario_evidence(
-    claim: Claim, behave: dict[tuple[str, str], str] | None, bdd_runs: dict[str, str] | None
+    claim: Claim,
+    behave: dict[tuple[str, str], str] | None,
+    bdd_runs: dict[tuple[str, str], str] | None,
 ) -> list[Evidence]:
     path = claim.location.rsplit(":", 1)[0]
     name = f"{claim.location} {claim.key}"
     behave_outcome = (behave or {}).get((path, claim.key), "not run")
-    bdd_outcome = (bdd_runs or {}).get(bdd._normal(claim.key), "not run")
+    bdd_outcome = (bdd_runs or {}).get((path, bdd._normal(claim.key)), "not run")
     return [
         Evidence("behave", name, behave_outcome, claim.location),
         Evidence("pytest-bdd", name, bdd_outcome, claim.location),

@@ -56,6 +56,7 @@ def test_bdd_runner_prints_undefined_steps_as_project_snippets(tmp_path: Path) -
         "Feature: new\n\n  Scenario: a new one\n"
         "    Given a running orchestratord with a Ready llama.cpp pool\n"
         '    When I rename pool "default" to "big" 2 times\n'
+        "    And I read the task's stream to the end\n"  # written already: not a snippet
         "    Then the pool list shows 1 pool\n"
     )
     done = bdd_runner(str(feature), "--dry-run")
@@ -66,3 +67,4 @@ def test_bdd_runner_prints_undefined_steps_as_project_snippets(tmp_path: Path) -
     assert "def i_rename_pool_to_times(world: World, text: str, text2: str, number: int)" in out
     assert '@then("the pool list shows {number:d} pool")' in out
     assert "step_impl(context)" not in out and "a_running_orchestratord" not in out
+    assert "i_read_the_tasks_stream" not in out and out.count("@when(") == 1

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from xtask import bdd, claims, pact, spec_extract, trace
+from xtask import bdd, claims, pact, results, spec_extract, trace
 from xtask.claims import Claim, Claims
 from xtask.results import RUN_ID_ENV
 
@@ -73,6 +73,9 @@ def test_every_claim_in_the_repository_is_well_formed_and_defined() -> None:
 
 
 # --- trace over synthetic claims and results --------------------------------------------------
+
+
+RUNNING = "a running orchestratord with a Ready llama.cpp pool"
 
 
 def requirements(*ids: str, waived: tuple[str, ...] = ()) -> dict[str, spec_extract.Requirement]:
@@ -203,7 +206,11 @@ def test_an_outline_counts_once_and_fails_if_any_row_fails(run: Run) -> None:
     ]  # fmt: skip
     run.write("behave", {"features": [{"elements": rows}]})
     bdd_results = {
-        f"tests/bdd/test_features.py::test_bad_input[{n}]": {"outcome": "passed"} for n in "ab"
+        f"tests/bdd/test_features.py::test_bad_input[{n}]": {
+            "outcome": "passed",
+            "scenario": ["features/v.f", "Bad input"],
+        }
+        for n in "ab"
     }
     run.write("pytest-bdd", {"results": bdd_results})
     table, _, _ = trace.build(requirements("HOME-205"))
@@ -220,10 +227,31 @@ def test_undefined_behave_steps_are_their_own_status(run: Run) -> None:
     scenario = {"type": "scenario", "name": "s", "location": "features/x.feature:3",
                 "status": "undefined", "steps": [{"result": {"status": "undefined"}}]}  # fmt: skip
     run.write("behave", {"features": [{"elements": [scenario]}]})
-    run.write(
-        "pytest-bdd", {"results": {"tests/bdd/test_features.py::test_s": {"outcome": "passed"}}}
-    )
+    passed = {"outcome": "passed", "scenario": ["features/x.feature", "s"]}
+    run.write("pytest-bdd", {"results": {"tests/bdd/test_features.py::test_s": passed}})
     assert run.statuses(requirements("HOME-101")) == {"HOME-101": "undefined"}
+
+
+@pytest.mark.req("HOME-1206")
+def test_pytest_bdd_outcomes_belong_to_their_feature_file(run: Run) -> None:
+    """Two features with a scenario of the same name: a result of one is no evidence for
+    the other."""
+    run.claims.scenarios += [
+        Claim("scenario", "Same name", ("HOME-101",), "features/a.feature:3"),
+        Claim("scenario", "Same name", ("HOME-102",), "features/b.feature:3"),
+    ]
+    elements = [
+        {"type": "scenario", "name": "Same name", "location": f"features/{f}.feature:3",
+         "status": "passed", "steps": []}
+        for f in "ab"
+    ]  # fmt: skip
+    run.write("behave", {"features": [{"elements": elements}]})
+    only_a = {"outcome": "passed", "scenario": ["features/a.feature", "Same name"]}
+    run.write("pytest-bdd", {"results": {"tests/bdd/test_features.py::test_same_name": only_a}})
+    assert run.statuses(requirements("HOME-101", "HOME-102")) == {
+        "HOME-101": "passed",
+        "HOME-102": "failed",  # its pytest-bdd run is missing
+    }
 
 
 @pytest.mark.req("HOME-1206")
@@ -394,23 +422,27 @@ def test_undefined_steps_become_snippets_in_the_projects_own_form() -> None:
     behave_json = [
         {
             "elements": [
-                {"type": "background", "steps": [{"step_type": "given", "name": "a pool"}]},
+                {"type": "background", "steps": [{"step_type": "given", "name": RUNNING}]},
                 {
                     "type": "scenario",
                     "steps": [
-                        {"step_type": "given", "name": "a pool", "match": {"location": "x"}},
+                        {"step_type": "given", "name": RUNNING, "match": {"location": "x"}},
                         {"step_type": "when", "name": 'I frobnicate "a b" 3 times',
                          "location": "features/p.feature:5"},
                         {"step_type": "then", "name": "the pool has -2 {odd} replicas",
                          "location": "features/p.feature:6"},
                         {"step_type": "when", "name": 'I frobnicate "a b" 3 times',
                          "location": "features/p.feature:9"},
+                        # Defined, but behave reports steps after an undefined one unmatched.
+                        {"step_type": "when", "name": "I read the task's stream to the end",
+                         "location": "features/p.feature:10"},
                     ]
                 }
             ]
         }
     ]  # fmt: skip
     steps = snippets.undefined_steps(behave_json)
+    assert snippets.is_defined("when", "I read the task's stream to the end")
     assert [(s.keyword, s.location) for s in steps] == [
         ("when", "features/p.feature:5"),
         ("then", "features/p.feature:6"),
@@ -445,3 +477,37 @@ def test_undefined_steps_become_snippets_in_the_projects_own_form() -> None:
     with pytest.raises(NotImplementedError, match="When I frobnicate"):
         registered['I frobnicate "{text}" {number:d} times'](None, text="a b", number=3)
     assert snippets.report([]) == []
+
+
+@pytest.mark.req("HOME-1206")
+def test_tags_above_examples_belong_to_the_outline_not_the_next_scenario(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(claims, "ROOT", tmp_path)
+    (tmp_path / "features").mkdir()
+    (tmp_path / "features" / "x.feature").write_text(
+        "Feature: x\n\n  @HOME-101\n  Scenario Outline: first\n    Given <a>\n\n"
+        "    @HOME-102\n    Examples:\n      | a |\n      | 1 |\n\n"
+        "  Scenario: second\n    Given b\n"
+    )
+    errors: list[str] = []
+    found = {c.key: c.ids for c in claims.feature_claims(errors)}
+    assert errors == []
+    assert found == {"first": ("HOME-101", "HOME-102"), "second": ()}
+
+
+@pytest.mark.req("HOME-1206")
+def test_a_step_run_on_its_own_is_a_run_of_its_own(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(results, "REPORTS", tmp_path / "reports")
+    monkeypatch.setenv(results.RUN_ID_ENV, "the-dev-loops-run")
+    results.write_result(tmp_path / "reports" / "behave.json", {"features": []})
+    monkeypatch.delenv(results.RUN_ID_ENV)  # later: one step, run by hand
+    results.write_result(tmp_path / "reports" / "pytest-bdd.json", {"results": {}})
+    own = results.recorded_run_id()
+    assert own is not None and own != "the-dev-loops-run"
+    document, _ = results.read_result(tmp_path / "reports" / "pytest-bdd.json", own)
+    assert document is not None
+    stale, why = results.read_result(tmp_path / "reports" / "behave.json", own)
+    assert stale is None and why is not None and "not from the current run" in why
