@@ -148,7 +148,9 @@ async def test_a_task_settles_with_the_session_that_reserved_it(conductor_for: A
     async with conductor_for(MockAdapter(hold), sessions=sessions) as (orch, conductor):
         first, first_body = await submit(conductor, session, max_tokens=4)
         old = orch.sessions.find(session)
-        await asyncio.sleep(1.1)  # the session's lifetime is over; its task still runs
+        # Its lifetime (1 s) is over, and the one more lifetime its id is remembered for:
+        # the id may start a new session, while the old session's task still runs.
+        await asyncio.sleep(2.1)
         second, _ = await submit(conductor, session, max_tokens=5)
         new = orch.sessions.find(session)
         release.set()
