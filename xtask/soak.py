@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 import httpx
 import psutil
+from multidict import CIMultiDict
 
 from tests.sse import SSEParser
 from xtask.live_server import LiveServer, live_server, task_body
@@ -108,7 +109,8 @@ async def stream(
 
 async def submit(session: aiohttp.ClientSession, server: LiveServer, body: dict[str, Any]) -> Any:
     async with session.post(server.url + "/v1/tasks", json=body) as response:
-        return response.status, dict(response.headers), await response.json()
+        # Header names stay case-insensitive (the server sends them lower-case).
+        return response.status, CIMultiDict(response.headers), await response.json()
 
 
 async def submit_until_admitted(
@@ -189,7 +191,7 @@ async def overload(server: LiveServer, probe: Probe, clients: int, each: int) ->
         probe.fail(f"no 429 in {probe.count} submissions: the queue never filled")
 
 
-def check_refusal(status: int, headers: dict[str, str], envelope: Any) -> str | None:
+def check_refusal(status: int, headers: CIMultiDict[str], envelope: Any) -> str | None:
     """A 429 or 503 must tell the client when to come back (HOME-902, FR-DP-003)."""
     backoff = headers.get("X-Backoff-Ms", "")
     if not backoff.isdigit() or int(backoff) <= 0:

@@ -9,6 +9,7 @@ import math
 import random
 import time
 from collections.abc import AsyncGenerator, AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,7 +19,7 @@ from orchestratord.adapters.mock import MockAdapter
 from orchestratord.api.stream import TaskStreamResource
 from orchestratord.config import SamplerProfile
 from orchestratord.core.task import Burst
-from tests.unit.conftest import AUTH, collect_stream, held_handler, task_body
+from tests.unit.conftest import AUTH, collect_stream, held_handler, make_config, task_body
 from tests.unit.faulty_engine import FaultyEngine
 
 Conductor = Any
@@ -123,7 +124,7 @@ async def test_no_token_frame_is_emitted_after_cancel_returned(conductor_for: An
 
 
 @pytest.mark.req("OC-CORE-1031", "HOME-207", "HOME-603")
-async def test_sampler_profiles_are_pinned_by_version(conductor_for: Any) -> None:
+async def test_sampler_profiles_are_pinned_by_version(conductor_for: Any, tmp_path: Path) -> None:
     seen: dict[str, Any] = {}
 
     async def recording(request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
@@ -131,10 +132,10 @@ async def test_sampler_profiles_are_pinned_by_version(conductor_for: Any) -> Non
         yield TokenChunk(" x")
         yield StreamEnd("length", 1, 0, 1, 1.0)
 
-    async with conductor_for(MockAdapter(recording)) as (orch, conductor):
-        profiles = {**orch.config.sampler_profiles, "v2": SamplerProfile(temperature=0.1, top_k=5)}
-        orch.config = orch.config.model_copy(update={"sampler_profiles": profiles})
-        orch.admission.config = orch.config
+    base = make_config(tmp_path)
+    profiles = {**base.sampler_profiles, "v2": SamplerProfile(temperature=0.1, top_k=5)}
+    config = base.model_copy(update={"sampler_profiles": profiles})  # as the config file says
+    async with conductor_for(MockAdapter(recording), config=config) as (_, conductor):
         for prompt, version in (("a", "v2"), ("b", None), ("c", "v2")):
             body = task_body(prompt=prompt, sampler_profile_version=version)
             await conductor.simulate_post("/v1/tasks", json=body, headers=AUTH)
