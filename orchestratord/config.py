@@ -285,6 +285,21 @@ class PoolConfig(Strict):
         description="Split each replica across all devices of the mask with these ratios "
         "(one per device, in mask order). Without it a model is never split.",
     )
+    residency: Literal["pinned", "on-demand"] = Field(
+        "pinned",
+        description="pinned: loaded at start and never unloaded; on-demand: loaded when a task "
+        "for the pool is queued and unloaded after keep_alive_ms with nothing to do (RES-101).",
+    )
+    keep_alive_ms: int = Field(
+        300_000,
+        ge=0,
+        le=86_400_000,
+        description="How long an idle on-demand pool stays loaded (a task may ask for another "
+        "figure up to max_keep_alive_ms).",
+    )
+    max_keep_alive_ms: int = Field(
+        3_600_000, ge=0, le=86_400_000, description="The most a task's keep_alive_ms may ask."
+    )
     gpu_layers: int = Field(
         999, ge=0, description="Layers offloaded to the GPU (llama.cpp --n-gpu-layers)."
     )
@@ -334,6 +349,11 @@ class PoolConfig(Strict):
                 )
             if any(ratio <= 0 for ratio in self.tensor_split):
                 raise ValueError(f"{where}: tensor_split ratios must be > 0")
+        if self.endpoints and self.residency == "on-demand":
+            raise ValueError(
+                f"{where}: remote engines run where they run; only engines orchestratord "
+                "starts can be loaded on demand (drop endpoints or residency)"
+            )
         if self.endpoints:
             if self.devices:
                 raise ValueError(
@@ -386,6 +406,37 @@ class GpuConfig(Strict):
             if gpu.vram_used_mb >= gpu.vram_total_mb:
                 raise ValueError(f"gpus.declared[{gpu.index}]: vram_used_mb >= vram_total_mb")
         return self
+
+
+class ResidencyConfig(Strict):
+    """On-demand pools (RES-101..107): how many may be loaded, and how loads are arbitrated."""
+
+    max_loaded: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="On-demand pools loaded at once (like OLLAMA_MAX_LOADED_MODELS); unset: "
+        "as many as the VRAM fit allows.",
+    )
+    swap_wait_ms: int = Field(
+        3_000,
+        ge=0,
+        le=600_000,
+        description="When two on-demand pools cannot be loaded together, a busy loaded one keeps "
+        "serving until the other's oldest task has waited this long and it has itself been "
+        "loaded this long; an idle one gives way at once, or, under concurrent traffic (asked "
+        "for within four of these while another pool had work), once its idle time and that "
+        "wait add up to its last load time, at most this. So a waiting task "
+        "waits at most this long for its turn (plus the running tasks' rest and the load), "
+        "and alternating traffic is served in batches.",
+    )
+    load_failure_backoff_ms: int = Field(
+        30_000,
+        ge=0,
+        le=3_600_000,
+        description="After a failed load, the pool refuses new tasks (503 MODEL_LOAD_FAILED) "
+        "this long before it is tried again.",
+    )
 
 
 class CatalogConfig(Strict):
@@ -611,6 +662,7 @@ class Config(BaseSettings):
     default_sampler_profile: str = "v1"
     gpus: GpuConfig = Field(default_factory=GpuConfig)
     catalog: CatalogConfig = Field(default_factory=CatalogConfig)
+    residency: ResidencyConfig = Field(default_factory=ResidencyConfig)
     sessions: SessionsConfig = Field(default_factory=SessionsConfig)
     outbound: OutboundConfig = Field(default_factory=OutboundConfig)
     tools: ToolsConfig = Field(default_factory=ToolsConfig)

@@ -32,6 +32,7 @@ class ErrorCode(enum.StrEnum):
     CONFLICT = "CONFLICT"
     NOT_IMPLEMENTED = "NOT_IMPLEMENTED"
     BUDGET_EXHAUSTED = "BUDGET_EXHAUSTED"
+    MODEL_LOAD_FAILED = "MODEL_LOAD_FAILED"
 
 
 class ApiError(Exception):

@@ -139,3 +139,23 @@ class Metrics:
             buckets=_LATENCY_BUCKETS_MS,
             registry=r,
         )
+        # Models on demand (RES-205).
+        self.model_loads = Counter(
+            "model_loads", "On-demand loads, by result (ok, failed).", ("pool_id", "result"),
+            registry=r,
+        )  # fmt: skip
+        self.model_unloads = Counter(
+            "model_unloads", "On-demand unloads, by reason (idle, evicted, swap, stopped).",
+            ("pool_id", "reason"), registry=r,
+        )  # fmt: skip
+        self.model_load_seconds = Histogram(
+            "model_load_seconds", "How long a load took, engine start and self-test included.",
+            ("pool_id",), buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 20, 40, 80, 160), registry=r,
+        )  # fmt: skip
+        self.model_swaps = Counter(
+            "model_swaps", "Pools unloaded to make way for another model (evicted or swapped).",
+            ("pool_id",), registry=r,
+        )  # fmt: skip
+        self.models_loaded = Gauge(
+            "models_loaded", "Pools whose engines are loaded (pinned ones included).", registry=r
+        )

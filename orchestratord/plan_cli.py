@@ -54,9 +54,16 @@ def plan_report(config_path: Path | None) -> dict[str, Any]:
                     k: v for k, v in replica.process.env.items() if k.startswith("CUDA_")
                 }
             replicas.append(entry)
-        report["pools"].append(
-            {"id": pool.id, "model_ref": pool.config.model_ref, "replicas": replicas}
-        )
+        entry = {"id": pool.id, "model_ref": pool.config.model_ref, "replicas": replicas,
+                 "residency": pool.config.residency}  # fmt: skip
+        if pool.residency.on_demand:  # placed at each load, against what is loaded then
+            need = orch.residency.needs.get(pool.id)
+            entry["on_demand"] = {
+                "devices": list(pool.config.devices),
+                "need_bytes": need.total() if need is not None else None,
+                "need": need.describe() if need is not None else None,
+            }
+        report["pools"].append(entry)
     return report
 
 
@@ -68,6 +75,12 @@ def _text(report: dict[str, Any]) -> str:
     ] or ["  none"]
     for pool in report["pools"]:
         lines.append(f"pool {pool['id']} ({pool['model_ref']}):")
+        on_demand = pool.get("on_demand")
+        if on_demand is not None:
+            where = " or ".join(f"GPU{i}" for i in on_demand["devices"]) or "the CPU"
+            need = on_demand["need_bytes"]
+            size = f" (needs {gib(need)}: {on_demand['need']})" if need is not None else ""
+            lines.append(f"  on-demand: loads when asked, on {where}{size}")
         for replica in pool["replicas"]:
             where = replica["endpoint"] or (
                 " + ".join(

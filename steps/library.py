@@ -474,3 +474,103 @@ def audit_denial(world: World) -> None:
     assert records[-1].get("outcome") == "refused", records[-1]
     decisions = [r for r in records if "decision" in r]
     assert decisions[-1]["decision"] == "deny" and decisions[-1]["reason"], decisions[-1]
+
+
+# --- models on demand ----------------------------------------------------------------------
+
+
+@given('the models-on-demand example with model "{name}" broken')
+def on_demand_broken(world: World, name: str) -> None:
+    world.demand.break_model(name)
+
+
+@given("orchestratord serving the models-on-demand example")
+def serve_on_demand(world: World) -> None:
+    world.demand.serve()
+
+
+@then("no model is loaded")
+def none_loaded(world: World) -> None:
+    states = world.demand.residency()
+    assert all(s["state"] == "unloaded" and not s["replicas"] for s in states.values()), states
+
+
+@when('I run a task for "{model}"')
+def run_for(world: World, model: str) -> None:
+    world.demand.run(model)
+
+
+@when('I start a long task for "{model}"')
+def start_long_for(world: World, model: str) -> None:
+    world.demand.start_long(model)
+
+
+@when("I cancel the running task")
+def cancel_running(world: World) -> None:
+    world.demand.cancel_running()
+
+
+@when('I stop "{model}"')
+def stop_model(world: World, model: str) -> None:
+    world.demand.stop(model)
+
+
+@then('the stream for "{model}" said queued, then loading, then started, then end')
+def waited_in_order(world: World, model: str) -> None:
+    events = [event for event, _ in world.demand.frames[model]]
+    waiting = events[: events.index("started")]
+    assert waiting and waiting[0] == "queued" and "loading" in waiting, events
+    assert set(waiting) <= {"queued", "loading"}, events
+    assert events[-1] == "end" and events.count("end") == 1, events
+
+
+@then('the stream for "{model}" ended with error {code}')
+def stream_error(world: World, model: str, code: str) -> None:
+    event, payload = world.demand.frames[model][-1]
+    assert event == "error" and payload["code"] == code, (event, payload)
+
+
+@then('"{model}" is loaded on GPU {index:d}')
+def loaded_on(world: World, model: str, index: int) -> None:
+    state = world.demand.residency()[model]
+    devices = [d["index"] for r in state["replicas"] for d in r["devices"]]
+    assert state["state"] == "loaded" and devices == [index], state
+
+
+@then('"{model}" is unloaded')
+def unloaded(world: World, model: str) -> None:
+    world.demand.wait_state(model, "unloaded")
+
+
+@then('"{model}" failed to load, saying why')
+def failed_load(world: World, model: str) -> None:
+    state = world.demand.residency()[model]
+    assert state["state"] == "failed" and state["failure"], state
+    assert state["failed_until_ms"] is not None, state
+
+
+@then('a new task for "{model}" is refused with {status:d} {code}')
+def refused_with(world: World, model: str, status: int, code: str) -> None:
+    world.demand.submit(model)
+    response = world.demand.response
+    assert response is not None and response.status_code == status, response
+    assert response.json()["code"] == code, response.text
+
+
+@then("the stop is answered {status:d}")
+def stop_answered(world: World, status: int) -> None:
+    response = world.demand.response
+    assert response is not None and response.status_code == status, response
+
+
+@then('the stop is refused with {status:d} saying "{text}"')
+def stop_refused(world: World, status: int, text: str) -> None:
+    response = world.demand.response
+    assert response is not None and response.status_code == status, response
+    assert text in response.json()["message"], response.text
+
+
+@then('the metrics count {count:d} unload of "{model}" for "{reason}"')
+def unload_counted(world: World, count: int, model: str, reason: str) -> None:
+    seen = world.demand.metric("model_unloads_total", pool_id=model, reason=reason)
+    assert seen == count, seen

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
+from steps.on_demand import OnDemandBox
 from steps.placement import MixedBox
 from tests.contract_schemas import assert_frames_match, assert_matches, load_openapi
 from tests.sse import SSEParser
@@ -48,6 +49,7 @@ class World:
         self.metrics_text = ""
         self.filled = 0
         self._box: MixedBox | None = None
+        self._demand: OnDemandBox | None = None
         self.drained: list[str] = []  # pools a scenario drained: resumed when it ends
         self.remembered: dict[str, str] = {}
 
@@ -58,9 +60,18 @@ class World:
             self._box = MixedBox()
         return self._box
 
+    @property
+    def demand(self) -> OnDemandBox:
+        """A second orchestratord (the models-on-demand example) for this scenario only."""
+        if self._demand is None:
+            self._demand = OnDemandBox()
+        return self._demand
+
     def close(self) -> None:
         if self._box is not None:
             self._box.close()
+        if self._demand is not None:
+            self._demand.close()
         for pool in self.drained:  # leave the shared server admitting for the next scenario
             self.client.post(f"{pool}/resume", headers=self.server.auth)
         for task_id in self.accepted:  # leave no long task running for the next scenario

@@ -20,6 +20,7 @@ from xtask import (
     report_page,
     soak,
     spec_extract,
+    tiny_models,
     trace,
 )
 
@@ -42,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     determinism.add_parser(sub)
     dashboard_png.add_parser(sub)
     fit_check.add_parser(sub)
+    tiny_models.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -1,4 +1,4 @@
-"""``python -m xtask bench relay|admission|small|placement|session``: ``--runs`` times each.
+"""``python -m xtask bench relay|admission|small|placement|session|swap``: ``--runs`` times each.
 
 Every benchmark starts its own real orchestratord + llama-server on loopback, measures the
 relay side by side with the baseline it compares to (llama-server directly, or the shallow
@@ -11,7 +11,14 @@ import argparse
 import json
 from typing import Any
 
-from xtask import bench_admission, bench_placement, bench_relay, bench_session, bench_small
+from xtask import (
+    bench_admission,
+    bench_placement,
+    bench_relay,
+    bench_session,
+    bench_small,
+    bench_swap,
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,6 +31,9 @@ def run(args: argparse.Namespace) -> int:
     elif args.which == "placement":
         result = bench_placement.run(args.runs, args.decisions)
         report = bench_placement.report
+    elif args.which == "swap":
+        result = bench_swap.run(args.runs, args.switches, args.clients, args.tasks_per_client)
+        report = bench_swap.report
     elif args.which == "admission":
         result = bench_admission.run(args.tasks, args.concurrency, args.runs)
         report = bench_admission.report
@@ -38,8 +48,12 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    parser = sub.add_parser("bench", help="benchmarks: relay, admission, small, placement, session")
-    parser.add_argument("which", choices=["relay", "admission", "small", "placement", "session"])
+    parser = sub.add_parser(
+        "bench", help="benchmarks: relay, admission, small, placement, session, swap"
+    )
+    parser.add_argument(
+        "which", choices=["relay", "admission", "small", "placement", "session", "swap"]
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs; the table gives medians")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     relay = parser.add_argument_group("relay")
@@ -57,6 +71,10 @@ def add_parser(sub: Any) -> None:
     session.add_argument("--opening-words", type=int, default=600)
     placement = parser.add_argument_group("placement")
     placement.add_argument("--decisions", type=int, default=100_000)
+    swap = parser.add_argument_group("swap")
+    swap.add_argument("--switches", type=int, default=6, help="model switches per run")
+    swap.add_argument("--clients", type=int, default=4, help="alternating workload's clients")
+    swap.add_argument("--tasks-per-client", type=int, default=12)
     small = parser.add_argument_group("small")
     small.add_argument("--per-block", type=int, default=200)
     small.add_argument("--blocks", type=int, default=4)

@@ -89,6 +89,8 @@ class LiveServer:
                     slots = engine.get("/slots").json()
             except httpx.TransportError:
                 continue  # an engine a reload retired
+            if not isinstance(slots, list):
+                continue  # {"error": ...}: an engine still loading (a reload's), decoding nothing
             busy += [s["id"] for s in slots if s["is_processing"]]
         return busy
 

@@ -33,6 +33,7 @@ from orchestratord.adapters.sse_client import (
     post_sse,
 )
 from orchestratord.models.digest import sha256_file
+from orchestratord.models.file_facts import remembered
 
 _CONTROL_TIMEOUT = aiohttp.ClientTimeout(total=10.0)
 _HEALTH_TIMEOUT = aiohttp.ClientTimeout(total=1.0)
@@ -80,7 +81,9 @@ class HttpEngine(EngineAdapter):
     async def model_digest(self) -> str | None:
         """``sha256:`` of the model file the pool names, if it names one (computed once)."""
         if self._digest is None and self._model_path is not None:
-            self._digest = "sha256:" + await asyncio.to_thread(sha256_file, self._model_path)
+            self._digest = "sha256:" + await asyncio.to_thread(
+                remembered, sha256_file, self._model_path
+            )
         return self._digest
 
     async def request_json(self, method: str, path: str, body: Any = None) -> Any:

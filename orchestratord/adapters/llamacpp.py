@@ -44,6 +44,7 @@ from orchestratord.adapters.sse_client import (
     post_sse,
 )
 from orchestratord.models.digest import sha256_file
+from orchestratord.models.file_facts import remembered
 from orchestratord.models.vocab import max_token_bytes
 
 _SLOT_RELEASE_TIMEOUT_S = 5.0
@@ -131,8 +132,12 @@ class LlamaCppAdapter(EngineAdapter):
     async def info(self) -> EngineInfo:
         props = await self._request_json("GET", "/props")
         if self._digest is None and self._model_path is not None:
-            self._digest = "sha256:" + await asyncio.to_thread(sha256_file, self._model_path)
-            self.max_token_bytes = await asyncio.to_thread(max_token_bytes, self._model_path)
+            self._digest = "sha256:" + await asyncio.to_thread(
+                remembered, sha256_file, self._model_path
+            )
+            self.max_token_bytes = await asyncio.to_thread(
+                remembered, max_token_bytes, self._model_path
+            )
         with _reply_shape("/props"):
             settings = props.get("default_generation_settings", {})
             return EngineInfo(

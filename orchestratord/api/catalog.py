@@ -10,6 +10,7 @@ import falcon.asgi
 
 from orchestratord.api.bodies import parse_body
 from orchestratord.catalog.catalog import CatalogError, CatalogRecord
+from orchestratord.catalog.lifecycle import apply_model_state, engine_serving
 from orchestratord.catalog.model import CatalogEntry, ModelState, StateRequest
 from orchestratord.errors import ApiError, ErrorCode, conflict, invalid_params, not_found
 
@@ -85,7 +86,7 @@ class CatalogVerifyResource(_CatalogResource):
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, model_id: str
     ) -> None:
         self.record(model_id)
-        engine = self.orch.engine_serving(model_id)
+        engine = engine_serving(self.orch.pools, model_id)
         record = await self.orch.catalog.start_verify(model_id, engine)
         resp.status = falcon.HTTP_202
         resp.media = {"id": model_id, "verification": record.verification}
@@ -114,7 +115,7 @@ class CatalogStateResource(_CatalogResource):
             old, new = await self.orch.catalog.set_state(model_id, request.state)
         except CatalogError as exc:
             refuse(exc)
-        drained = self.orch.model_state_changed(model_id, new, request.deadline_ms)
+        drained = apply_model_state(self.orch.pools, model_id, new, request.deadline_ms)
         resp.status = falcon.HTTP_202
         body: dict[str, Any] = {
             "id": model_id,

@@ -1,9 +1,10 @@
-"""Pool endpoints: health (HOME-506, ORCH-2103) for the pool and each replica; drain and
-resume (HOME-504, ORCH-2101); reload (HOME-505, ORCH-2102)."""
+"""Pool endpoints: health (HOME-506, ORCH-2103, RES-202) for the pool and each replica; drain
+and resume (HOME-504, ORCH-2101); reload (HOME-505, ORCH-2102); unload (RES-203)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import TYPE_CHECKING
 
 import falcon
@@ -58,9 +59,27 @@ class PoolHealthResource:
                 "engine_version": info.engine_version if info else None,
                 "model_digest": info.model_digest if info else None,
             },
-            "last_error": pool.last_error,
+            "last_error": pool.last_error or pool.residency.failure,
+            "residency": pool.residency.view(time.monotonic()),
             "replicas": [{**replica_entry(r, self.orch), "live": _live(r)} for r in pool.replicas],
         }
+
+
+class PoolUnloadResource:
+    """``POST /v1/pools/{id}/unload`` (RES-203): unload an idle on-demand pool now."""
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orch = orchestrator
+
+    async def on_post(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, pool_id: str
+    ) -> None:
+        pool = find_pool(self.orch, pool_id)
+        refused = self.orch.residency.unload_now(pool)
+        if refused is not None:
+            raise conflict(refused)
+        resp.status = falcon.HTTP_202
+        resp.media = {"pool_id": pool_id, "residency": pool.residency.view(time.monotonic())}
 
 
 def _live(replica: Replica) -> bool:
@@ -131,7 +150,7 @@ class PoolReloadResource:
         pool = find_pool(orch, pool_id)
         request = await parse_body(req, ReloadRequest, orch.config.server.max_body_bytes)
         new_ref = request.new_model_ref
-        if not orch.can_rebuild(pool_id):
+        if not orch.factory.can_rebuild(pool_id):
             raise invalid_params(f"pool {pool_id} runs injected engines; it cannot be reloaded")
         if pool.config.endpoints:
             raise invalid_params(f"pool {pool_id} uses remote engines; reload them where they run")
@@ -145,7 +164,7 @@ class PoolReloadResource:
         if refused is not None:
             raise ApiError(409, ErrorCode.MODEL_DEPRECATED, f"model {new_ref} is {refused.value}")
         try:
-            path = orch.model_path_for(new_ref)
+            path = orch.factory.model_path_for(new_ref)
         except PlacementError as exc:
             raise invalid_params(str(exc)) from exc
         new_config = pool.config.model_copy(update={"model_ref": new_ref, "model_path": path})
@@ -160,6 +179,6 @@ class PoolReloadResource:
             specs, mode = fit_reload(pool, new_config, shape, orch.devices, reserve)
         except (ReloadRefused, FitError) as exc:
             raise conflict(str(exc)) from exc
-        reload = start_reload(pool, new_config, orch.build_replica, specs, mode)
+        reload = start_reload(pool, new_config, orch.factory.build, specs, mode)
         resp.status = falcon.HTTP_202
         resp.media = {"pool_id": pool_id, "reload": reload.view()}

@@ -1,4 +1,5 @@
-"""``GET /v1/replicasets`` (ORCH-2104, OC-CTRL-2004, FR-CP-003): each pool's replicas and load.
+"""``GET /v1/replicasets`` (ORCH-2104, OC-CTRL-2004, FR-CP-003, RES-202): each pool's replicas,
+load and residency.
 
 One replica set per pool. Each replica says where it runs (devices, or the remote endpoint),
 what it runs (engine, version, model digest), and how busy it is: slots, readiness, load,
@@ -9,6 +10,7 @@ reuse :func:`replica_entry`, so the three views never disagree.
 from __future__ import annotations
 
 import statistics
+import time
 from typing import TYPE_CHECKING, Any
 
 import falcon.asgi
@@ -74,6 +76,7 @@ def replica_set(pool: Pool, orch: Orchestrator) -> dict[str, Any]:
         "slots_free": pool.slots_free,
         "queue_depth": queued,
         "slo": _slo(pool),
+        "residency": pool.residency.view(time.monotonic()),
         "replicas": [replica_entry(r, orch) for r in pool.replicas],
     }
 

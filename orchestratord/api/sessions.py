@@ -40,5 +40,5 @@ class SessionResource:
         self, req: falcon.asgi.Request, resp: falcon.asgi.Response, session_id: str
     ) -> None:
         self._live(session_id)
-        await self.orch.end_session(session_id)
+        await self.orch.canceller.end_session(self.orch.sessions, session_id)
         resp.status = falcon.HTTP_204

@@ -1,4 +1,4 @@
-"""``GET /v1/tasks/{id}/stream`` (ORCH-2002, HOME-301..305): the task's frames as SSE.
+"""``GET /v1/tasks/{id}/stream`` (ORCH-2002, HOME-301..305, RES-201): the task's frames as SSE.
 
 Falcon's native SSE keeps routing and middleware (correlation ID, auth) on the stream and
 notices a disconnect after each send, so the emitter pings every ``heartbeat_ms`` while no
@@ -19,7 +19,7 @@ import falcon.asgi
 from falcon.asgi import SSEvent
 
 from orchestratord.api.tasks import find_task
-from orchestratord.core.task import Burst, Task, TaskState, encode_frame
+from orchestratord.core.task import Burst, Task
 from orchestratord.errors import conflict
 
 if TYPE_CHECKING:
@@ -46,32 +46,11 @@ class TaskStreamResource:
         resp.set_header("X-Accel-Buffering", "no")
         if task.budget is not None:  # what the session has left (HOME-303, OC-CTRL-2068)
             resp.set_headers(task.budget.headers())
+        # A queued task's stream begins with where it stands (RES-201); a started one's
+        # log begins with its `started` frame.
+        self.orch.waiting.watch(task)
         # Frames are pre-serialized; Falcon only ever calls their serialize().
         resp.sse = cast("AsyncIterator[SSEvent | None]", self.emit(task))
-
-    def _started(self, task: Task) -> bytes:
-        pool = self.orch.pools[task.pool_id]
-        queued = task.state is TaskState.QUEUED
-        position = max(pool.queue.position(task), 0) if queued else 0
-        predicted = (
-            pool.estimator.predicted_start_ms(position, pool.slots_total, pool.slots_free)
-            if queued
-            else 0
-        )
-        info = pool.info
-        return encode_frame(
-            "started",
-            {
-                "queue_position": position,
-                "predicted_start_ms": predicted,
-                "engine": pool.engine,
-                "engine_version": info.engine_version if info else None,
-                "model_digest": info.model_digest if info else None,
-                "pool_id": pool.id,
-                "replica_id": task.replica_id,  # None until placement picks one
-                "seed": task.seed,
-            },
-        )
 
     async def emit(self, task: Task) -> AsyncIterator[Burst | None]:
         loop = asyncio.get_running_loop()
@@ -80,10 +59,10 @@ class TaskStreamResource:
         cursor = 0
         sent_tokens = 0
         try:
-            # `started` goes out with whatever the log already holds: a short task that is
-            # done by the time its stream opens is one write.
-            batch = [self._started(task), *task.frames]
-            cursor = len(batch) - 1
+            # What the log already holds goes out at once: a short task that is done by the
+            # time its stream opens is one write.
+            batch = list(task.frames)
+            cursor = len(batch)
             task.delivered = cursor
             sent_tokens = task.tokens_out
             yield Burst(batch)

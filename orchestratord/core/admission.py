@@ -24,6 +24,7 @@ from orchestratord.core.task import Task
 from orchestratord.errors import ApiError, ErrorCode, conflict, invalid_params
 from orchestratord.metrics import Metrics
 from orchestratord.pools.pool import Pool
+from orchestratord.residency.state import State
 
 RATE_LIMIT = "rate-limit"  # the policy_label of a 429 from a rate limit
 SESSIONS_FULL = "sessions"  # the policy_label of a 429 from sessions.max_live
@@ -77,7 +78,7 @@ class Admission:
                 f"model_ref {request.model_ref!r} is served by engine(s) {engines}, "
                 f"not {request.engine.value!r}"
             )
-        ready = [p for p in matching if p.ready and p.admitting]
+        ready = [p for p in matching if p.accepts_tasks]
         if not ready:
             raise self._unavailable(request, matching)
         # Least loaded Ready pool; within it, placement picks the replica at dispatch.
@@ -109,6 +110,19 @@ class Admission:
                     min(d.remaining_ms for d in drains),
                     min(p.config.queue.default_backoff_ms for p in pools),
                 ),
+            )
+        failed = [p.residency for p in pools if p.residency.state is State.FAILED]
+        if failed:
+            now = time.monotonic()
+            wait_ms = min(round(((r.failed_until or now) - now) * 1000) for r in failed)
+            return ApiError(
+                503,
+                ErrorCode.MODEL_LOAD_FAILED,
+                f"{request.model_ref!r} failed to load ({failed[0].failure}); it is tried "
+                f"again in {max(wait_ms, 0) / 1000:.0f} s",
+                engine=engine,
+                retriable=True,
+                retry_after_ms=max(wait_ms, 1),
             )
         if all(p.circuit_open for p in pools):
             return ApiError(
@@ -177,6 +191,11 @@ class Admission:
         if size + _SPECIAL_TOKENS <= room:
             return None
         adapter = pool.counting_adapter()
+        if adapter is None:
+            # An on-demand pool with no engine loaded has no tokenizer to ask: the task is
+            # queued on the byte bound, and the engine checks the prompt once it is loaded
+            # (an over-long one then ends with an error frame, not a 400).
+            return None
         longest = adapter.max_token_bytes
         if longest is not None and size // longest > room:
             raise invalid_params(
@@ -219,7 +238,7 @@ class Admission:
             )
         if task_id in self.registry:  # a twin may have been admitted while we tokenized
             raise conflict(f"task_id {task_id} already exists")
-        if not (pool.ready and pool.admitting):  # changed while we tokenized
+        if not pool.accepts_tasks:  # changed while we tokenized
             raise self._unavailable(request, [pool])
         # From here on nothing awaits: the checks below and the enqueue are one step, and
         # the session is stored only once the task is queued (HARD-111).
@@ -291,9 +310,12 @@ class Admission:
             task.deadline_at - time.monotonic(), pool.expire_deadline, task
         )
         pool.series.enqueued[task.priority].inc()
-        predicted = pool.estimator.predicted_start_ms(
-            admitted.position, pool.slots_total, pool.slots_free
+        contended = any(  # what an eviction weighs (RES-103, RES-105)
+            other is not pool and (len(other.queue) or other.running)
+            for other in self.pools.values()
         )
+        pool.residency.note_demand(time.monotonic(), contended=contended)
+        predicted = predict_start_ms(pool, admitted.position)
         now_full = len(pool.queue) >= pool.queue.capacity
         pool.pump()
         backoff = (pool.estimator.drain_interval_ms(pool.slots_total) or 0) if now_full else 0
@@ -320,6 +342,18 @@ class Admission:
             retry_after_ms=retry_ms,
             policy_label=full.policy.value,
         )
+
+
+def predict_start_ms(pool: Pool, position: int) -> int | None:
+    """When a task at ``position`` should start: the queue's learned prediction, plus what
+    is left of a load when the pool's engines are not there yet (RES-107)."""
+    residency = pool.residency
+    now = time.monotonic()
+    if residency.state is State.LOADED or not residency.on_demand:
+        return pool.estimator.predicted_start_ms(position, pool.slots_total, pool.slots_free)
+    slots = pool.config.slots * max(len(pool.replicas), 1)
+    queued = pool.estimator.predicted_start_ms(position, slots, slots)
+    return residency.load_ms_left(now) + (queued or 0)
 
 
 def full_label(pool: Pool) -> str:

@@ -185,6 +185,11 @@ class TaskQueue(Generic[T]):
                 return entry.item
         return None
 
+    def heads(self) -> list[T]:
+        """The first waiting item of each priority (each lane's oldest)."""
+        heads = (self._lanes[p].head() for p in Priority)
+        return [entry.item for entry in heads if entry is not None]
+
     def pop(self) -> T | None:
         for priority in Priority:
             lane = self._lanes[priority]

@@ -66,6 +66,9 @@ class TaskRequest(BaseModel):
     deadline_ms: Annotated[StrictInt, Field(ge=1, le=MAX_DEADLINE_MS)]
     expected_tokens: Annotated[StrictInt, Field(ge=0, le=MAX_TOKENS)] | None = None
     kv_hint: KvHint | None = None
+    # How long an on-demand pool stays loaded after this task, if no other task comes
+    # (RES-101); bounded by the pool's max_keep_alive_ms.
+    keep_alive_ms: Annotated[StrictInt, Field(ge=0, le=MAX_DEADLINE_MS)] | None = None
 
     @model_validator(mode="after")
     def _exactly_one_input(self) -> TaskRequest:

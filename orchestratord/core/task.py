@@ -63,7 +63,7 @@ class Burst:
 
 
 class Task:
-    def __init__(
+    def __init__(  # noqa: PLR0915 - one plain attribute per fact, flat for the hot path
         self,
         request: TaskRequest,
         pool_id: str,
@@ -104,6 +104,9 @@ class Task:
         self.subscribed = False
         self.delivered = 0
         self.attempts = 0  # how often the task was handed to an engine
+        self.keep_alive_ms = request.keep_alive_ms  # for an on-demand pool, after this task
+        self.told: tuple[Any, ...] | None = None  # the last queued frame's figures (RES-201)
+        self.told_loading_at = 0.0
         self.tokens_in: int | None = None  # prompt tokens the engine reported
         self.kv_warm = False  # the engine reused cached prompt tokens
         self.runner: asyncio.Task[None] | None = None
@@ -160,6 +163,11 @@ class Task:
     def append_metrics(self, payload: dict[str, Any]) -> None:
         if self.terminal is None:
             self._append(encode_frame("metrics", payload))
+
+    def append_event(self, event: str, payload: dict[str, Any]) -> None:
+        """A non-terminal frame: ``started``, or while waiting ``queued`` and ``loading``."""
+        if self.terminal is None:
+            self._append(encode_frame(event, payload))
 
     def finish_end(self, finish_reason: str) -> None:
         if self.terminal is not None:

@@ -41,6 +41,21 @@ class DeviceAccounting:
     def measured(self) -> bool:
         return self.inventory is not None and self.inventory.source == "nvml"
 
+    def room_for_load(self, replicas: list[Replica]) -> dict[int, int]:
+        """Each device's VRAM a load may use now. Declared: total minus others' use minus
+        what every current replica (loaded, loading or unloading) was placed with. NVML: the
+        last measured free memory minus what replicas still coming up will take."""
+        room: dict[int, int] = {}
+        for index, device in self.devices.items():
+            if self.measured:
+                free = self.room(index)
+                pending = sum(r.spec.vram_bytes.get(index, 0) for r in replicas if not r.ready)
+                room[index] = free - pending
+            else:
+                placed = sum(r.spec.vram_bytes.get(index, 0) for r in replicas)
+                room[index] = device.vram_total_bytes - device.vram_used_bytes - placed
+        return room
+
     def room(self, index: int) -> int:
         """Free VRAM on a device, before any reserve for a next process (0 if unknown)."""
         return self.free_bytes.get(index, 0) + self.reserve_bytes

@@ -102,10 +102,12 @@ def _write_metadata(
     writer.add_add_eos_token(False)
 
 
-def write_tiny_model(path: Path) -> None:
+def write_tiny_model(path: Path, seed: int = _SEED) -> None:
+    """The tiny model; another ``seed`` gives a model of the same shape with other weights
+    (a different model to llama.cpp: other digest, other text)."""
     tokens, scores, types = tiny_vocab()
     n_vocab = len(tokens)
-    rng = np.random.default_rng(_SEED)
+    rng = np.random.default_rng(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     os.close(fd)

@@ -61,6 +61,16 @@ def plan_replicas(
     plans: dict[str, list[ReplicaSpec]] = {}
     gpu_pools: list[tuple[int, Need, PoolConfig]] = []
     for pool in pools:
+        if pool.residency == "on-demand":
+            plans[pool.id] = []  # placed when it loads (place_on_demand)
+            if pool.devices:
+                inventory.check_mask(pool)
+                try:
+                    need = replica_need(pool, shape_of(pool), reserve_bytes)
+                except (PlacementError, FitError):
+                    continue  # read again at each load; a load of an unreadable file fails
+                _check_could_fit(pool, need, inventory)
+            continue
         if pool.endpoints:
             plans[pool.id] = [
                 ReplicaSpec(pool.id, i, pool.slots, remote=e.url)
@@ -114,6 +124,17 @@ def _place_whole(pool: PoolConfig, fit: Need, inventory: _Devices) -> list[Repli
     return specs
 
 
+def _check_could_fit(pool: PoolConfig, fit: Need, inventory: _Devices) -> None:
+    """An on-demand pool must fit its mask at least when nothing else is loaded."""
+    empty = {i: d.vram_total_bytes - d.vram_used_bytes for i, d in inventory.by_index.items()}
+    if place_on_demand(pool, fit, empty) is None:
+        raise PlacementError(
+            f"pool {pool.id!r}: model {pool.model_ref} needs {gib(fit.total())} per replica "
+            f"({fit.describe()}) and fits no device of mask {pool.devices} even with nothing "
+            f"else loaded ({inventory.describe(pool.devices)})"
+        )
+
+
 def vram_shares(pool: PoolConfig, fit: Need, devices: tuple[int, ...]) -> dict[int, int]:
     """What one replica on ``devices`` takes from each: all of it on one device, or its
     split by ``tensor_split`` ratios, each device also holding the process's reserve."""
@@ -160,3 +181,34 @@ def _spec(
     vram: dict[int, int],
 ) -> ReplicaSpec:
     return ReplicaSpec(pool.id, index, pool.slots, devices, split, vram)
+
+
+def place_on_demand(
+    pool: PoolConfig, fit: Need | None, room: dict[int, int]
+) -> list[ReplicaSpec] | None:
+    """Where an on-demand pool's load goes now (RES-102): the same fit as at start-up,
+    against ``room`` (each device's free VRAM at this moment); None if it does not fit."""
+    count = 1 if pool.replicas == "auto" else pool.replicas
+    if not pool.devices or fit is None:
+        return [ReplicaSpec(pool.id, i, pool.slots) for i in range(count)]
+    free = dict(room)
+    specs: list[ReplicaSpec] = []
+    if pool.tensor_split is not None:
+        shares = vram_shares(pool, fit, tuple(pool.devices))
+        for _ in range(count):
+            if any(share > free.get(i, 0) for i, share in shares.items()):
+                return None
+            for i, share in shares.items():
+                free[i] -= share
+            specs.append(_spec(pool, len(specs), tuple(pool.devices),
+                               tuple(pool.tensor_split), dict(shares)))  # fmt: skip
+        return specs
+    need = fit.total()
+    for _ in range(count):
+        fitting = [i for i in pool.devices if need <= free.get(i, 0)]
+        if not fitting:
+            return None
+        index = max(fitting, key=lambda i: free[i])
+        free[index] -= need
+        specs.append(_spec(pool, len(specs), (index,), None, {index: need}))
+    return specs

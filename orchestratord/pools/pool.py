@@ -6,13 +6,16 @@ something changes (a task admitted, a slot freed, a replica Ready again): while 
 can be placed (``placement/choose.py``), it leaves the queue for that replica.
 
 The pool is Ready while any replica is; it gives up (queued tasks end with
-``POOL_UNAVAILABLE``) only when every replica's circuit is open.
+``POOL_UNAVAILABLE``) only when every replica's circuit is open. An on-demand pool
+(``residency/``) may have no replica at all: it still takes tasks into its queue, and the
+residency manager, told of every change (``on_change``), loads its engines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +34,7 @@ from orchestratord.pools.drain import Drain
 from orchestratord.pools.reload import Reload
 from orchestratord.replicas.replica import Replica
 from orchestratord.replicas.runner import RunOutcome
+from orchestratord.residency.state import Residency, State
 
 log = logging.getLogger("orchestratord.pool")
 
@@ -48,7 +52,7 @@ class Pool:
         *,
         free_vram: Callable[[Replica], int] = _no_vram,
     ) -> None:
-        if not replicas:
+        if not replicas and config.residency != "on-demand":
             raise ValueError(f"pool {config.id!r} has no replica")
         self.config = config
         self.id = config.id
@@ -73,6 +77,16 @@ class Pool:
         self._emptied = asyncio.Event()
         self._kv_per_token: int | None = None
         self.model_file: Path | None = None  # the generated model's path, when it serves that
+        self.residency = Residency(
+            config.residency,
+            config.keep_alive_ms / 1000,
+            config.max_keep_alive_ms / 1000,
+            State.LOADED if replicas else State.UNLOADED,
+        )
+        # Told when the queue or the running set changed (the residency manager listens).
+        self.on_change: Callable[[Pool], None] | None = None
+        # Queued tasks with a stream attached: their streams are told what they wait for.
+        self.watchers: set[Task] = set()
         for replica in replicas:
             replica.host = self
 
@@ -96,8 +110,19 @@ class Pool:
         return self.accepting and self.drain is None
 
     @property
+    def accepts_tasks(self) -> bool:
+        """Admission may queue a task here: the pool is Ready, or on demand and not in its
+        backoff after a failed load (its engines are loaded for the queue)."""
+        if not self.admitting:
+            return False
+        if self.ready:
+            return True
+        residency = self.residency
+        return residency.on_demand and residency.state is not State.FAILED
+
+    @property
     def circuit_open(self) -> bool:
-        return all(r.circuit_open for r in self.replicas)
+        return bool(self.replicas) and all(r.circuit_open for r in self.replicas)
 
     @property
     def last_error(self) -> str | None:
@@ -156,9 +181,13 @@ class Pool:
     def replica(self, replica_id: str | None) -> Replica | None:
         return next((r for r in self.replicas if r.id == replica_id), None)
 
-    def counting_adapter(self) -> EngineAdapter:
-        """The adapter admission asks to count tokens: a Ready replica's, if any."""
-        return next((r.adapter for r in self.replicas if r.ready), self.replicas[0].adapter)
+    def counting_adapter(self) -> EngineAdapter | None:
+        """The adapter admission asks to count tokens: a Ready replica's, if any; None for
+        an on-demand pool whose engines are not loaded."""
+        ready = next((r.adapter for r in self.replicas if r.ready), None)
+        if ready is not None or self.residency.on_demand:
+            return ready
+        return self.replicas[0].adapter
 
     def pool_labels(self) -> dict[str, str]:
         return {"engine": self.engine, "engine_version": self.engine_version, "pool_id": self.id}
@@ -179,8 +208,17 @@ class Pool:
         for priority in Priority:
             series.queue_depth[priority].set(self.queue.depth(priority))
         series.slots_free.set(self.slots_free)
-        if not len(self.queue) and not any(r.running for r in (*self.replicas, *self.retiring)):
+        idle = not len(self.queue) and not any(r.running for r in (*self.replicas, *self.retiring))
+        if idle:
             self._emptied.set()  # for wait_empty (a drain)
+        residency = self.residency
+        if idle and residency.idle_since is None:
+            residency.idle_since = time.monotonic()
+        elif not idle:
+            residency.idle_since = None
+            residency.hold_paid()
+        if self.on_change is not None:
+            self.on_change(self)
 
     def queue_depth(self) -> int:
         return len(self.queue)
@@ -201,6 +239,7 @@ class Pool:
             if replica is None:
                 break
             queue.pop()
+            self.watchers.discard(head)
             replica.start_task(head)
             head.busy_slots = self.busy_slots
             if head.started_at is not None:
@@ -209,6 +248,20 @@ class Pool:
 
     def capacity_changed(self) -> None:
         self.pump()
+
+    def attach(self, replicas: list[Replica]) -> None:
+        """An on-demand load's replicas: they serve this pool once Ready."""
+        self.replicas = replicas
+        for replica in replicas:
+            replica.host = self
+        self._series = None
+
+    def detach(self) -> list[Replica]:
+        """An unload: the pool keeps its queue, its replicas go."""
+        gone, self.replicas = self.replicas, []
+        self._series = None
+        self.queue_changed()
+        return gone
 
     def switch(self, replicas: list[Replica], config: PoolConfig) -> list[Replica]:
         """Serve ``config``'s model from ``replicas`` from now on (a reload); returns the

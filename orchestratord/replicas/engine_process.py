@@ -280,7 +280,8 @@ class LlamaServerProcess:
                             if response.status == 200:
                                 await self._check_identity(client)
                                 return
-                    await asyncio.sleep(0.05)
+                    # Often: an on-demand load's first token waits on this (RES-107).
+                    await asyncio.sleep(0.005)
         except TimeoutError as exc:
             raise EngineStartError(
                 f"llama-server not healthy after {timeout_s:.0f}s; log {self.log_path}",

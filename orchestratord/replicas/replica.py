@@ -295,6 +295,20 @@ class Replica:
         task.replica_id = self.id
         task.state = TaskState.RUNNING
         task.started_at = task.last_progress = time.monotonic()
+        info = self.info
+        task.append_event(
+            "started",
+            {
+                "queue_position": 0,
+                "predicted_start_ms": 0,
+                "engine": self.engine,
+                "engine_version": info.engine_version if info else None,
+                "model_digest": info.model_digest if info else None,
+                "pool_id": self.pool_id,
+                "replica_id": self.id,
+                "seed": task.seed,
+            },
+        )
         if task.budget is not None:
             task.budget.task_started(task, task.started_at)
         task.attempts += 1

@@ -220,7 +220,7 @@ def test_capabilities_give_version_and_capacity(pact: Pact, declare: Any) -> Non
     }
     interaction.will_respond_with(200).with_header("X-Correlation-Id", CORRELATION).with_body(
         {
-            "api_version": match.regex("1.1.0", regex=r"^\d+\.\d+\.\d+$"),
+            "api_version": match.regex("1.2.0", regex=r"^\d+\.\d+\.\d+$"),
             "engines": match.each_like(engine),
         },
         content_type="application/json",

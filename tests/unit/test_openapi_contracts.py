@@ -59,6 +59,7 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         ("POST", "/v1/pools/{id}/drain"): {"ORCH-2101", "HOME-504", "OC-CTRL-2002"},
         ("POST", "/v1/pools/{id}/resume"): {"ORCH-2101", "HOME-504"},
         ("POST", "/v1/pools/{id}/reload"): {"ORCH-2102", "HOME-505", "OC-CTRL-2003"},
+        ("POST", "/v1/pools/{id}/unload"): {"RES-203"},
         ("GET", "/v1/replicasets"): {"ORCH-2104", "OC-CTRL-2004"},
         ("POST", "/v1/catalog/models"): {"HOME-501"},
         ("GET", "/v1/catalog/models"): {"HOME-501"},
@@ -93,7 +94,7 @@ SHARED = {
 }
 CORRELATION_PARAMETER = "#/components/parameters/CorrelationId"
 ENVELOPE = "#/components/schemas/ErrorEnvelope"
-SSE_EVENTS = {"started", "token", "metrics", "end", "error"}
+SSE_EVENTS = {"queued", "loading", "started", "token", "metrics", "end", "error"}
 
 
 def resolve(doc: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
@@ -417,6 +418,22 @@ async def test_implemented_operations_are_routed_and_planned_ones_answer_a_typed
                 assert "501" in op["responses"], (method, path, "501 not documented")
             else:
                 assert result.status_code != 501, (method, path, "implemented: set x-status")
+
+
+@pytest.mark.req("HOME-1201")
+async def test_every_route_the_server_serves_is_in_a_contract(conductor_for: Any) -> None:
+    import falcon.inspect  # noqa: PLC0415
+
+    async with conductor_for() as (orch, _):
+        served = {
+            (method.method, re.sub(r"\{[a-z_]+\}", "{id}", route.path))
+            for route in falcon.inspect.inspect_routes(orch.app)
+            for method in route.methods
+            if not method.internal and method.method != "OPTIONS"
+        }
+    documented = {key for _, key, _ in all_operations()}
+    assert served, "no routes found"
+    assert served <= documented, sorted(served - documented)
 
 
 @pytest.mark.req("HOME-1201")

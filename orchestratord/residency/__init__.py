@@ -1,0 +1,1 @@
+"""Models on demand (RES-101..107): which pools are loaded, and when they load and unload."""
