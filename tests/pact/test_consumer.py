@@ -18,6 +18,7 @@ import pytest
 from pact import Pact, match
 
 from cli_client import Backoff, OrchClient, OrchError
+from cli_client.cli import ps_table
 from tests.pact import interactions as ix
 
 PACT_DIR = Path(__file__).resolve().parents[2] / "contracts" / "pacts"
@@ -254,7 +255,9 @@ def test_replica_sets_show_each_replica_with_its_slots_and_load(pact: Pact, decl
         "load": match.decimal(0.0),
         "slots_total": match.integer(2, min=1),
         "slots_free": match.integer(2, min=0),
+        "model_ref": match.string("llorch/tiny-llama"),
         "slo": match.like({"samples": 0}),
+        "residency": match.like({"mode": "pinned", "state": "loaded"}),
         "replicas": match.each_like(replica),
     }
     interaction.will_respond_with(200).with_header("X-Correlation-Id", CORRELATION).with_body(
@@ -264,6 +267,7 @@ def test_replica_sets_show_each_replica_with_its_slots_and_load(pact: Pact, decl
         sets = cli.replica_sets()
     (first,) = sets
     assert first["replicas"][0]["slots_total"] >= 1 and first["slots_total"] >= 1
+    assert "pinned" in ps_table(sets) and "loaded" in ps_table(sets)  # what llorch ps shows
 
 
 # --- the control plane, as llorch uses it -------------------------------------------------------
@@ -411,6 +415,17 @@ def test_pools_health_drain_and_resume(pact: Pact, declare: Any) -> None:
         assert cli.pool_health("default")["ready"] is True
         assert cli.drain("default", 1000)["drain"]["state"] == "draining"
         assert cli.resume("default")["draining"] is False
+
+
+@pytest.mark.req("HOME-1204", "FR-CT-003", "RES-203", "RES-204")
+def test_stop_of_a_pinned_pool_is_a_409_with_the_reason(pact: Pact, declare: Any) -> None:
+    _json_interaction(
+        declare, "an unload of a pinned pool", ix.READY, "POST", "/v1/pools/default/unload",
+        409, {"code": "CONFLICT", **ENVELOPE},
+    )  # fmt: skip
+    with pact.serve() as server, client(server.url) as cli, pytest.raises(OrchError) as error:
+        cli.unload("default")
+    assert error.value.code == "CONFLICT" and error.value.status == 409
 
 
 @pytest.mark.req("HOME-1204", "FR-CT-003", "HOME-505", "ORCH-2102", "OC-CTRL-2003")
