@@ -195,13 +195,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings, client: OrchClient) ->
         )
     except Interrupted as stop:
         if not args.json:
-            print()
+            print(flush=True)
         err.print(f"canceled: {stop.outcome.summary()}")
         return 130
     if args.json:
         print(json.dumps(outcome.as_json()))
     else:
-        print()
+        print(flush=True)
         err.print(outcome.summary(), style="dim" if outcome.error is None else "red")
     return 0 if outcome.error is None else 1
 

@@ -40,6 +40,38 @@ class Admission:
     backoff_ms: int
 
 
+def _frames(response: httpx.Response) -> Iterator[tuple[str, dict[str, Any]]]:
+    event = "message"
+    for line in response.iter_lines():
+        if line.startswith("event:"):
+            event = line[6:].strip()
+        elif line.startswith("data:"):
+            payload = json.loads(line[5:])
+            yield event, payload
+            if event in ("end", "error"):
+                return
+
+
+class TaskStream:
+    """An admitted task's open stream: iterate for (event, payload) frames; closing it
+    before the terminal frame cancels the task on the server."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self.response = response
+
+    def __iter__(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        return _frames(self.response)
+
+    def close(self) -> None:
+        self.response.close()
+
+    def __enter__(self) -> TaskStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class OrchError(Exception):
     def __init__(self, status: int, envelope: dict[str, Any], correlation_id: str | None) -> None:
         super().__init__(f"{status} {envelope.get('code')}: {envelope.get('message')}")
@@ -135,15 +167,22 @@ class OrchClient:
             if response.status_code >= 400:
                 response.read()
                 self._raise_for(response)
-            event = "message"
-            for line in response.iter_lines():
-                if line.startswith("event:"):
-                    event = line[6:].strip()
-                elif line.startswith("data:"):
-                    payload = json.loads(line[5:])
-                    yield event, payload
-                    if event in ("end", "error"):
-                        return
+            yield from _frames(response)
+
+    def submit_stream(self, task: dict[str, Any]) -> TaskStream:
+        """Submit and stream in one request (PERF-101). A refusal raises here, like
+        :meth:`enqueue`; an admitted task's frames follow ``accepted`` (the 202's body)."""
+        request = self._http.build_request(
+            "POST", "/v1/tasks", json=task, headers={"Accept": "text/event-stream"}
+        )
+        response = self._http.send(request, stream=True)
+        if response.status_code >= 400:
+            try:
+                response.read()
+            finally:
+                response.close()
+            self._raise_for(response)
+        return TaskStream(response)
 
     def cancel(self, task_id: str) -> None:
         self._raise_for(self._http.post(f"/v1/tasks/{task_id}/cancel"))

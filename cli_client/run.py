@@ -24,7 +24,7 @@ from collections.abc import Callable
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 
 import httpx
 
@@ -33,6 +33,8 @@ from cli_client.client import Backoff, OrchClient, OrchError, Unavailable
 MAX_ATTEMPTS = 8
 MAX_WAIT_S = 60.0
 Notify = Callable[[str], None]
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -134,14 +136,19 @@ def submit_with_retries(
     *,
     notify: Notify | None = None,
     max_wait_s: float = MAX_WAIT_S,
-) -> None:
+    submit: Callable[[], T] | None = None,
+) -> T | None:
+    """``submit()`` (default: the two-request form's ``enqueue``), retried on 429 and on a
+    retriable 503 after the server's hint, with jitter and doubling; returns its result."""
     delay_factor = 1.0
     waited = 0.0
     last: OrchError
     for attempt in range(MAX_ATTEMPTS):
         try:
-            client.enqueue(body)
-            return
+            if submit is None:
+                client.enqueue(body)
+                return None
+            return submit()
         except Backoff as exc:
             wait_ms, why, last = exc.backoff_ms, _why_429(exc), exc
         except Unavailable as exc:
@@ -160,6 +167,7 @@ def submit_with_retries(
         sleep(delay)
         waited += delay
         delay_factor *= 2
+    raise AssertionError("unreachable: the last attempt raises")
 
 
 def _why_429(exc: Backoff) -> str:
@@ -195,21 +203,26 @@ def run_one(
         on_task(outcome.task_id)
     started = time.monotonic()
     try:
-        submit_with_retries(client, body, notify=notify, max_wait_s=options.max_wait_s)
+        opened = submit_with_retries(
+            client, body, notify=notify, max_wait_s=options.max_wait_s,
+            submit=lambda: client.submit_stream(body),  # one request per task (PERF-103)
+        )  # fmt: skip
+        assert opened is not None
         waiting = WaitReporter(notify)
-        for event, payload in client.stream(outcome.task_id):
-            if event in ("queued", "loading", "started"):
-                waiting.frame(event, payload)
-            elif event == "token":
-                outcome.text += payload["t"]
-                outcome.tokens += 1
-                if out is not None:
-                    out.write(payload["t"])
-                    out.flush()
-            elif event == "end":
-                outcome.finish_reason = payload.get("finish_reason")
-            elif event == "error":
-                outcome.error = payload
+        with opened as frames:
+            for event, payload in frames:
+                if event in ("queued", "loading", "started"):
+                    waiting.frame(event, payload)
+                elif event == "token":
+                    outcome.text += payload["t"]
+                    outcome.tokens += 1
+                    if out is not None:
+                        out.write(payload["t"])
+                        out.flush()
+                elif event == "end":
+                    outcome.finish_reason = payload.get("finish_reason")
+                elif event == "error":
+                    outcome.error = payload
     except KeyboardInterrupt:
         cancel_quietly(client, outcome.task_id)  # the POST may have been admitted already
         outcome.finish_reason = "canceled"

@@ -237,8 +237,9 @@ class Orchestrator:
         app: AsgiApp = falcon.asgi.App(middleware=middleware, cors_enable=False)
         app.req_options.strip_url_path_trailing_slash = True
         error_handlers.install(app)
-        app.add_route("/v1/tasks", TasksResource(self))
-        app.add_route("/v1/tasks/{task_id}/stream", TaskStreamResource(self))
+        stream = TaskStreamResource(self)
+        app.add_route("/v1/tasks", TasksResource(self, stream))
+        app.add_route("/v1/tasks/{task_id}/stream", stream)
         app.add_route("/v1/tasks/{task_id}/cancel", TaskCancelResource(self))
         app.add_route("/v1/capabilities", CapabilitiesResource(self))
         app.add_route("/v1/pools/{pool_id}/health", PoolHealthResource(self))

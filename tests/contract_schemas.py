@@ -80,9 +80,13 @@ def operations(doc_name: str) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def sse_event_schemas() -> dict[str, str]:
-    """SSE event name -> payload schema name, read from the stream's ``x-sse-events``."""
-    stream = operations("data")[("GET", "/v1/tasks/{id}/stream")]
-    events: dict[str, dict[str, str]] = stream["responses"]["200"]["x-sse-events"]
+    """SSE event name -> payload schema name, read from the ``x-sse-events`` of the stream
+    and of the one-request submission (which adds ``accepted``)."""
+    data = operations("data")
+    events: dict[str, dict[str, str]] = {
+        **data[("GET", "/v1/tasks/{id}/stream")]["responses"]["200"]["x-sse-events"],
+        **data[("POST", "/v1/tasks")]["responses"]["200"]["x-sse-events"],
+    }
     return {event: ref["$ref"].rsplit("/", 1)[1] for event, ref in events.items()}
 
 

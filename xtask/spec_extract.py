@@ -23,7 +23,7 @@ REQUIREMENTS = ROOT / "requirements"
 
 ID_PATTERN = (
     r"(?:HOME-\d{3,4}|ORCH-\d{4}|OC-[A-Z]+-\d{4}|FR-[A-Z]{2}-\d{3}|PROD-\d{3}|HARD-\d{3}"
-    r"|RES-\d{3})"
+    r"|RES-\d{3}|PERF-\d{3})"
 )
 ID_RE = re.compile(rf"^{ID_PATTERN}$")
 _ROW = re.compile(r"^\|\s*(?P<id>[A-Z][A-Z0-9-]+)\s*\|(?P<rest>.*)\|\s*$")

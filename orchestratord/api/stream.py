@@ -1,4 +1,5 @@
-"""``GET /v1/tasks/{id}/stream`` (ORCH-2002, HOME-301..305, RES-201): the task's frames as SSE.
+"""``GET /v1/tasks/{id}/stream`` (ORCH-2002, HOME-301..305, RES-201): the task's frames as SSE;
+also the body of the one-request form of ``POST /v1/tasks`` (PERF-101).
 
 Falcon's native SSE keeps routing and middleware (correlation ID, auth) on the stream and
 notices a disconnect after each send, so the emitter pings every ``heartbeat_ms`` while no
@@ -39,6 +40,11 @@ class TaskStreamResource:
         task = find_task(self.orch, task_id)
         if task.subscribed:
             raise conflict(f"a stream is already attached to task {task_id}")
+        self.attach(task, resp)
+
+    def attach(self, task: Task, resp: falcon.asgi.Response, lead: bytes = b"") -> None:
+        """Make ``resp`` the task's event stream (its one subscriber); ``lead`` is sent
+        before the task's own frames (the one-request form's ``accepted``, PERF-101)."""
         task.subscribed = True
         task.delivered = 0
         resp.content_type = "text/event-stream"
@@ -50,9 +56,9 @@ class TaskStreamResource:
         # log begins with its `started` frame.
         self.orch.waiting.watch(task)
         # Frames are pre-serialized; Falcon only ever calls their serialize().
-        resp.sse = cast("AsyncIterator[SSEvent | None]", self.emit(task))
+        resp.sse = cast("AsyncIterator[SSEvent | None]", self.emit(task, lead))
 
-    async def emit(self, task: Task) -> AsyncIterator[Burst | None]:
+    async def emit(self, task: Task, lead: bytes = b"") -> AsyncIterator[Burst | None]:
         loop = asyncio.get_running_loop()
         opened_at = time.monotonic()
         window_until = 0.0
@@ -65,7 +71,7 @@ class TaskStreamResource:
             cursor = len(batch)
             task.delivered = cursor
             sent_tokens = task.tokens_out
-            yield Burst(batch)
+            yield Burst([lead, *batch] if lead else batch)
             if task.finished:
                 return
             if sent_tokens:

@@ -281,3 +281,42 @@ def test_kv_cache_usage_comes_from_the_engine(server: LiveServer) -> None:
             time.sleep(0.05)
     assert held > 0 and 0 < expected <= 1
     assert ratio is not None and abs(ratio - expected) < 1e-9, (ratio, expected)
+
+
+@pytest.mark.req("PERF-101", "PERF-102")
+def test_one_request_streams_the_same_engine_tokens_and_closing_it_frees_the_slot(
+    client: httpx.Client, server: LiveServer
+) -> None:
+    """Submit and stream in one request on a real llama-server: `accepted`, then the frames
+    the two-request form gives for the same seed; a stream closed early cancels its task."""
+    one = task(seed=11)
+    parser = SSEParser()
+    headers = {"Accept": "text/event-stream"}
+    with client.stream("POST", "/v1/tasks", json=one, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["location"] == f"/v1/tasks/{one['task_id']}/stream"
+        for chunk in response.iter_raw():
+            if any(e in ("end", "error") for e, _ in parser.feed(chunk)):
+                break
+    frames = parser.frames
+    assert_frames_match(frames)
+    assert frames[0][0] == "accepted" and frames[0][1]["task_id"] == one["task_id"]
+    assert frames[1][0] == "started" and frames[-1][0] == "end"
+    text = "".join(p["t"] for e, p in frames if e == "token")
+    assert text and text == run_text(client, seed=11)
+
+    long = task(max_tokens=1900, sampler_profile_version="fixed-length")
+    with client.stream("POST", "/v1/tasks", json=long, headers=headers) as response:
+        early = SSEParser()
+        for chunk in response.iter_raw():
+            if any(e == "token" for e, _ in early.feed(chunk)):
+                break
+    for _ in range(100):  # the server notices at its next write
+        if client.get(f"/v1/tasks/{long['task_id']}/stream").status_code != 409:
+            break
+        time.sleep(0.02)
+    replay = stream(client, long["task_id"]).frames
+    assert replay[0][0] == "started"  # a replay has no `accepted`
+    assert replay[-1][0] == "end" and replay[-1][1]["finish_reason"] == "canceled"
+    assert replay[-1][1]["tokens_out"] < 1900
+    assert engine_busy_slots(server) == []

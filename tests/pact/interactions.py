@@ -36,6 +36,7 @@ ADMIT_ID = "6f1c2b8e-1a2b-4c3d-8e9f-000000000001"
 STREAM_ID = "6f1c2b8e-1a2b-4c3d-8e9f-000000000002"
 CANCEL_ID = "6f1c2b8e-1a2b-4c3d-8e9f-000000000003"
 REJECTED_ID = "6f1c2b8e-1a2b-4c3d-8e9f-000000000004"
+ONE_REQUEST_ID = "6f1c2b8e-1a2b-4c3d-8e9f-000000000005"
 SESSION_ID = "6f1c2b8e-1a2b-4c3d-8e9f-00000000000a"
 
 UUID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
@@ -53,6 +54,16 @@ SSE_REGEX = (
     r"\Aevent: started\ndata: \{[^\n]*\}\n\n"
     r"(?:event: (?:metrics|token)\ndata: \{[^\n]*\}\n\n)*"
     r"event: end\ndata: \{[^\n]*\"finish_reason\":\"(?:stop|length)\"[^\n]*\}\n\n\z"
+)
+
+# The one-request form (PERF-101): `accepted` (the 202's body) first, then the stream.
+ONE_REQUEST_EXAMPLE = (
+    f'event: accepted\ndata: {{"task_id":"{ONE_REQUEST_ID}","queue_position":0,'
+    '"predicted_start_ms":0,"backoff_ms":0}\n\n'
+) + SSE_EXAMPLE
+ONE_REQUEST_REGEX = (
+    r"\Aevent: accepted\ndata: \{\"task_id\":\"[0-9a-f-]{36}\",\"queue_position\":\d+,"
+    r"[^\n]*\"backoff_ms\":\d+\}\n\n" + SSE_REGEX.removeprefix(r"\A")
 )
 
 

@@ -127,6 +127,43 @@ def test_stream_frames_end_with_one_end(pact: Pact, declare: Any) -> None:
     assert frames[-1][1]["tokens_out"] == sum(1 for e, _ in frames if e == "token")
 
 
+@pytest.mark.req("HOME-1204", "FR-CT-003", "PERF-101", "PERF-103", "HOME-301")
+def test_submit_and_stream_in_one_request(pact: Pact, declare: Any) -> None:
+    body = ix.task(ix.ONE_REQUEST_ID)
+    location = f"/v1/tasks/{ix.ONE_REQUEST_ID}/stream"
+    interaction = (
+        declare("a valid completion task, submitted and streamed in one request")
+        .given(ix.READY)
+        .with_request("POST", "/v1/tasks")
+        .with_header("Accept", "text/event-stream")
+        .with_body(body, content_type="application/json")
+    )
+    authorized(interaction)
+    (
+        interaction.will_respond_with(200)
+        .with_header("Content-Type", match.regex("text/event-stream", regex=r"^text/event-stream"))
+        .with_header("X-Correlation-Id", CORRELATION)
+        .with_header("Location", match.regex(location, regex=r"^/v1/tasks/[0-9a-f-]{36}/stream$"))
+        .with_body(ix.ONE_REQUEST_EXAMPLE, content_type="text/event-stream")
+        .with_matching_rules(
+            {
+                "body": {
+                    "$": {
+                        "combine": "AND",
+                        "matchers": [{"match": "regex", "regex": ix.ONE_REQUEST_REGEX}],
+                    }
+                }
+            },
+            part="Response",
+        )
+    )
+    with pact.serve() as server, client(server.url) as cli, cli.submit_stream(body) as frames:
+        seen = list(frames)
+    assert seen[0] == ("accepted", {"task_id": ix.ONE_REQUEST_ID, "queue_position": 0,
+                                    "predicted_start_ms": 0, "backoff_ms": 0})  # fmt: skip
+    assert seen[1][0] == "started" and seen[-1][0] == "end"
+
+
 @pytest.mark.req("HOME-1204", "FR-CT-003", "HOME-103", "FR-OB-001", "HOME-304", "ORCH-2003")
 def test_cancel_answers_204(pact: Pact, declare: Any) -> None:
     interaction = (
@@ -221,7 +258,7 @@ def test_capabilities_give_version_and_capacity(pact: Pact, declare: Any) -> Non
     }
     interaction.will_respond_with(200).with_header("X-Correlation-Id", CORRELATION).with_body(
         {
-            "api_version": match.regex("1.2.0", regex=r"^\d+\.\d+\.\d+$"),
+            "api_version": match.regex("1.3.0", regex=r"^\d+\.\d+\.\d+$"),
             "engines": match.each_like(engine),
         },
         content_type="application/json",

@@ -91,9 +91,11 @@ async def test_no_token_frame_is_emitted_after_cancel_returned(conductor_for: An
 
     original = TaskStreamResource.emit
 
-    async def recording(self: TaskStreamResource, task: Any) -> AsyncIterator[Burst | None]:
+    async def recording(
+        self: TaskStreamResource, task: Any, lead: bytes = b""
+    ) -> AsyncIterator[Burst | None]:
         nonlocal clock
-        async for burst in original(self, task):
+        async for burst in original(self, task, lead):
             clock += 1
             writes.append((clock, burst.raw if burst is not None else b""))
             yield burst

@@ -4,6 +4,7 @@ a 429 from anything is handled, and the token never goes through a proxy to this
 from __future__ import annotations
 
 import _thread
+import contextlib
 import http.server
 import json
 import threading
@@ -136,10 +137,11 @@ class Recorder:
     def __exit__(self, *exc: object) -> None:
         return None
 
-    def enqueue(self, body: dict[str, Any]) -> None:
+    def submit_stream(self, body: dict[str, Any]) -> Any:
         self.admitted.append(body["task_id"])  # the server took it...
         if self.interrupt_submit:
-            raise KeyboardInterrupt  # ...and Ctrl-C came before the 202 arrived
+            raise KeyboardInterrupt  # ...and Ctrl-C came before the stream's first frame
+        return contextlib.nullcontext(self.stream(body["task_id"]))
 
     def stream(self, task_id: str) -> Iterator[tuple[str, dict[str, Any]]]:
         yield "started", {}

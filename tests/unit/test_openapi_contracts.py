@@ -275,6 +275,23 @@ def test_sse_events_are_declared_with_payload_schemas() -> None:
     } <= set(response["headers"])
 
 
+@pytest.mark.req("PERF-101")
+def test_the_one_request_form_declares_the_streams_events_after_accepted() -> None:
+    document = load_openapi("data")
+    responses = operations("data")[("POST", "/v1/tasks")]["responses"]
+    stream = operations("data")[("GET", "/v1/tasks/{id}/stream")]["responses"]["200"]
+    one = responses["200"]
+    assert set(one["content"]) == {"text/event-stream"}
+    assert set(one["x-sse-events"]) == SSE_EVENTS | {"accepted"}
+    assert {k: v for k, v in one["x-sse-events"].items() if k != "accepted"} == stream[
+        "x-sse-events"
+    ]
+    accepted = resolve(document, one["x-sse-events"]["accepted"])
+    admitted = resolve(document, responses["202"]["content"]["application/json"]["schema"])
+    assert accepted == admitted  # the first frame carries what the 202 carries
+    assert set(one["headers"]) == set(responses["202"]["headers"])
+
+
 @pytest.mark.req("HOME-301", "OC-CTRL-2021", "OC-CTRL-2022", "OC-CTRL-2023")
 def test_sse_payload_schemas_accept_real_frames_and_reject_broken_ones() -> None:
     good = {
