@@ -2,8 +2,9 @@
 
 One run starts a real orchestratord fronting a real llama-server and streams the same seeded
 request (``--tokens`` tokens, EOS ignored so every run decodes exactly that many) alternately
-straight from llama-server's ``/completion`` and through ``POST /v1/tasks`` + SSE stream,
-``--pairs`` times, swapping the order in every other pair so neither path always runs on a
+straight from llama-server's ``/completion``, through ``POST /v1/tasks`` + SSE stream, and
+through the one-request form (``POST /v1/tasks`` with ``Accept: text/event-stream``),
+``--pairs`` times, reversing the order in every other round so no path always runs on a
 warmer machine. It reports medians: tokens/s of each path and their ratio, time to first
 token and its overhead, and orchestratord's own CPU time (user + system, from /proc via
 psutil) per relayed token. Both paths must produce the same text, or the run fails: a fast
@@ -95,20 +96,46 @@ async def relay_run(
             raise RuntimeError(f"relay admission failed: {accepted.status} {await accepted.text()}")
     url = f"{server.url}/v1/tasks/{task_id}/stream"
     async with session.get(url, headers=server.auth) as response:
-        event = b""
-        async for line in response.content:
-            if line.startswith(b"event: "):
-                event = line[7:].strip()
-            elif line.startswith(b"data: "):
-                if event == b"token":
-                    first = first or time.perf_counter()
-                    pieces.append(json.loads(line[6:])["t"])
-                elif event in (b"end", b"error"):
-                    if event == b"error":
-                        raise RuntimeError(f"relay error frame: {line!r}")
-                    break
+        pieces, first = await _read_frames(response)
     end = time.perf_counter()
     return Run((first or end) - start, len(pieces), end - start, "".join(pieces))
+
+
+async def relay_one_request_run(
+    session: aiohttp.ClientSession, server: LiveServer, tokens: int, seed: int
+) -> Run:
+    """The same task in the one-request form (PERF-101): submit and stream in one POST."""
+    body = task_body(seed=seed, sampler_profile_version="fixed-length", prompt=PROMPT,
+                     max_tokens=tokens, deadline_ms=600_000)  # fmt: skip
+    headers = {**server.auth, "Accept": "text/event-stream"}
+    start = time.perf_counter()
+    first: float | None = None
+    pieces: list[str] = []
+    async with session.post(server.url + "/v1/tasks", json=body, headers=headers) as response:
+        if response.status != 200:
+            raise RuntimeError(f"relay admission failed: {response.status} {await response.text()}")
+        pieces, first = await _read_frames(response)
+    end = time.perf_counter()
+    return Run((first or end) - start, len(pieces), end - start, "".join(pieces))
+
+
+async def _read_frames(response: aiohttp.ClientResponse) -> tuple[list[str], float | None]:
+    """Token texts of an orchestratord event stream, and when the first one came."""
+    first: float | None = None
+    pieces: list[str] = []
+    event = b""
+    async for line in response.content:
+        if line.startswith(b"event: "):
+            event = line[7:].strip()
+        elif line.startswith(b"data: "):
+            if event == b"token":
+                first = first or time.perf_counter()
+                pieces.append(json.loads(line[6:])["t"])
+            elif event in (b"end", b"error"):
+                if event == b"error":
+                    raise RuntimeError(f"relay error frame: {line!r}")
+                break
+    return pieces, first
 
 
 def cpu_seconds(pid: int) -> float:
@@ -132,16 +159,23 @@ async def relay_bench(
             await relay_run(client, server, 16, seed)
             direct: list[Run] = []
             relay: list[Run] = []
+            one: list[Run] = []
             relay_cpu = 0.0
+            one_cpu = 0.0
+            paths = ("direct", "relay", "one")
             for index in range(pairs):
-                for path in ("direct", "relay") if index % 2 == 0 else ("relay", "direct"):
+                for path in paths if index % 2 == 0 else reversed(paths):
                     if path == "direct":
                         direct.append(await direct_run(engine, server, tokens, seed))
-                    else:
-                        before = cpu_seconds(server.pid)
+                        continue
+                    before = cpu_seconds(server.pid)
+                    if path == "relay":
                         relay.append(await relay_run(client, server, tokens, seed))
                         relay_cpu += cpu_seconds(server.pid) - before
-    texts = {run.text for run in direct + relay}
+                    else:
+                        one.append(await relay_one_request_run(client, server, tokens, seed))
+                        one_cpu += cpu_seconds(server.pid) - before
+    texts = {run.text for run in direct + relay + one}
     if len(texts) != 1:
         raise RuntimeError("direct and relayed streams differ: the relay is not faithful")
     relayed_tokens = sum(run.tokens for run in relay)
@@ -161,6 +195,14 @@ async def relay_bench(
             (med(r.ttft_s for r in relay) - med(r.ttft_s for r in direct)) * 1000, 2
         ),
         "orchestrator_cpu_ms_per_token": round(relay_cpu * 1000 / max(relayed_tokens, 1), 4),
+        # The one-request form (PERF-101): POST /v1/tasks answered with the stream.
+        "one_request_tokens_per_s": round(med(r.tokens_per_s for r in one), 1),
+        "one_request_ttft_overhead_ms": round(
+            (med(r.ttft_s for r in one) - med(r.ttft_s for r in direct)) * 1000, 2
+        ),
+        "one_request_cpu_ms_per_token": round(
+            one_cpu * 1000 / max(sum(r.tokens for r in one), 1), 4
+        ),
     }
 
 
@@ -176,12 +218,16 @@ def report(result: dict[str, Any]) -> None:
         f"relay benchmark: {result['pairs']} interleaved pairs of {result['tokens']} tokens "
         "per run, medians per run"
     )
-    print("run     direct tok/s  relay tok/s  ratio  TTFT direct  TTFT relay  added  CPU ms/token")
+    print("two requests (POST, then GET the stream) and one (POST with Accept: text/event-stream)")
+    print("run     direct tok/s  relay tok/s  ratio  TTFT direct  TTFT relay  added  CPU ms/token"
+          "  | one: tok/s  added  CPU ms/token")  # fmt: skip
     rows = [*enumerate(result["runs"], 1), ("median", result["median"])]
     for name, r in rows:
         print(
             f"{name!s:<7} {r['direct_tokens_per_s']:>12} {r['relay_tokens_per_s']:>12} "
             f"{r['ratio']:>6} {r['direct_ttft_ms']:>12} {r['relay_ttft_ms']:>11} "
             f"{r['ttft_overhead_ms']:>6} {r['orchestrator_cpu_ms_per_token']:>13}"
+            f"  | {r['one_request_tokens_per_s']:>10} {r['one_request_ttft_overhead_ms']:>6} "
+            f"{r['one_request_cpu_ms_per_token']:>12}"
         )
     print("targets: ratio >= 0.95, TTFT added <= 1.5 ms, <= 0.05 ms CPU per token")

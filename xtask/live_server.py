@@ -126,14 +126,20 @@ def live_server(
     startup_timeout_s: float = 180.0,
     server: dict[str, Any] | None = None,
     serve_args: tuple[str, ...] = (),
+    source: Path | None = None,
     **pool: Any,
 ) -> Iterator[LiveServer]:
+    """A real orchestratord on loopback. ``source``: the checkout whose ``orchestratord``
+    package to run (a past commit's worktree, for benchmarks against our own past); by
+    default, the installed one."""
     with tempfile.TemporaryDirectory(prefix="llorch-live-") as tmp:
         workdir = Path(tmp)
         config = config or default_live_config(workdir, server, **pool)
         config_path = workdir / "config.yaml"
         config_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         env = {**os.environ, "LLORCH_API_TOKEN": TEST_TOKEN, "PYTHONUNBUFFERED": "1"}
+        if source is not None:  # `python -m` puts the working directory first on the path
+            env["PYTHONPATH"] = str(source)
         proc = subprocess.Popen(
             [
                 sys.executable,
@@ -149,6 +155,7 @@ def live_server(
             stdin=subprocess.DEVNULL,
             env=env,
             text=True,
+            cwd=source,
         )
         output: list[str] = []
         found = threading.Event()

@@ -6,10 +6,12 @@ per token; at thousands of tokens per second that is most of the orchestrator's 
 coding), splits the body into SSE ``data:`` payloads in the same callback, and wakes the
 consumer once per batch.
 
-Coalescing (``coalesce_s``): the first payload after a quiet spell wakes the consumer at
-once; payloads arriving within ``coalesce_s`` of that wake-up are handed over together when
-the window closes. A payload that carries the engine's final event (``"stop":true``) ends the
-window at once, so the terminal frame and the tokens right before it are never held back.
+Coalescing (``coalesce_s``): the first payload after a quiet spell is read and handed over at
+once; then reading pauses for ``coalesce_s``, so the kernel gathers what the engine sends
+meanwhile and it is read, parsed and handed over in one go when the window closes (one trip
+through the event loop per window, not per token). A read that carries the engine's final
+event (``"stop":true``) or a prompt-progress event (before the first token, which must not
+wait behind it) opens no window.
 
 One connection per stream, closed at the end: llama-server closes a connection after a
 streamed response anyway (measured: the next request on it finds it closed), and closing it
@@ -29,6 +31,8 @@ from typing import cast
 import httptools
 
 _STOP_MARK = b'"stop":true'
+# llama.cpp's prompt progress (sent before the first token): it must not delay that token.
+_PROGRESS_MARK = b'"prompt_progress"'
 _ERROR_BODY_LIMIT = 512
 
 
@@ -63,8 +67,7 @@ class _SSEProtocol(asyncio.Protocol):
         self.error: BaseException | None = None
         self._pending = b""
         self._waiter: asyncio.Future[None] | None = None
-        self._window_until = 0.0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.TimerHandle | None = None  # reading paused until it fires
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,23 +81,29 @@ class _SSEProtocol(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self.error = ConnectionLost(f"malformed HTTP response: {exc}")
             self.done = True
-        if self.done or len(self.payloads) == queued:
-            self._wake()
+        self._wake()  # what arrived is handed over now
+        if (
+            self.done
+            or len(self.payloads) == queued
+            or self.coalesce_s <= 0
+            or self._timer is not None
+            or self.payloads[-1].find(_STOP_MARK) >= 0
+            or self.payloads[-1].find(_PROGRESS_MARK) >= 0
+            or self.transport is None
+        ):
             return
-        if self.coalesce_s <= 0 or self.payloads[-1].find(_STOP_MARK) >= 0:
-            self._wake()
-            return
-        now = self.loop.time()
-        if now >= self._window_until:
-            # First payload after a quiet spell: hand it over now, open a window.
-            self._window_until = now + self.coalesce_s
-            self._wake()
-        elif self._timer is None:
-            self._timer = self.loop.call_at(self._window_until, self._window_closed)
+        # Tokens are flowing: let the kernel gather the next ones for a window, so a fast
+        # engine costs one read, one parse and one wake-up per window instead of per token
+        # (every read is a trip through the event loop). The first token after a quiet
+        # spell was read and handed over at once; what arrives in the window, the final
+        # event included, waits at most the window.
+        self.transport.pause_reading()
+        self._timer = self.loop.call_later(self.coalesce_s, self._window_closed)
 
     def _window_closed(self) -> None:
         self._timer = None
-        self._wake()
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.done and self.error is None:

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from orchestratord.adapters.sse_client import StreamError, post_sse
+from orchestratord.adapters.sse_client import StreamError, _SSEProtocol, post_sse
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 
@@ -106,3 +106,88 @@ async def test_close_drops_the_connection_so_the_server_sees_eof() -> None:
         assert await anext(batches) == [b'{"n":1}']
         stream.close()
         await asyncio.wait_for(closed.wait(), 5)
+
+
+async def batches_of(port: int, coalesce_s: float, first_within_s: float) -> list[list[bytes]]:
+    """The batches handed over; the first token must come within ``first_within_s``."""
+    stream = await post_sse("127.0.0.1", port, "/completion", b"{}", coalesce_s=coalesce_s)
+    batches: list[list[bytes]] = []
+    try:
+        async with asyncio.timeout(first_within_s):
+            async for batch in stream.batches():
+                batches.append(list(batch))
+                if any(b'"content":"t' in payload for payload in batch):
+                    break
+        async for batch in stream.batches():
+            batches.append(list(batch))
+    finally:
+        stream.close()
+    return batches
+
+
+def event(payload: bytes) -> bytes:
+    return chunk(b"data: " + payload + b"\n\n")
+
+
+async def test_tokens_in_a_window_are_read_and_handed_over_together(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first token is handed over alone, at once; the five sent 2 ms apart inside the
+    next 200 ms window come as one batch from one read (a read is a trip through the event
+    loop: the relay's CPU per token)."""
+    reads: list[int] = []
+    original = _SSEProtocol.data_received
+
+    def counted(self: _SSEProtocol, data: bytes) -> None:
+        reads.append(len(data))
+        original(self, data)
+
+    monkeypatch.setattr(_SSEProtocol, "data_received", counted)
+
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD)
+        for n in range(6):
+            writer.write(event(b'{"content":"t%d"}' % n))
+            await writer.drain()
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.4)  # past the window: the end comes on its own
+        writer.write(event(b'{"content":"","stop":true}') + b"0\r\n\r\n")
+
+    server, port = await serve(script)
+    async with server:
+        batches = await batches_of(port, coalesce_s=0.2, first_within_s=5)
+    assert batches[0] == [b'{"content":"t0"}']
+    assert batches[1] == [b'{"content":"t%d"}' % n for n in range(1, 6)]
+    assert batches[-1] == [b'{"content":"","stop":true}']
+    assert len(reads) <= 4, reads  # head and t0, t1..t5, the end: not one read per token
+
+
+async def test_prompt_progress_does_not_hold_back_the_first_token() -> None:
+    """llama.cpp sends prompt progress before the first token: with a window of 30 s, a
+    window opened by a progress event would keep the token for 30 s."""
+    token_sent = asyncio.Event()
+
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD)
+        for processed in (0, 21):
+            writer.write(event(b'{"content":"","prompt_progress":{"processed":%d}}' % processed))
+            await writer.drain()
+            await asyncio.sleep(0.005)
+        writer.write(event(b'{"content":"t0"}'))
+        await writer.drain()
+        token_sent.set()
+        await asyncio.sleep(1)  # the rest of the stream, long after the first token
+
+    server, port = await serve(script)
+    async with server:
+        stream = await post_sse("127.0.0.1", port, "/completion", b"{}", coalesce_s=30.0)
+        payloads: list[bytes] = []
+        try:
+            async with asyncio.timeout(5):
+                async for batch in stream.batches():
+                    payloads.extend(batch)
+                    if b'{"content":"t0"}' in payloads:
+                        break
+        finally:
+            stream.close()
+    assert token_sent.is_set() and payloads[-1] == b'{"content":"t0"}'
