@@ -1,4 +1,5 @@
-"""``python -m xtask bench relay|admission|small|placement|session|swap``: ``--runs`` times each.
+"""``python -m xtask bench <name>``: ``--runs`` times each (relay, admission, small, placement,
+session, swap; compare: the working tree against a past commit).
 
 Every benchmark starts its own real orchestratord + llama-server on loopback, measures the
 relay side by side with the baseline it compares to (llama-server directly, or the shallow
@@ -13,6 +14,7 @@ from typing import Any
 
 from xtask import (
     bench_admission,
+    bench_compare,
     bench_placement,
     bench_relay,
     bench_session,
@@ -31,6 +33,13 @@ def run(args: argparse.Namespace) -> int:
     elif args.which == "placement":
         result = bench_placement.run(args.runs, args.decisions)
         report = bench_placement.report
+    elif args.which == "compare":
+        result = bench_compare.run(args.base, args.runs, args.streams, args.small, args.factor)
+        if args.json:
+            print(json.dumps(result, indent=2))
+        else:
+            bench_compare.report(result)
+        return 1 if bench_compare.slowed(result) else 0
     elif args.which == "swap":
         result = bench_swap.run(args.runs, args.switches, args.clients, args.tasks_per_client)
         report = bench_swap.report
@@ -48,12 +57,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    parser = sub.add_parser(
-        "bench", help="benchmarks: relay, admission, small, placement, session, swap"
-    )
-    parser.add_argument(
-        "which", choices=["relay", "admission", "small", "placement", "session", "swap"]
-    )
+    names = ["relay", "admission", "small", "placement", "session", "swap", "compare"]
+    parser = sub.add_parser("bench", help="benchmarks: " + ", ".join(names))
+    parser.add_argument("which", choices=names)
     parser.add_argument("--runs", type=int, default=3, help="runs; the table gives medians")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     relay = parser.add_argument_group("relay")
@@ -71,6 +77,11 @@ def add_parser(sub: Any) -> None:
     session.add_argument("--opening-words", type=int, default=600)
     placement = parser.add_argument_group("placement")
     placement.add_argument("--decisions", type=int, default=100_000)
+    compare = parser.add_argument_group("compare (the working tree against a past commit)")
+    compare.add_argument("--base", default="HEAD", help="the commit to compare with")
+    compare.add_argument("--streams", type=int, default=6, help="512-token relays per round")
+    compare.add_argument("--small", type=int, default=200, help="one-token tasks per round")
+    compare.add_argument("--factor", type=float, default=1.25, help="worse ratio = slowdown")
     swap = parser.add_argument_group("swap")
     swap.add_argument("--switches", type=int, default=6, help="model switches per run")
     swap.add_argument("--clients", type=int, default=4, help="alternating workload's clients")

@@ -128,10 +128,15 @@ class HttpEngine(EngineAdapter):
             raise EngineUnavailable(f"{self.engine} metrics: {exc!r}") from exc
 
     async def stream(
-        self, path: str, body: dict[str, Any], correlation_id: str | None = None
+        self,
+        path: str,
+        body: dict[str, Any],
+        correlation_id: str | None = None,
+        expected_tokens: int | None = None,
     ) -> AsyncGenerator[list[bytes], None]:
         """POST ``body`` and yield batches of raw SSE ``data:`` payloads until the engine
-        ends the response; closing the iterator closes the connection (the engine's cancel)."""
+        ends the response; closing the iterator closes the connection (the engine's cancel).
+        ``expected_tokens`` (the request's ``max_tokens``): after that many, nothing waits."""
         stream: SSEPostStream | None = None
         try:
             stream = await post_sse(
@@ -140,6 +145,7 @@ class HttpEngine(EngineAdapter):
                 self._prefix + path,
                 json.dumps(body).encode(),
                 coalesce_s=self._coalesce_s,
+                expected_tokens=expected_tokens,
                 headers={**self._headers, **self.request_headers(correlation_id)},
                 tls=self._tls,
             )

@@ -209,6 +209,7 @@ class LlamaCppAdapter(EngineAdapter):
                 "/completion",
                 body,
                 coalesce_s=self._coalesce_s,
+                expected_tokens=request.max_tokens,
                 unix_socket=self._unix_socket,
                 headers=_with_correlation(self._headers, request.correlation_id),
                 tls=self._tls,

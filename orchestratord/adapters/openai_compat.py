@@ -116,7 +116,9 @@ class OpenAICompatAdapter(HttpEngine):
         finish: str | None = None
         usage: dict[str, Any] = {}
         produced = 0
-        events = self.stream("/v1/completions", self._body(request), request.correlation_id)
+        events = self.stream(
+            "/v1/completions", self._body(request), request.correlation_id, request.max_tokens
+        )
         try:
             async for batch in events:
                 for payload in batch:

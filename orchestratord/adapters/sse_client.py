@@ -6,12 +6,14 @@ per token; at thousands of tokens per second that is most of the orchestrator's 
 coding), splits the body into SSE ``data:`` payloads in the same callback, and wakes the
 consumer once per batch.
 
-Coalescing (``coalesce_s``): the first payload after a quiet spell is read and handed over at
-once; then reading pauses for ``coalesce_s``, so the kernel gathers what the engine sends
-meanwhile and it is read, parsed and handed over in one go when the window closes (one trip
-through the event loop per window, not per token). A read that carries the engine's final
-event (``"stop":true``) or a prompt-progress event (before the first token, which must not
-wait behind it) opens no window.
+Coalescing (``coalesce_s``): while tokens flow (one came within the last window), reading
+pauses for ``coalesce_s`` after each read, so the kernel gathers what the engine sends
+meanwhile and it is read, parsed and handed over in one go when the window closes: one trip
+through the event loop per window, not per token. The first token after a quiet spell is
+read and handed over at once, a read that carries the engine's final event
+(``"stop":true``) or a prompt-progress event opens no window, and with ``expected_tokens``
+(the request's ``max_tokens``) a window lasts no longer than the rest of the tokens take at
+the rate seen so far: the final event of a task that runs to its length is read as it comes.
 
 One connection per stream, closed at the end: llama-server closes a connection after a
 streamed response anyway (measured: the next request on it finds it closed), and closing it
@@ -33,6 +35,7 @@ import httptools
 _STOP_MARK = b'"stop":true'
 # llama.cpp's prompt progress (sent before the first token): it must not delay that token.
 _PROGRESS_MARK = b'"prompt_progress"'
+_SHORTEST_WINDOW_S = 0.0002  # below this a pause saves nothing
 _ERROR_BODY_LIMIT = 512
 
 
@@ -55,9 +58,13 @@ class HTTPStatusError(StreamError):
 
 
 class _SSEProtocol(asyncio.Protocol):
-    def __init__(self, coalesce_s: float) -> None:
+    def __init__(self, coalesce_s: float, expected_tokens: int | None = None) -> None:
         self.parser = httptools.HttpResponseParser(self)
         self.coalesce_s = coalesce_s
+        self.expected_tokens = expected_tokens
+        self.tokens_seen = 0
+        self._last_token_read = -1e9
+        self._first_token_at = 0.0
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.status: int | None = None
@@ -82,23 +89,35 @@ class _SSEProtocol(asyncio.Protocol):
             self.error = ConnectionLost(f"malformed HTTP response: {exc}")
             self.done = True
         self._wake()  # what arrived is handed over now
-        if (
-            self.done
-            or len(self.payloads) == queued
-            or self.coalesce_s <= 0
-            or self._timer is not None
-            or self.payloads[-1].find(_STOP_MARK) >= 0
-            or self.payloads[-1].find(_PROGRESS_MARK) >= 0
-            or self.transport is None
-        ):
+        gained = len(self.payloads) - queued
+        if self.done or not gained or self.coalesce_s <= 0 or self.transport is None:
             return
+        last = self.payloads[-1]
+        if last.find(_STOP_MARK) >= 0 or last.find(_PROGRESS_MARK) >= 0:
+            return
+        now = self.loop.time()
+        flowing = now - self._last_token_read < self.coalesce_s
+        self._last_token_read = now
+        if not self.tokens_seen:
+            self._first_token_at = now
+        self.tokens_seen += gained
+        if not flowing or self._timer is not None:
+            return
+        window = self.coalesce_s
+        if self.expected_tokens is not None:
+            # Do not let a window swallow the end: pause no longer than the expected rest
+            # takes at the rate seen so far, so the final event is read as it comes.
+            rest = self.expected_tokens - self.tokens_seen
+            rate = (self.tokens_seen - 1) / max(now - self._first_token_at, 1e-6)
+            window = min(window, rest / rate) if rest > 0 else 0.0
+            if window < _SHORTEST_WINDOW_S:
+                return
         # Tokens are flowing: let the kernel gather the next ones for a window, so a fast
         # engine costs one read, one parse and one wake-up per window instead of per token
-        # (every read is a trip through the event loop). The first token after a quiet
-        # spell was read and handed over at once; what arrives in the window, the final
-        # event included, waits at most the window.
+        # (every read is a trip through the event loop). A first token after a quiet spell is
+        # read and handed over at once; what arrives in a window waits at most the window.
         self.transport.pause_reading()
-        self._timer = self.loop.call_later(self.coalesce_s, self._window_closed)
+        self._timer = self.loop.call_later(window, self._window_closed)
 
     def _window_closed(self) -> None:
         self._timer = None
@@ -195,6 +214,7 @@ async def post_sse(
     body: bytes,
     *,
     coalesce_s: float = 0.0,
+    expected_tokens: int | None = None,
     unix_socket: str | None = None,
     headers: Mapping[str, str] | None = None,
     tls: ssl.SSLContext | None = None,
@@ -205,11 +225,11 @@ async def post_sse(
     try:
         if unix_socket is not None:
             transport, protocol = await loop.create_unix_connection(
-                lambda: _SSEProtocol(coalesce_s), unix_socket
+                lambda: _SSEProtocol(coalesce_s, expected_tokens), unix_socket
             )
         else:
             transport, protocol = await loop.create_connection(
-                lambda: _SSEProtocol(coalesce_s),
+                lambda: _SSEProtocol(coalesce_s, expected_tokens),
                 host,
                 port,
                 ssl=tls,

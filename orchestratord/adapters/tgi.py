@@ -76,7 +76,9 @@ class TgiAdapter(HttpEngine):
 
     async def generate(self, request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
         produced = 0
-        events = self.stream("/generate_stream", self._body(request), request.correlation_id)
+        events = self.stream(
+            "/generate_stream", self._body(request), request.correlation_id, request.max_tokens
+        )
         try:
             async for batch in events:
                 for payload in batch:

@@ -94,7 +94,10 @@ class TritonAdapter(HttpEngine):
             await self.info()
         produced = 0
         events = self.stream(
-            f"/v2/models/{self.model}/generate_stream", self._body(request), request.correlation_id
+            f"/v2/models/{self.model}/generate_stream",
+            self._body(request),
+            request.correlation_id,
+            request.max_tokens,
         )
         try:
             async for batch in events:

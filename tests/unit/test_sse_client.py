@@ -108,9 +108,12 @@ async def test_close_drops_the_connection_so_the_server_sees_eof() -> None:
         await asyncio.wait_for(closed.wait(), 5)
 
 
-async def batches_of(port: int, coalesce_s: float, first_within_s: float) -> list[list[bytes]]:
+async def batches_of(
+    port: int, coalesce_s: float, first_within_s: float, expected_tokens: int | None = None
+) -> list[list[bytes]]:
     """The batches handed over; the first token must come within ``first_within_s``."""
-    stream = await post_sse("127.0.0.1", port, "/completion", b"{}", coalesce_s=coalesce_s)
+    stream = await post_sse("127.0.0.1", port, "/completion", b"{}", coalesce_s=coalesce_s,
+                            expected_tokens=expected_tokens)  # fmt: skip
     batches: list[list[bytes]] = []
     try:
         async with asyncio.timeout(first_within_s):
@@ -132,9 +135,10 @@ def event(payload: bytes) -> bytes:
 async def test_tokens_in_a_window_are_read_and_handed_over_together(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The first token is handed over alone, at once; the five sent 2 ms apart inside the
-    next 200 ms window come as one batch from one read (a read is a trip through the event
-    loop: the relay's CPU per token)."""
+    """The first token is handed over alone, at once, and so is the second (it shows the
+    tokens flow); the four sent 2 ms apart inside the window that opens then come as one
+    batch from one read (a read is a trip through the event loop: the relay's CPU per
+    token)."""
     reads: list[int] = []
     original = _SSEProtocol.data_received
 
@@ -156,10 +160,10 @@ async def test_tokens_in_a_window_are_read_and_handed_over_together(
     server, port = await serve(script)
     async with server:
         batches = await batches_of(port, coalesce_s=0.2, first_within_s=5)
-    assert batches[0] == [b'{"content":"t0"}']
-    assert batches[1] == [b'{"content":"t%d"}' % n for n in range(1, 6)]
+    assert batches[0] == [b'{"content":"t0"}'] and batches[1] == [b'{"content":"t1"}']
+    assert batches[2] == [b'{"content":"t%d"}' % n for n in range(2, 6)]
     assert batches[-1] == [b'{"content":"","stop":true}']
-    assert len(reads) <= 4, reads  # head and t0, t1..t5, the end: not one read per token
+    assert len(reads) <= 5, reads  # head, t0, t1, t2..t5, the end: not one read per token
 
 
 async def test_prompt_progress_does_not_hold_back_the_first_token() -> None:
@@ -191,3 +195,26 @@ async def test_prompt_progress_does_not_hold_back_the_first_token() -> None:
         finally:
             stream.close()
     assert token_sent.is_set() and payloads[-1] == b'{"content":"t0"}'
+
+
+async def test_once_the_expected_tokens_are_in_the_final_event_does_not_wait() -> None:
+    """max_tokens 3 with a window of 30 s: the final event, sent 50 ms after the third
+    token, is read as it comes instead of after the window (short tasks end at once)."""
+
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD)
+        for n in range(3):
+            writer.write(event(b'{"content":"t%d"}' % n))
+            await writer.drain()
+            await asyncio.sleep(0.002)
+        await asyncio.sleep(0.05)
+        writer.write(event(b'{"content":"","stop":true}') + b"0\r\n\r\n")
+
+    server, port = await serve(script)
+    async with server:
+        async with asyncio.timeout(5):  # a window would hold the end for 30 s
+            batches = await batches_of(port, coalesce_s=30.0, first_within_s=5, expected_tokens=3)
+    payloads = [p for batch in batches for p in batch]
+    assert payloads == [b'{"content":"t%d"}' % n for n in range(3)] + [
+        b'{"content":"","stop":true}'
+    ]
