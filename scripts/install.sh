@@ -36,6 +36,14 @@ fi
 .venv-triton/bin/python -m pip install --quiet --upgrade "pip==24.3.1"
 .venv-triton/bin/python -m pip install --quiet -c engines/triton-constraints.txt "nvidia-pytriton==0.7.0"
 
+# The benchmark peer (`python -m xtask bench peers`): vllm-router, a Rust router from the
+# package index (a binary wheel, seconds), in a virtualenv of its own; only benchmarks use it.
+if [ ! -x .venv-peer/bin/python ]; then
+  "$PYTHON" -m venv .venv-peer
+fi
+.venv-peer/bin/python -m pip install --quiet --upgrade "pip==24.3.1"
+.venv-peer/bin/python -m pip install --quiet -c engines/peer-constraints.txt "vllm-router==0.1.17"
+
 # A real Chromium for the traceability page's browser test (`python -m xtask report-page` and
 # tests/e2e/test_traceability_page.py drive it through Playwright). It comes from the
 # distribution's packages; Playwright's own browser downloads are not used. Without root or

@@ -15,6 +15,7 @@ from typing import Any
 from xtask import (
     bench_admission,
     bench_compare,
+    bench_peers,
     bench_placement,
     bench_relay,
     bench_session,
@@ -40,6 +41,9 @@ def run(args: argparse.Namespace) -> int:
         else:
             bench_compare.report(result)
         return 1 if bench_compare.slowed(result) else 0
+    elif args.which == "peers":
+        result = bench_peers.run(args.runs, args.peer_pairs, args.tokens, args.small)
+        report = bench_peers.report
     elif args.which == "swap":
         result = bench_swap.run(args.runs, args.switches, args.clients, args.tasks_per_client)
         report = bench_swap.report
@@ -57,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def add_parser(sub: Any) -> None:
-    names = ["relay", "admission", "small", "placement", "session", "swap", "compare"]
+    names = ["relay", "admission", "small", "placement", "session", "swap", "compare", "peers"]
     parser = sub.add_parser("bench", help="benchmarks: " + ", ".join(names))
     parser.add_argument("which", choices=names)
     parser.add_argument("--runs", type=int, default=3, help="runs; the table gives medians")
@@ -82,6 +86,8 @@ def add_parser(sub: Any) -> None:
     compare.add_argument("--streams", type=int, default=6, help="512-token relays per round")
     compare.add_argument("--small", type=int, default=200, help="one-token tasks per round")
     compare.add_argument("--factor", type=float, default=1.25, help="worse ratio = slowdown")
+    peers = parser.add_argument_group("peers (also --tokens, --small)")
+    peers.add_argument("--peer-pairs", type=int, default=8, help="relays per path per run")
     swap = parser.add_argument_group("swap")
     swap.add_argument("--switches", type=int, default=6, help="model switches per run")
     swap.add_argument("--clients", type=int, default=4, help="alternating workload's clients")
