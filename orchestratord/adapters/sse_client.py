@@ -65,6 +65,7 @@ class _SSEProtocol(asyncio.Protocol):
         self.tokens_seen = 0
         self._last_token_read = -1e9
         self._first_token_at = 0.0
+        self._resumed = False
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.status: int | None = None
@@ -96,7 +97,10 @@ class _SSEProtocol(asyncio.Protocol):
         if last.find(_STOP_MARK) >= 0 or last.find(_PROGRESS_MARK) >= 0:
             return
         now = self.loop.time()
-        flowing = now - self._last_token_read < self.coalesce_s
+        # Flowing: tokens came within the last window, or this read ends one (what the
+        # kernel gathered while reading was paused).
+        flowing = self._resumed or now - self._last_token_read < self.coalesce_s
+        self._resumed = False
         self._last_token_read = now
         if not self.tokens_seen:
             self._first_token_at = now
@@ -121,6 +125,7 @@ class _SSEProtocol(asyncio.Protocol):
 
     def _window_closed(self) -> None:
         self._timer = None
+        self._resumed = True
         if self.transport is not None and not self.transport.is_closing():
             self.transport.resume_reading()
 

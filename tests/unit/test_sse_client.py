@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -218,3 +219,32 @@ async def test_once_the_expected_tokens_are_in_the_final_event_does_not_wait() -
     assert payloads == [b'{"content":"t%d"}' % n for n in range(3)] + [
         b'{"content":"","stop":true}'
     ]
+
+
+async def test_a_long_stream_costs_one_read_per_window(monkeypatch: pytest.MonkeyPatch) -> None:
+    """150 tokens 2 ms apart with 50 ms windows: about one read per window (six), not one
+    per token, nor two per window (a read that ends a window must open the next one)."""
+    reads: list[int] = []
+    original = _SSEProtocol.data_received
+
+    def counted(self: _SSEProtocol, data: bytes) -> None:
+        reads.append(len(data))
+        original(self, data)
+
+    monkeypatch.setattr(_SSEProtocol, "data_received", counted)
+
+    async def script(_: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(HEAD)
+        for n in range(150):
+            writer.write(event(b'{"content":"t%d"}' % n))
+            await writer.drain()
+            await asyncio.sleep(0.002)
+        writer.write(event(b'{"content":"","stop":true}') + b"0\r\n\r\n")
+
+    server, port = await serve(script)
+    async with server:
+        started = time.monotonic()
+        payloads = await collect(port, coalesce_s=0.05)
+        windows = (time.monotonic() - started) / 0.05  # a slow machine makes more of them
+    assert len(payloads) == 151
+    assert len(reads) <= 1.5 * windows + 3, (reads, windows)  # two per window: 2 x windows
