@@ -12,6 +12,7 @@ from xtask import (
     dashboard_png,
     determinism,
     dev_loop,
+    fingerprints,
     fit_check,
     metrics_lint,
     mutate,
@@ -44,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     dashboard_png.add_parser(sub)
     fit_check.add_parser(sub)
     tiny_models.add_parser(sub)
+    fingerprints.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -72,7 +72,7 @@ class Changes:
             return ["no change"]
         parts = [
             ("newly passed", self.newly_passed),
-            ("newly failed or undefined", self.newly_failed),
+            ("newly failed, undefined or suspect", self.newly_failed),
             ("newly uncovered", self.newly_uncovered),
             ("new requirements", self.added),
             ("requirements gone", self.removed),
@@ -91,7 +91,7 @@ def compare(before: dict[str, str] | None, after: dict[str, str]) -> Changes:
         elif status != old:
             if status == "passed":
                 changes.newly_passed.append(req_id)
-            elif status in ("failed", "undefined"):
+            elif status in ("failed", "undefined", "suspect"):
                 changes.newly_failed.append(req_id)
             elif status == "uncovered":
                 changes.newly_uncovered.append(req_id)

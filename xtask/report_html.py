@@ -12,6 +12,8 @@ that looks like HTML is shown, never run.
 
 from __future__ import annotations
 
+import difflib
+import html
 import os
 import re
 from collections import Counter
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from xtask.compliance_diff import Changes
     from xtask.trace import Row
 
-STATUSES = ("passed", "failed", "undefined", "uncovered", "waived")
+STATUSES = ("passed", "failed", "undefined", "suspect", "uncovered", "waived")
 LEVELS = ("MUST", "SHOULD", "MAY")
 # Runner → heading, in the order evidence groups are shown.
 RUNNER_LABELS = {
@@ -46,6 +48,31 @@ _TEMPLATE = "traceability.html.j2"
 class Link:
     label: str  # file:line as written in the sources
     href: str | None  # relative to the page; None when the file does not exist
+
+
+def word_diff(before: str, after: str) -> tuple[str, str]:
+    """Both texts as HTML (escaped), the words only one of them has marked del / ins."""
+    old, new = before.split(), after.split()
+    left: list[str] = []
+    right: list[str] = []
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(a=old, b=new).get_opcodes():
+        a, b = html.escape(" ".join(old[i1:i2])), html.escape(" ".join(new[j1:j2]))
+        if tag == "equal":
+            left.append(a)
+            right.append(b)
+            continue
+        if a:
+            left.append(f"<del>{a}</del>")
+        if b:
+            right.append(f"<ins>{b}</ins>")
+    return " ".join(left), " ".join(right)
+
+
+def _suspect(row: Row) -> dict[str, Any] | None:
+    if not row.suspects:
+        return None
+    reviewed, current = word_diff(row.suspects[0].reviewed_text, row.suspects[0].current_text)
+    return {"claims": [s.claim for s in row.suspects], "reviewed": reviewed, "current": current}
 
 
 def family(req_id: str) -> str:
@@ -168,6 +195,7 @@ def context(
                         "spec": link(r.req.source),
                         "proven_by": r.runners if r.status == "passed" else [],
                         "groups": _evidence_groups(r, link),
+                        "suspect": _suspect(r),
                         "search": " ".join(
                             [r.req.id, r.req.text, r.req.waiver or ""]
                             + [f"{e.name} {e.location}" for e in r.evidence]
@@ -180,7 +208,7 @@ def context(
         ],
         "attention": {
             s: [r.req.id for r in rows if r.status == s]
-            for s in ("failed", "undefined", "uncovered")
+            for s in ("failed", "undefined", "suspect", "uncovered")
         },
         "changes": changes,
         "problems": problems,

@@ -9,6 +9,7 @@ ID) are errors, never silently skipped.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import re
 import sys
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ REQUIREMENTS = ROOT / "requirements"
 
 ID_PATTERN = (
     r"(?:HOME-\d{3,4}|ORCH-\d{4}|OC-[A-Z]+-\d{4}|FR-[A-Z]{2}-\d{3}|PROD-\d{3}|HARD-\d{3}"
-    r"|RES-\d{3}|PERF-\d{3})"
+    r"|RES-\d{3}|PERF-\d{3}|HARN-\d{3})"
 )
 ID_RE = re.compile(rf"^{ID_PATTERN}$")
 _ROW = re.compile(r"^\|\s*(?P<id>[A-Z][A-Z0-9-]+)\s*\|(?P<rest>.*)\|\s*$")
@@ -44,8 +45,24 @@ class Requirement:
         if self.waiver:
             data["waiver"] = self.waiver
         data["text"] = self.text
+        data["fingerprint"] = fingerprint(self)
         data["source"] = self.source
         return data
+
+
+_SPACE = re.compile(r"\s+")
+
+
+def clause_text(req: Requirement) -> str:
+    """What a clause says, in one line: level, scope (with its waiver), the text; the part of a
+    row a fingerprint covers (HARN-101)."""
+    scope = f"waived: {req.waiver}" if req.scope == "waived" else "in"
+    return _SPACE.sub(" ", f"{req.level} {scope} | {req.text}").strip()
+
+
+def fingerprint(req: Requirement) -> str:
+    """A hash of :func:`clause_text`: re-wrapping a row keeps it, changing what it says does not."""
+    return hashlib.sha256(clause_text(req).encode()).hexdigest()[:12]
 
 
 class SpecError(Exception):
@@ -155,15 +172,22 @@ def run(args: argparse.Namespace) -> int:
     wanted = outputs()
     stale = sorted(set(REQUIREMENTS.glob("*.yaml")) - set(wanted))
     drift = [p for p, content in wanted.items() if not p.exists() or p.read_bytes() != content]
+    from xtask import fingerprints  # noqa: PLC0415 - it reads the claims, which import us
+
+    requirements = {r.id: r for reqs in load_specs().values() for r in reqs}
     if args.check:
         for path in drift + stale:
             print(f"drift: {path.relative_to(ROOT)} (run `python -m xtask spec-extract`)")
-        return 1 if drift or stale else 0
+        lock_problems = fingerprints.sync_lock(requirements, check=True)
+        for problem in lock_problems:
+            print(f"drift: {problem}")
+        return 1 if drift or stale or lock_problems else 0
     REQUIREMENTS.mkdir(exist_ok=True)
     for path in stale:
         path.unlink()
     for path in drift:
         path.write_bytes(wanted[path])
+    fingerprints.sync_lock(requirements, check=False)
     total = sum(len(reqs) for reqs in load_specs().values())
     print(f"spec-extract: {total} requirements from {len(wanted)} spec files")
     return 0

@@ -14,7 +14,9 @@ result file is missing or from another run, is evidence ``not run`` and fails it
 A test's parametrized cases, or an outline's example rows, count once: failed if any failed.
 
 Status per requirement: ``failed`` (a covering test failed or did not run; also for a waived
-ID), ``undefined`` (a covering scenario has undefined steps), ``waived`` (spec says so),
+ID), ``undefined`` (a covering scenario has undefined steps), ``suspect`` (a claim was last
+reviewed against another version of the clause, ``xtask/fingerprints.py``; fails a MUST),
+``waived`` (spec says so),
 ``passed`` (covered, all passed, and at least one piece of evidence exercised the server:
 Pact consumer tests run against a mock provider and are contract evidence only), or
 ``uncovered``. The step fails on any ID used but not defined in the specs, any malformed ID or
@@ -33,9 +35,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xtask import bdd, claims
+from xtask import bdd, claims, fingerprints
 from xtask.claims import Claim
 from xtask.compliance_diff import Changes, committed_report, compare, statuses
+from xtask.fingerprints import Suspect
 from xtask.report_html import STATUSES, family, missing_files, render_html
 from xtask.results import read_result, recorded_run_id
 from xtask.spec_extract import Requirement, collect_specs, id_sort_key
@@ -72,6 +75,7 @@ class Evidence:
 class Row:
     req: Requirement
     evidence: list[Evidence] = field(default_factory=list)
+    suspects: list[Suspect] = field(default_factory=list)  # claims of an older clause
 
     @property
     def status(self) -> str:
@@ -80,6 +84,8 @@ class Row:
             return "failed"
         if "undefined" in outcomes:
             return "undefined"
+        if self.suspects:
+            return "suspect"
         if self.req.scope == "waived":
             return "waived"
         proving = [e for e in self.evidence if e.runner not in CONTRACT_ONLY_RUNNERS]
@@ -227,6 +233,9 @@ def build(
         if req_id not in rows:
             unknown.add(f"{req_id} (named at {where})")
     problems += [f"unknown requirement ID {u}" for u in sorted(unknown)]
+    lock = fingerprints.synced(fingerprints.read_lock(), requirements, fingerprints.claim_keys())
+    for suspect in fingerprints.suspects(lock, requirements):
+        rows[suspect.req_id].suspects.append(suspect)
     ordered = [rows[i] for i in sorted(rows, key=id_sort_key)]
     for row in ordered:
         row.evidence = sorted(set(row.evidence))
@@ -265,6 +274,12 @@ def render_markdown(
             lines += ["", f"## {fam}", "", "| ID | Level | Scope | Status | Proven by | Evidence |"]
             lines += ["|---|---|---|---|---|---|"]
         covered = "<br>".join(f"{e.runner}: `{e.name}` ({e.outcome})" for e in row.evidence)
+        if row.suspects:
+            first = row.suspects[0]
+            covered += (
+                f"<br>**suspect**: {len(row.suspects)} claims reviewed against "
+                f'"{first.reviewed_text}"; the clause now says "{first.current_text}"'
+            )
         scope = "waived: " + (row.req.waiver or "") if row.req.scope == "waived" else "in"
         proven = ", ".join(row.runners) if row.status == "passed" else ""
         lines.append(
@@ -302,6 +317,14 @@ def render_json(
                 "status": r.status,
                 "proven_by": r.runners if r.status == "passed" else [],
                 "covered_by": [e.__dict__ for e in r.evidence],
+                "suspect_claims": [
+                    {
+                        "claim": x.claim,
+                        "reviewed_text": x.reviewed_text,
+                        "current_text": x.current_text,
+                    }
+                    for x in r.suspects
+                ],
             }
             for r in rows
         ],
@@ -356,6 +379,15 @@ def run(args: argparse.Namespace) -> int:
             problems += [
                 f"{row.req.id} {row.status}: {e.runner} {e.name} ({e.outcome})" for e in bad
             ]
+        if row.status == "suspect":
+            what = (
+                f"{row.req.id} suspect: {len(row.suspects)} claims were reviewed against "
+                f"another clause; read them, then `python -m xtask review {row.req.id}`"
+            )
+            if row.req.level == "MUST":
+                problems.append(what)
+            else:
+                print(f"trace: {what} ({row.req.level}: reported, not failing)")
     for problem in problems:
         print(f"trace: {problem}", file=sys.stderr)
     uncovered = [r.req.id for r in rows if r.status == "uncovered"]

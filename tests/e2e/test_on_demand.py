@@ -163,14 +163,25 @@ def test_a_waiting_stream_hears_queued_then_loading_then_started(
 
 
 @pytest.mark.req("RES-103", "RES-102")
-def test_the_least_demanded_idle_model_is_evicted(tmp_path: Path, models: dict[str, Path]) -> None:
+def test_the_cheapest_idle_model_to_lose_is_evicted(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    """Room for two of three: gamma's load evicts whichever of alpha (asked for 6 times) and
+    beta (once) costs least to lose, by their measured load times x (1 + recent demand)."""
     pools = [pool(name, models[name]) for name in NAMES]
+    demand = {"alpha": 6, "beta": 1}
     with serving(config_for(tmp_path, models, 2, pools, swap_wait_ms=0)) as (_server, client):
-        for name in ("alpha", "alpha", "alpha", "beta"):
-            assert stream(client, task_body(model_ref=name, ctx=512, max_tokens=2))[-1][0] == "end"
+        for name, times in demand.items():
+            for _ in range(times):
+                frames = stream(client, task_body(model_ref=name, ctx=512, max_tokens=2))
+                assert frames[-1][0] == "end"
+        measured = {n: residency(client)[n]["last_load_ms"] for n in demand}
         assert stream(client, task_body(model_ref="gamma", ctx=512, max_tokens=2))[-1][0] == "end"
         states = {n: r["state"] for n, r in residency(client).items()}
-    assert states == {"alpha": "loaded", "beta": "unloaded", "gamma": "loaded"}
+    cost = {n: measured[n] * (1 + demand[n]) for n in demand}
+    victim = min(cost, key=cost.__getitem__)
+    kept = next(n for n in demand if n != victim)
+    assert states == {victim: "unloaded", kept: "loaded", "gamma": "loaded"}, (states, cost)
 
 
 @pytest.mark.req("RES-105", "RES-103", "RES-104")

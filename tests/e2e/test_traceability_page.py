@@ -6,6 +6,7 @@ with the JSON written beside it, and runs none of the hostile text."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from xtask import report_page, spec_extract, trace
 from xtask.compliance_diff import compare
+from xtask.fingerprints import Suspect
 from xtask.trace import Evidence, Row
 
 HOSTILE = (
@@ -30,6 +32,7 @@ SPEC = f"""# Small
 | HOME-104 | MUST | in | Nothing claims this one. |
 | HOME-105 | MUST | waived: one user | No tenants. |
 | HOME-106 | MAY | in | A scenario with a step nobody wrote. |
+| HOME-107 | MUST | in | A full queue drops the newest task. |
 | HOME-101 | MUST | in | Defined again. |
 """
 
@@ -69,16 +72,28 @@ def evidence_for(req_id: str) -> list[Evidence]:
             Evidence("pytest", "tests/test_gone.py::test_gone", "passed", "tests/test_gone.py:7")
         ],
         "HOME-106": [Evidence("behave", f"{scenario} Hostile <b>name</b>", "undefined", scenario)],
+        "HOME-107": [Evidence("pytest", f"{SMALL_TEST}::test_drop", "passed", SMALL_TEST + ":1")],
     }.get(req_id, [])  # fmt: skip
+
+
+def suspects_for(req: spec_extract.Requirement) -> list[Suspect]:
+    """HOME-107's test was reviewed when the clause said "oldest"."""
+    if req.id != "HOME-107":
+        return []
+    reviewed = spec_extract.clause_text(
+        dataclasses.replace(req, text="A full queue drops the oldest task.")
+    )
+    claim = "pytest tests/test_small.py::test_drop"
+    return [Suspect(req.id, claim, reviewed, spec_extract.clause_text(req))]
 
 
 def generate(root: Path) -> tuple[list[str], dict[str, Any]]:
     """What trace does: specs → rows → problems → the three reports under ``root``."""
     by_file, spec_problems = spec_extract.collect_specs()
-    rows = [Row(req, evidence_for(req.id)) for req in by_file["00_small"]]
+    rows = [Row(req, evidence_for(req.id), suspects_for(req)) for req in by_file["00_small"]]
     problems = spec_problems + trace.link_problems(rows, root)
     before = dict.fromkeys(["HOME-102", "HOME-103", "HOME-104", "HOME-106", "HOME-99"], "passed")
-    before |= {"HOME-101": "failed", "HOME-105": "waived"}
+    before |= {"HOME-101": "failed", "HOME-105": "waived", "HOME-107": "passed"}
     changes = compare(before, {r.req.id: r.status for r in rows})
     trace.write_reports(
         rows, problems, ["reports/pytest-unit.json"], changes, root=root, reports=root / "reports"
@@ -94,7 +109,7 @@ def test_bad_spec_rows_and_dangling_links_are_reported_and_the_reports_still_wri
     problems, data = generate(small_repo)
     assert problems == [
         ".specs/00_small.md:7: HOME-103 has an empty clause",
-        ".specs/00_small.md:11: HOME-101 is already defined at .specs/00_small.md:5",
+        ".specs/00_small.md:12: HOME-101 is already defined at .specs/00_small.md:5",
         "link to a missing file tests/test_gone.py (from HOME-103)",
     ]
     assert data["problems"] == problems
@@ -107,10 +122,11 @@ def test_bad_spec_rows_and_dangling_links_are_reported_and_the_reports_still_wri
         "HOME-104": "uncovered",
         "HOME-105": "waived",
         "HOME-106": "undefined",
+        "HOME-107": "suspect",
     }
 
 
-@pytest.mark.req("HOME-1206")
+@pytest.mark.req("HOME-1206", "HARN-103")
 def test_the_page_in_chromium_agrees_with_the_json_and_filters_to_exactly_the_failed(
     small_repo: Path,
 ) -> None:
@@ -119,10 +135,16 @@ def test_the_page_in_chromium_agrees_with_the_json_and_filters_to_exactly_the_fa
     with report_page.open_report(page_path) as page:
         assert report_page.check(page, data) == []
         assert page.cards() == {
-            "total": 6, "passed": 2, "failed": 1, "undefined": 1, "uncovered": 1, "waived": 1,
+            "total": 7, "passed": 2, "failed": 1, "undefined": 1, "suspect": 1, "uncovered": 1,
+            "waived": 1,
         }  # fmt: skip
         page.filter(status="failed")
         assert page.visible_ids() == ["HOME-102"]
+        page.filter(status="suspect")  # HARN-103: its own filter, both clauses side by side
+        assert page.visible_ids() == ["HOME-107"]
+        box = page.page.locator('[data-suspect="HOME-107"]')
+        assert box.locator("del").text_content() == "oldest"  # inside a closed <details>
+        assert box.locator("ins").text_content() == "newest"
         page.filter(status="uncovered", level="MUST")
         assert page.visible_ids() == ["HOME-104"]
         page.filter(text="test_ok")
@@ -139,7 +161,7 @@ def test_the_page_in_chromium_agrees_with_the_json_and_filters_to_exactly_the_fa
         page.filter()
         changed = page.page.inner_text("#changes")
         assert "newly passed (1): HOME-101" in changed
-        assert "newly failed or undefined (2): HOME-102, HOME-106" in changed
+        assert "newly failed, undefined or suspect (3): HOME-102, HOME-106, HOME-107" in changed
         assert "newly uncovered (1): HOME-104" in changed
         assert "requirements gone (1): HOME-99" in changed
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from xtask import bdd, claims, pact, results, spec_extract, trace
+from xtask import bdd, claims, fingerprints, pact, results, spec_extract, trace
 from xtask.claims import Claim, Claims
 from xtask.results import RUN_ID_ENV
 
@@ -99,6 +99,7 @@ class Run:
         monkeypatch.setattr("xtask.results.ROOT", root)
         self.claims = Claims([], [], [], [], [])
         monkeypatch.setattr(claims, "collect", lambda pact_file: self.claims)
+        monkeypatch.setattr(fingerprints, "LOCK", root / "claims.lock")
         for runner in trace.RESULT_FILES:
             self.write(runner, {})
 
