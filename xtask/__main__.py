@@ -10,6 +10,7 @@ from xtask import (
     bench,
     conformance,
     dashboard_png,
+    deploy_matrix,
     determinism,
     dev_loop,
     fingerprints,
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     fit_check.add_parser(sub)
     tiny_models.add_parser(sub)
     fingerprints.add_parser(sub)
+    deploy_matrix.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

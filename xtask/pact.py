@@ -24,6 +24,7 @@ import httpx
 
 from orchestratord.models.tiny_gguf import default_cache_dir, ensure_tiny_model
 from tests.pact import interactions as ix
+from xtask import deploy_matrix
 from xtask.claims import pact_claims
 from xtask.live_server import LiveServer, live_server
 from xtask.results import write_result
@@ -176,7 +177,7 @@ def write_report(outcomes: dict[str, str]) -> None:
 
 def consumer() -> int:
     PACT_FILE.unlink(missing_ok=True)
-    env = {**os.environ, "PACT_DO_NOT_TRACK": "true"}
+    env = {**os.environ, "PACT_DO_NOT_TRACK": "true"}  # no anonymous telemetry
     command = [
         sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/pact",
         "--req-report", "reports/pytest-pact.json", "--junitxml", "reports/junit-pact.xml",
@@ -191,10 +192,10 @@ def consumer() -> int:
 def verify() -> int:
     from pact import Verifier  # noqa: PLC0415 - the FFI loads only for this step
 
+    os.environ["PACT_DO_NOT_TRACK"] = "true"  # no anonymous telemetry from any run
     if not PACT_FILE.exists():
-        print(f"pact: {PACT_FILE.relative_to(ROOT)} missing; run `python -m xtask pact consumer`")
+        print(f"pact: {PACT_FILE} missing; run `python -m xtask pact consumer`")
         return 1
-    os.environ.setdefault("PACT_DO_NOT_TRACK", "true")
     descriptions = [claim.key for claim in pact_claims(PACT_FILE)]
     results: Any = None
     with live_server() as server:
@@ -219,6 +220,7 @@ def verify() -> int:
             print(f"pact: no structured results from the verifier: {exc}", file=sys.stderr)
     outcomes = interaction_outcomes(descriptions, results)
     write_report(outcomes)
+    deploy_matrix.record(outcomes)  # which provider verified which pact (HARN-501)
     failed = {d: o for d, o in outcomes.items() if o != "passed"}
     for description, outcome in sorted(failed.items()):
         print(f"pact: {description}: {outcome}", file=sys.stderr)
