@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from xtask import (
+    affected,
     bdd,
     bench,
     conformance,
@@ -13,8 +14,10 @@ from xtask import (
     deploy_matrix,
     determinism,
     dev_loop,
+    export_reqif,
     fingerprints,
     fit_check,
+    history,
     metrics_lint,
     mutate,
     pact,
@@ -48,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     tiny_models.add_parser(sub)
     fingerprints.add_parser(sub)
     deploy_matrix.add_parser(sub)
+    history.add_parser(sub)
+    affected.add_parser(sub)
+    export_reqif.add_parser(sub)
     args = parser.parse_args(argv)
     return int(args.run(args))
 

@@ -17,10 +17,11 @@ import subprocess
 import sys
 import tempfile
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from xtask import snippets
+from xtask import affected, claims, coverage_map, cucumber_json, reruns, shards, snippets
 from xtask.results import write_result
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,29 +95,111 @@ def pytest_bdd_scenarios(path: Path) -> Counter[str]:
     return found
 
 
-def run_both() -> int:
-    REPORTS.mkdir(exist_ok=True)
+def shard_features() -> list[str] | None:
+    """The feature files of this shard (``LLORCH_SHARD``), or None for all of them."""
+    shard = shards.current()
+    if shard is None:
+        return None
+    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / feature_path()).rglob("*.feature"))
+    return [f for f in files if shards.owns(f, shard)]
+
+
+def failed_scenarios(features: list[dict[str, Any]]) -> list[str]:
+    """Locations (``file:line``) of the scenarios behave failed: undefined steps excluded."""
+    found = []
+    for feature in features:
+        for element in feature.get("elements", []):
+            steps = [s.get("result", {}).get("status") for s in element.get("steps", [])]
+            if element.get("status") in ("failed", "error") and "undefined" not in steps:
+                found.append(element["location"])
+    return found
+
+
+def fold_behave_rerun(features: list[dict[str, Any]], again: list[dict[str, Any]]) -> None:
+    """Scenarios that failed and passed on their re-run become ``flaky`` (HARN-401)."""
+    second = {
+        e["location"]: e.get("status")
+        for f in again
+        for e in f.get("elements", [])
+        if e.get("type") == "scenario"
+    }
+    for feature in features:
+        for element in feature.get("elements", []):
+            if element.get("location") in second and element.get("status") in ("failed", "error"):
+                element["first"] = element["status"]
+                element["rerun"] = second[element["location"]]
+                if element["rerun"] == "passed":
+                    element["status"] = "flaky"
+
+
+def run_behave(paths: list[str], raw_json: Path, log: Path, junit: bool) -> subprocess.Popen[str]:
+    extra = ["--format", "json", "--outfile", str(raw_json)]
+    if junit:
+        extra += ["--junit", "--junit-directory", str(REPORTS / "behave-junit")]
+    out = log.open("w", encoding="utf-8")
+    command = behave_command(*extra)[:-1] + paths
+    return subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, text=True)
+
+
+def behave_with_rerun(paths: list[str]) -> tuple[int, Path]:
+    """behave on ``paths``, its failed scenarios once more in a fresh process."""
     raw_json = REPORTS / "behave-raw.json"
     raw_json.unlink(missing_ok=True)
-    behave_code = subprocess.call(
-        behave_command(
-            "--format", "json", "--outfile", str(raw_json),
-            "--junit", "--junit-directory", str(REPORTS / "behave-junit"),
-        ),
-        cwd=ROOT,
-    )  # fmt: skip
-    behave_json = REPORTS / "behave.json"
-    if raw_json.exists():
-        features = json.loads(raw_json.read_text(encoding="utf-8") or "[]")
-        write_result(behave_json, {"features": features})
+    log = REPORTS / "logs" / "behave.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    code = run_behave(paths, raw_json, log, junit=True).wait()
+    sys.stdout.write(log.read_text(encoding="utf-8", errors="replace"))
+    features = json.loads(raw_json.read_text(encoding="utf-8") or "[]") if raw_json.exists() else []
+    failed = failed_scenarios(features)
+    if code != 0 and failed and len(failed) <= reruns.RERUN_LIMIT:
+        print(f"\nreruns: behave: {len(failed)} failed scenario(s) once more: {failed}")
+        again_json = REPORTS / "behave-rerun-raw.json"
+        again_log = REPORTS / "logs" / "behave-rerun.log"
+        again = run_behave(failed, again_json, again_log, junit=False).wait()
+        sys.stdout.write(again_log.read_text(encoding="utf-8", errors="replace"))
+        second = json.loads(again_json.read_text(encoding="utf-8") or "[]")
+        fold_behave_rerun(features, second)
+        still = [f for f in failed_scenarios(features)]
+        for feature in features:
+            for element in feature.get("elements", []):
+                if element.get("status") == "flaky":
+                    print(f"reruns: FLAKY behave {element['location']}: failed, then passed")
+        code = 0 if again == 0 and not still else 1
+    write_result(REPORTS / "behave.json", {"features": features})
+    cucumber = json.dumps(cucumber_json.from_behave(features), indent=1)
+    (REPORTS / "cucumber-behave.json").write_text(cucumber + "\n", encoding="utf-8")
+    return code, raw_json
+
+
+def run_both() -> int:
+    REPORTS.mkdir(exist_ok=True)
+    own = shard_features()
+    paths = [feature_path()] if own is None else own
+    chosen = affected.chosen()
+    if chosen is not None:  # an affected-only run: the chosen scenarios, by file:line
+        wanted = {(f, n) for f, n in chosen["scenarios"]}
+        found = claims.feature_claims([])
+        paths = [c.location for c in found if (c.location.rsplit(":", 1)[0], c.key) in wanted]
     pytest_json = REPORTS / "pytest-bdd.json"
-    pytest_code = subprocess.call(
-        [
-            sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/bdd",
-            "--req-report", str(pytest_json), "--junitxml", str(REPORTS / "junit-pytest-bdd.xml"),
-        ],
-        cwd=ROOT,
-    )  # fmt: skip
+    if not paths:  # a shard that owns no feature file, or nothing affected
+        write_result(REPORTS / "behave.json", {"features": []})
+        write_result(pytest_json, {"results": {}})
+        print("bdd: no feature files in this shard")
+        return 0
+    # The two runners start their own servers: they run side by side.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        behave_run = pool.submit(behave_with_rerun, paths)
+        pytest_code = reruns.run_pytest(
+            ["tests/bdd"],
+            pytest_json,
+            REPORTS / "junit-pytest-bdd.xml",
+            extra=[
+                f"--cucumberjson={REPORTS / 'cucumber-pytest-bdd.json'}",
+                *coverage_map.pytest_args("bdd"),
+            ],
+        )
+        behave_code, raw_json = behave_run.result()
+    behave_json = REPORTS / "behave.json"
     problems: list[str] = []
     if behave_code != 0:
         problems.append(f"behave failed (exit {behave_code})")

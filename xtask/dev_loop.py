@@ -1,60 +1,67 @@
-"""``python -m xtask dev-loop``: the whole chain CI runs (HOME-1207).
+"""``python -m xtask dev-loop``: the whole chain CI runs (HOME-1207, HARN-301..304).
 
-lint → types → regen (drift) → spec-extract (drift) → unit (unit + e2e tests) → metrics-lint
-→ pact (consumer + provider verify) → bdd (behave + pytest-bdd) → conformance (schemathesis
-against both contracts, live) → soak (the short load and fault probes) → trace → report-page
-(the HTML report checked against its JSON in headless Chromium).
+lint, types, regen (drift), spec-extract (drift), unit (unit + e2e tests in parallel
+processes), metrics-lint, pact (consumer + provider verify), bdd (behave + pytest-bdd),
+conformance (schemathesis against both contracts, live) and soak (the short load and fault
+probes) need nothing from each other: they run at once, up to ``--jobs`` at a time, longest
+first (``xtask/scheduler.py``). trace runs after all of them and report-page (the HTML report
+checked against its JSON in headless Chromium) after trace.
 
-Each step is its own ``python -m xtask <step>`` and runs as a child process, starting and
-stopping whatever servers it needs. The loop stops at the first failing step; ``trace`` and
-``report-page`` still run afterwards, so the report names the requirements a failure touched;
-``--keep-going`` runs every step to show everything a change broke. It prints a table of steps
-with durations and the failing step's reason, writes ``reports/junit-dev-loop.xml``, and exits
-non-zero on any failure.
+Each step is its own child process, starting and stopping whatever servers it needs on its
+own ports and state directories. After the first failure no new step starts; trace and
+report-page still run, so the report names the requirements a failure touched;
+``--keep-going`` runs every step to show everything a change broke. The step table gives
+wall and CPU seconds per step and the critical path; ``reports/junit-dev-loop.xml`` has the
+same. ``--shard I/N`` runs one runner's deterministic share (``xtask/shards.py``) and leaves
+``reports/shard.json`` for ``python -m xtask trace --merge``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections import deque
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from xtask.results import start_run
+from xtask import affected, coverage_map, reruns, shards
+from xtask.deploy_matrix import commit
+from xtask.live_server import SHARED_CPU_ENV
+from xtask.results import start_run, write_result
+from xtask.scheduler import Result, Step, critical_path, run_graph
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports"
+LOGS = REPORTS / "logs"
 PY = sys.executable
 
 # Steps that are plain tool invocations; the others are xtask subcommands of their own.
 TOOL_STEPS: dict[str, tuple[str, list[str]]] = {
     "lint": ("ruff check and ruff format --check", [PY, "-m", "ruff", "check", "."]),
     "types": ("mypy --strict on the packages", [PY, "-m", "mypy"]),
-    "unit": (
-        "unit and end-to-end tests (live orchestratord + llama-server)",
-        [
-            PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/unit", "tests/e2e",
-            "--req-report", "reports/pytest-unit.json", "--junitxml", "reports/junit-unit.xml",
-        ],
-    ),
-}  # fmt: skip
+}
 CHAIN = [
     "lint", "types", "regen", "spec-extract", "unit", "metrics-lint", "pact", "bdd",
     "conformance", "soak", "trace", "report-page",
 ]  # fmt: skip
 # Run even after a failure: they report on whatever the run produced.
 ALWAYS = frozenset({"trace", "report-page"})
+NEEDS = {
+    "trace": frozenset(CHAIN[: CHAIN.index("trace")]),
+    "report-page": frozenset({"trace"}),
+}
+# Seconds each step took lately (2 cores): the longest start first.
+EXPECTED_S = {"unit": 110.0, "bdd": 25.0, "conformance": 16.0, "soak": 13.0, "types": 9.0}
+# Split by the tests' own files on every shard; the other steps run whole on one shard.
+SPLIT = frozenset({"unit", "bdd"})
 
 
 def step_command(name: str) -> list[str]:
-    if name == "lint":
-        return [PY, "-m", "xtask", "lint"]
-    if name in TOOL_STEPS:
+    if name in TOOL_STEPS and name != "lint":
         return TOOL_STEPS[name][1]
     if name in ("regen", "spec-extract"):
         return [PY, "-m", "xtask", name, "--check"]
@@ -63,36 +70,72 @@ def step_command(name: str) -> list[str]:
     return [PY, "-m", "xtask", name]
 
 
-@dataclass
-class Result:
-    name: str
-    seconds: float
-    status: str  # ok | FAILED | skipped
-    reason: str = ""
+def steps_for(shard: tuple[int, int] | None) -> list[Step]:
+    """The steps this run runs: all of them, or one shard's share (trace merges later)."""
+    if shard is None:
+        names = CHAIN
+    else:
+        index, count = shard
+        own = [n for n in CHAIN if n not in ALWAYS]
+        names = [
+            n for pos, n in enumerate(own) if n in SPLIT or shards.step_owner(pos, count) == index
+        ]
+    return [
+        Step(
+            name,
+            step_command(name),
+            NEEDS.get(name, frozenset()) & set(names),
+            EXPECTED_S.get(name, 1.0),
+        )
+        for name in names
+    ]
+
+
+STATIC = ("lint", "types", "regen", "spec-extract")
+
+
+def steps_for_affected(selection: affected.Selection) -> list[Step]:
+    """The cheap static steps, the test steps with something selected, the steps the change
+    reaches, then trace and report-page (HARN-203)."""
+    wanted = set(STATIC) | set(selection.steps) | {"trace", "report-page"}
+    if selection.tests:
+        wanted.add("unit")
+    if selection.scenarios:
+        wanted.add("bdd")
+    names = [n for n in CHAIN if n in wanted]
+    return [
+        Step(n, step_command(n), NEEDS.get(n, frozenset()) & set(names), EXPECTED_S.get(n, 1.0))
+        for n in names
+    ]
+
+
+def with_coverage_map(steps: list[Step]) -> list[Step]:
+    """The full run's steps plus ``coverage-map`` (after the test steps, before trace)."""
+    names = {s.name for s in steps}
+    record = Step(
+        "coverage-map",
+        [PY, "-m", "xtask", "coverage-map"],
+        frozenset({"unit", "bdd"}) & names,
+    )
+    traced = [
+        Step(s.name, s.command, s.needs | {"coverage-map"}, s.expected_s)
+        if s.name == "trace"
+        else s
+        for s in steps
+    ]
+    return [*traced[:-2], record, *traced[-2:]]
 
 
 def run_step(name: str) -> Result:
-    print(f"\n==> {name}: {' '.join('python' if c == PY else c for c in step_command(name))}")
-    started = time.monotonic()
-    tail: deque[str] = deque(maxlen=25)
-    with subprocess.Popen(
-        step_command(name),
-        cwd=ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        stdin=subprocess.DEVNULL,
-    ) as proc:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            tail.append(line.rstrip("\n"))
-        code = proc.wait()
-    seconds = time.monotonic() - started
-    if code == 0:
-        return Result(name, seconds, "ok")
-    reason = "\n".join(line for line in tail if line.strip())[-2000:]
-    return Result(name, seconds, "FAILED", f"exit {code}\n{reason}")
+    """One step alone, in the foreground (``xtask`` subcommands call this)."""
+    return run_graph([Step(name, step_command(name))], cwd=ROOT, log_dir=LOGS, jobs=1)[0]
+
+
+def print_finished(result: Result) -> None:
+    if result.log is not None and result.log.exists():
+        sys.stdout.write(result.log.read_text(encoding="utf-8", errors="replace"))
+    cpu = f", {result.cpu_seconds:.1f} s CPU" if result.status != "skipped" else ""
+    print(f"<== {result.name}: {result.status} in {result.seconds:.1f} s{cpu}\n", flush=True)
 
 
 def write_junit(results: list[Result]) -> None:
@@ -110,6 +153,7 @@ def write_junit(results: list[Result]) -> None:
     for r in results:
         case = ET.SubElement(suite, "testcase", classname="dev-loop", name=r.name)
         case.set("time", f"{r.seconds:.1f}")
+        ET.SubElement(case, "property", name="cpu_seconds", value=f"{r.cpu_seconds:.1f}")
         if r.status == "FAILED":
             ET.SubElement(case, "failure", message=r.reason.splitlines()[0]).text = r.reason
         elif r.status == "skipped":
@@ -117,38 +161,122 @@ def write_junit(results: list[Result]) -> None:
     ET.ElementTree(suite).write(REPORTS / "junit-dev-loop.xml", encoding="unicode")
 
 
-def run(args: argparse.Namespace) -> int:
-    run_id = start_run()  # reports/ emptied: trace can only ever see this run's results
-    print(f"dev-loop: run {run_id}")
-    results: list[Result] = []
-    failed: Result | None = None
-    for name in CHAIN:
-        if failed is not None and name not in ALWAYS and not args.keep_going:
-            results.append(Result(name, 0.0, "skipped"))
-            continue
-        result = run_step(name)
-        results.append(result)
-        if result.status == "FAILED" and failed is None:
-            failed = result
-    print("\nstep           seconds  result")
+def print_table(results: list[Result], wall: float) -> None:
+    print("\nstep           start    wall     CPU  result")
     for r in results:
-        print(f"{r.name:<14} {r.seconds:>7.1f}  {r.status}")
+        start = f"{r.started:7.1f}" if r.status != "skipped" else "      -"
+        print(f"{r.name:<14} {start} {r.seconds:7.1f} {r.cpu_seconds:7.1f}  {r.status}")
+    cpu = sum(r.cpu_seconds for r in results)
+    path, path_s = critical_path([r for r in results if r.status != "skipped"])
+    print(f"{'total':<14} {'':7} {wall:7.1f} {cpu:7.1f}  (CPU/wall {cpu / max(wall, 1e-9):.2f})")
+    print(f"critical path: {' → '.join(path)} ({path_s:.1f} s)")
+
+
+def run(args: argparse.Namespace) -> int:
+    shard = shards.parse(args.shard) if getattr(args, "shard", None) else None
+    only_affected = getattr(args, "affected", False)
+    run_id = start_run()  # reports/ emptied: trace can only ever see this run's results
+    print(f"dev-loop: run {run_id}" + (f", shard {shard[0]}/{shard[1]}" if shard else ""))
+    env = {**os.environ, SHARED_CPU_ENV: "1"}  # steps share the cores: engines must not spin
+    steps = steps_for(shard)
+    if only_affected:
+        selection = affected.compute(getattr(args, "since", None) or "HEAD")
+        affected.print_selection(selection)
+        affected.write_selection(selection, affected.SELECTION_FILE)
+        env[affected.AFFECTED_ENV] = str(affected.SELECTION_FILE)
+        steps = steps_for_affected(selection)
+    elif shard is None:  # the full run records which test ran which line
+        env[coverage_map.COVERAGE_DIR_ENV] = str(coverage_map.DATA_DIR)
+        coverage_map.DATA_DIR.mkdir(parents=True, exist_ok=True)
+        steps = with_coverage_map(steps)
+    if shard is not None:
+        env[shards.SHARD_ENV] = f"{shard[0]}/{shard[1]}"
+    started = time.monotonic()
+    results = run_graph(
+        steps,
+        cwd=ROOT,
+        log_dir=LOGS,
+        jobs=max(1, getattr(args, "jobs", None) or default_jobs()),
+        keep_going=args.keep_going,
+        always=ALWAYS,
+        on_finish=print_finished,
+        env=env,
+    )
+    print_table(results, time.monotonic() - started)
     write_junit(results)
+    if shard is not None:
+        write_manifest(shard, results)
+    failures = [r for r in results if r.status == "FAILED"]
     passed = sum(1 for r in results if r.status == "ok")
-    print(f"\ndev-loop: {passed} passed, {sum(1 for r in results if r.status == 'FAILED')} failed")
-    if failed is not None:
-        also = [r.name for r in results if r.status == "FAILED" and r is not failed]
-        more = f" (later steps also failed: {', '.join(also)})" if also else ""
-        print(f"\ndev-loop FAILED at step '{failed.name}'{more}: {failed.reason}", file=sys.stderr)
+    print(f"\ndev-loop: {passed} passed, {len(failures)} failed")
+    if failures:
+        first = min(failures, key=lambda r: r.started + r.seconds)
+        also = [r.name for r in failures if r is not first]
+        more = f" (other steps also failed: {', '.join(also)})" if also else ""
+        print(f"\ndev-loop FAILED at step '{first.name}'{more}: {first.reason}", file=sys.stderr)
         return 1
     print("\ndev-loop passed")
     return 0
+
+
+def default_jobs() -> int:
+    # Most steps wait on servers and engines a good part of the time: one more than cores.
+    return (os.cpu_count() or 1) + 1
+
+
+def write_manifest(shard: tuple[int, int], results: list[Result]) -> None:
+    manifest = {
+        "shard": shard[0],
+        "of": shard[1],
+        "commit": commit((".",)),
+        "steps": {r.name: r.status for r in results},
+    }
+    write_result(REPORTS / "shard.json", manifest)
 
 
 def lint(args: argparse.Namespace) -> int:
     check = subprocess.call([PY, "-m", "ruff", "check", "."], cwd=ROOT)
     fmt = subprocess.call([PY, "-m", "ruff", "format", "--check", "."], cwd=ROOT)
     return 1 if check or fmt else 0
+
+
+def unit(args: argparse.Namespace) -> int:
+    REPORTS.mkdir(exist_ok=True)
+    paths = ["tests/e2e", "tests/unit"]  # the long end-to-end modules start first
+    chosen = affected.chosen()
+    if chosen is not None:  # only the files that hold affected tests; conftest picks within
+        paths = sorted({t.split("::", 1)[0] for t in chosen["tests"]})
+        if not paths:
+            write_result(REPORTS / "pytest-unit.json", {"results": {}})
+            print("unit: no affected tests")
+            return 0
+    return reruns.run_pytest(
+        paths,
+        REPORTS / "pytest-unit.json",
+        REPORTS / "junit-unit.xml",
+        parallel=True,
+        extra=coverage_map.pytest_args("unit"),
+    )
+
+
+def record_coverage_map(args: argparse.Namespace) -> int:
+    folder = coverage_map.recording_dir() or coverage_map.DATA_DIR
+    if not any(folder.glob(".coverage*")):
+        print(f"coverage-map: no coverage data in {folder} (a full dev-loop records it)")
+        return 1
+    bdd_results = REPORTS / "pytest-bdd.json"
+    scenarios: dict[str, list[str]] = {}
+    if bdd_results.exists():
+        for nodeid, entry in json.loads(bdd_results.read_text(encoding="utf-8"))["results"].items():
+            if isinstance(entry.get("scenario"), list):
+                scenarios[nodeid] = entry["scenario"]
+    document = coverage_map.build(folder, scenarios, commit((".",)))
+    path = coverage_map.write(document)
+    print(
+        f"coverage-map: {len(document['contexts'])} tests over {len(document['files'])} files "
+        f"→ {path}"
+    )
+    return 0
 
 
 def tool_step(name: str) -> Any:
@@ -166,7 +294,25 @@ def add_parser(sub: Any) -> None:
         action="store_true",
         help="run every step even after a failure (still exits non-zero), to see all that broke",
     )
+    parser.add_argument(
+        "--jobs", type=int, default=None, help="steps at once (default: CPU count + 1)"
+    )
+    parser.add_argument(
+        "--shard", metavar="I/N", help="run shard I of N (then: xtask trace --merge DIR...)"
+    )
+    parser.add_argument(
+        "--affected",
+        action="store_true",
+        help="only what the working-tree change affects (xtask affected), the static steps, "
+        "then trace; every other ID is `not re-run`",
+    )
+    parser.add_argument("--since", default="HEAD", help="with --affected: compare with REF")
     parser.set_defaults(run=run)
     sub.add_parser("lint", help=TOOL_STEPS["lint"][0]).set_defaults(run=lint)
-    for name in ("types", "unit"):
-        sub.add_parser(name, help=TOOL_STEPS[name][0]).set_defaults(run=tool_step(name))
+    sub.add_parser("types", help=TOOL_STEPS["types"][0]).set_defaults(run=tool_step("types"))
+    sub.add_parser(
+        "unit", help="unit and end-to-end tests (live orchestratord + llama-server), in parallel"
+    ).set_defaults(run=unit)
+    sub.add_parser(
+        "coverage-map", help="combine the full run's coverage into the map `affected` reads"
+    ).set_defaults(run=record_coverage_map)

@@ -27,6 +27,7 @@ import httpx
 import yaml
 
 from orchestratord.models.tiny_gguf import TINY_MODEL_REF
+from xtask import coverage_map
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
 TEST_TOKEN = "live-test-token-0123456789abcdef"
@@ -95,6 +96,9 @@ class LiveServer:
         return busy
 
 
+SHARED_CPU_ENV = "LLORCH_SHARED_CPU"
+
+
 def default_live_config(
     workdir: Path, server: dict[str, Any] | None = None, **pool: Any
 ) -> dict[str, Any]:
@@ -106,6 +110,10 @@ def default_live_config(
         "ctx_max": 2048,
         "queue": {"capacity": 4, "full_policy": "reject"},
     }
+    if os.environ.get(SHARED_CPU_ENV):
+        # Many servers share few cores in a test run: one engine thread that sleeps while
+        # idle, instead of every core busy-polling for work (llama.cpp's default).
+        pool_config["llamacpp"] = {"threads": 1, "extra_args": ["--poll", "0"]}
     pool_config.update(pool)
     return {
         "server": {"host": "127.0.0.1", "port": 0, "heartbeat_ms": 200, **(server or {})},
@@ -140,16 +148,9 @@ def live_server(
         env = {**os.environ, "LLORCH_API_TOKEN": TEST_TOKEN, "PYTHONUNBUFFERED": "1"}
         if source is not None:  # `python -m` puts the working directory first on the path
             env["PYTHONPATH"] = str(source)
+        command = [sys.executable, "-m", "orchestratord", "serve", "--config", str(config_path)]
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "orchestratord",
-                "serve",
-                "--config",
-                str(config_path),
-                *serve_args,
-            ],
+            coverage_map.server_command([*command, *serve_args]),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

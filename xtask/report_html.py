@@ -28,7 +28,9 @@ if TYPE_CHECKING:
     from xtask.compliance_diff import Changes
     from xtask.trace import Row
 
-STATUSES = ("passed", "failed", "undefined", "suspect", "uncovered", "waived")
+STATUSES = (
+    "passed", "flaky", "failed", "undefined", "suspect", "not re-run", "uncovered", "waived",
+)  # fmt: skip
 LEVELS = ("MUST", "SHOULD", "MAY")
 # Runner → heading, in the order evidence groups are shown.
 RUNNER_LABELS = {
@@ -122,6 +124,11 @@ def clause_markup(text: str) -> markupsafe.Markup:
     return markupsafe.Markup(_CODE_SPAN.sub(r"<code>\1</code>", escaped))
 
 
+def slug(status: str) -> str:
+    """A status as it may appear in an HTML id or class (``not re-run`` → ``not-re-run``)."""
+    return status.replace(" ", "-")
+
+
 def display_name(name: str, location: str) -> str:
     """The evidence's name without the file its link already shows."""
     path = location_path(location)
@@ -208,7 +215,7 @@ def context(
         ],
         "attention": {
             s: [r.req.id for r in rows if r.status == s]
-            for s in ("failed", "undefined", "suspect", "uncovered")
+            for s in ("failed", "flaky", "undefined", "suspect", "uncovered")
         },
         "changes": changes,
         "problems": problems,
@@ -232,5 +239,6 @@ def render_html(
         keep_trailing_newline=True,
     )
     env.filters["clause"] = clause_markup
+    env.filters["slug"] = slug
     page = env.get_template(_TEMPLATE)
     return page.render(**context(rows, problems, changes, root=root, page_dir=page_dir))

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from xtask.report_html import LEVELS, STATUSES, family
+from xtask.report_html import LEVELS, STATUSES, family, slug
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -73,7 +73,7 @@ class ReportPage:
         page.on("pageerror", lambda exc: self.errors.append(str(exc)))
 
     def cards(self) -> dict[str, int]:
-        return {s: int(self.page.inner_text(f"#count-{s} .n")) for s in ("total", *STATUSES)}
+        return {s: int(self.page.inner_text(f"#count-{slug(s)} .n")) for s in ("total", *STATUSES)}
 
     def table_counts(self, table: str, key: str) -> dict[str, dict[str, int]]:
         rows: dict[str, dict[str, int]] = self.page.eval_on_selector_all(

@@ -74,15 +74,17 @@ def id_sort_key(req_id: str) -> tuple[str, int]:
     return prefix, int(number)
 
 
-def parse_file(path: Path) -> tuple[list[Requirement], list[str]]:
-    """The file's requirement rows and the problems found in it (each naming file:line).
+def parse_file(path: Path, text: str | None = None) -> tuple[list[Requirement], list[str]]:
+    """The file's requirement rows and the problems found in it (each naming file:line);
+    ``text``: the file as it was at another commit, instead of as it is.
 
     A row with an empty clause is kept (so reports still list it) but is a problem; any
     other malformed row is left out and is a problem.
     """
     found: list[Requirement] = []
     problems: list[str] = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    source = path.read_text(encoding="utf-8") if text is None else text
+    for lineno, line in enumerate(source.splitlines(), 1):
         match = _ROW.match(line)
         if not match or match["id"] == "ID":
             continue

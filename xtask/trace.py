@@ -27,6 +27,7 @@ any failed or undefined requirement.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import re
 import sys
@@ -35,10 +36,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from xtask import bdd, claims, fingerprints
+from xtask import (
+    bdd,
+    claims,
+    export_reqif,
+    fingerprints,
+    flaky_report,
+    history,
+    quarantine,
+    trace_merge,
+)
 from xtask.claims import Claim
 from xtask.compliance_diff import Changes, committed_report, compare, statuses
+from xtask.deploy_matrix import commit
 from xtask.fingerprints import Suspect
+from xtask.flaky_report import FlakyTest
+from xtask.quarantine import Quarantined
 from xtask.report_html import STATUSES, family, missing_files, render_html
 from xtask.results import read_result, recorded_run_id
 from xtask.spec_extract import Requirement, collect_specs, id_sort_key
@@ -84,10 +97,14 @@ class Row:
             return "failed"
         if "undefined" in outcomes:
             return "undefined"
+        if "flaky" in outcomes:
+            return "flaky"
         if self.suspects:
             return "suspect"
         if self.req.scope == "waived":
             return "waived"
+        if "not re-run" in outcomes:  # an affected-only run: not proven by this run
+            return "not re-run"
         proving = [e for e in self.evidence if e.runner not in CONTRACT_ONLY_RUNNERS]
         if self.evidence and (proving or self.req.id in CONTRACT_IDS):
             return "passed"
@@ -100,7 +117,7 @@ class Row:
 
 def _combine(outcomes: list[str]) -> str:
     """One outcome for a test's cases or an outline's rows."""
-    for bad in ("failed", "error", "undefined", "skipped", "not run"):
+    for bad in ("failed", "error", "undefined", "skipped", "not run", "flaky", "not re-run"):
         if bad in outcomes:
             return "failed" if bad == "error" else bad
     return "passed" if outcomes else "not run"
@@ -117,7 +134,7 @@ def behave_outcomes(document: dict[str, Any]) -> dict[tuple[str, str], str]:
             status = element.get("status", "untested")
             if "undefined" in steps or status == "undefined":
                 outcome = "undefined"
-            elif status in ("passed", "failed", "skipped"):
+            elif status in ("passed", "failed", "skipped", "flaky"):
                 outcome = status
             else:
                 outcome = "failed" if status == "error" else "not run"
@@ -159,6 +176,33 @@ def _scenario_evidence(
         Evidence("behave", name, behave_outcome, claim.location),
         Evidence("pytest-bdd", name, bdd_outcome, claim.location),
     ]
+
+
+def affected_selection(run_id: str | None) -> dict[str, Any] | None:
+    document, _ = read_result(REPORTS / "affected.json", run_id)
+    return document["affected"] if document else None
+
+
+_STEP_OF_RUNNER = {"pact-provider": "pact", "pact-consumer": "pact", "metrics-lint": "metrics-lint",
+                   "soak": "soak", "schemathesis": "conformance"}  # fmt: skip
+
+
+def not_rerun(evidence: Evidence, selection: dict[str, Any]) -> Evidence:
+    """``not run`` becomes ``not re-run`` for what an affected-only run did not select."""
+    if evidence.outcome != "not run":
+        return evidence
+    if evidence.runner in ("behave", "pytest-bdd"):
+        path = evidence.location.rsplit(":", 1)[0]
+        name = evidence.name.removeprefix(evidence.location).strip()
+        chosen = [path, name] in selection["scenarios"]
+    elif evidence.runner == "pytest":
+        file = evidence.name.split("::", 1)[0]
+        parts = file.split("/")
+        prefixes = {"/".join(parts[:i]) for i in range(1, len(parts) + 1)}
+        chosen = evidence.name in selection["tests"] or bool(prefixes & set(selection["tests"]))
+    else:
+        chosen = _STEP_OF_RUNNER.get(evidence.runner) in selection["steps"]
+    return evidence if chosen else dataclasses.replace(evidence, outcome="not re-run")
 
 
 def load_results(run_id: str | None) -> tuple[dict[str, dict[str, Any] | None], list[str]]:
@@ -223,6 +267,10 @@ def build(
             evidence = Evidence(runner, name, entry["outcome"], where)
             claimed += [(req_id, evidence) for req_id in entry["ids"]]
 
+    selection = affected_selection(run_id)
+    if selection is not None:  # an affected-only run: what it did not select is not re-run
+        claimed = [(i, not_rerun(e, selection)) for i, e in claimed]
+        problems = [p for p in problems if not p.endswith(" is missing")]
     unknown: set[str] = set()
     for req_id, evidence in claimed:
         if req_id in rows:
@@ -233,6 +281,12 @@ def build(
         if req_id not in rows:
             unknown.add(f"{req_id} (named at {where})")
     problems += [f"unknown requirement ID {u}" for u in sorted(unknown)]
+    if selection is not None:  # proven before only by steps this run did not take
+        committed = committed_report(ROOT)
+        before = statuses(committed) if committed is not None else {}
+        for req_id, row in rows.items():
+            if not row.evidence and before.get(req_id) not in (None, "uncovered", "waived"):
+                row.evidence.append(Evidence("affected", "not re-run by --affected", "not re-run"))
     lock = fingerprints.synced(fingerprints.read_lock(), requirements, fingerprints.claim_keys())
     for suspect in fingerprints.suspects(lock, requirements):
         rows[suspect.req_id].suspects.append(suspect)
@@ -243,7 +297,11 @@ def build(
 
 
 def render_markdown(
-    rows: list[Row], problems: list[str], inputs: list[str], changes: Changes | None = None
+    rows: list[Row],
+    problems: list[str],
+    inputs: list[str],
+    changes: Changes | None = None,
+    flaky_lines: list[str] | None = None,
 ) -> str:
     counts = {s: sum(1 for r in rows if r.status == s) for s in STATUSES}
     must_uncovered = [r.req.id for r in rows if r.status == "uncovered" and r.req.level == "MUST"]
@@ -266,6 +324,7 @@ def render_markdown(
         lines += [f"- {line}" for line in changes.lines()]
     if problems:
         lines += ["", "## Problems (errors)", "", *[f"- {p}" for p in problems]]
+    lines += flaky_lines or []
     current = None
     for row in rows:
         fam = family(row.req.id)
@@ -289,10 +348,25 @@ def render_markdown(
 
 
 def render_json(
-    rows: list[Row], problems: list[str], inputs: list[str], changes: Changes | None = None
+    rows: list[Row],
+    problems: list[str],
+    inputs: list[str],
+    changes: Changes | None = None,
+    flaky: list[FlakyTest] | None = None,
 ) -> str:
     data = {
         "inputs": inputs,
+        "flaky": [
+            {
+                "runner": f.runner,
+                "test": f.name,
+                "ids": list(f.ids),
+                "first": f.first,
+                "first_detail": f.detail,
+                "rerun": "passed",
+            }
+            for f in flaky or []
+        ],
         "problems": problems,
         "summary": {s: sum(1 for r in rows if r.status == s) for s in STATUSES},
         "changed_since_committed": (
@@ -340,14 +414,17 @@ def write_reports(
     *,
     root: Path = ROOT,
     reports: Path = REPORTS,
+    flaky: list[FlakyTest] | None = None,
+    quarantined: dict[str, Quarantined] | None = None,
 ) -> None:
     """COMPLIANCE.md under ``root``, the JSON and the HTML page under ``reports``."""
     reports.mkdir(parents=True, exist_ok=True)
+    flaky_lines = flaky_report.markdown(flaky or [], quarantined or {})
     (root / "COMPLIANCE.md").write_text(
-        render_markdown(rows, problems, inputs, changes), encoding="utf-8"
+        render_markdown(rows, problems, inputs, changes, flaky_lines), encoding="utf-8"
     )
     (reports / "traceability.json").write_text(
-        render_json(rows, problems, inputs, changes), encoding="utf-8"
+        render_json(rows, problems, inputs, changes, flaky), encoding="utf-8"
     )
     page = render_html(rows, problems, changes, root=root, page_dir=reports)
     (reports / "traceability.html").write_text(page, encoding="utf-8")
@@ -361,16 +438,42 @@ def link_problems(rows: list[Row], root: Path = ROOT) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "merge", None):
+        merged = trace_merge.merge(
+            [Path(d) for d in args.merge], REPORTS, list(RESULT_FILES.values())
+        )
+        if merged:
+            for problem in merged:
+                print(f"trace --merge: {problem}", file=sys.stderr)
+            return 1
     by_file, spec_problems = collect_specs()
     requirements = {r.id: r for reqs in by_file.values() for r in reqs}
     rows, problems, inputs = build(requirements)
     problems = spec_problems + problems + link_problems(rows)
+    run_id = recorded_run_id()
+    documents, _ = load_results(run_id)
+    export_reqif.export(REPORTS / "spec.reqif")
+    flaky = flaky_report.flaky_tests(documents)
+    quarantined, quarantine_problems = quarantine.load(set(requirements))
+    problems += quarantine_problems
+    if run_id is not None:
+        history.record(run_id, commit((".",)), history.outcomes_of(documents))
     committed = committed_report(ROOT)
     changes = compare(
         statuses(committed) if committed is not None else None,
         {r.req.id: r.status for r in rows},
     )
-    write_reports(rows, problems, inputs, changes)
+    only_affected = affected_selection(run_id) is not None
+    # An affected-only run proves too little to replace the committed COMPLIANCE.md.
+    write_reports(
+        rows,
+        problems,
+        inputs,
+        changes,
+        root=REPORTS if only_affected else ROOT,
+        flaky=flaky,
+        quarantined=quarantined,
+    )
     counts = {s: sum(1 for r in rows if r.status == s) for s in STATUSES}
     print("trace: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(rows)}")
     for row in rows:
@@ -379,6 +482,16 @@ def run(args: argparse.Namespace) -> int:
             problems += [
                 f"{row.req.id} {row.status}: {e.runner} {e.name} ({e.outcome})" for e in bad
             ]
+        if row.status == "flaky":
+            tests = [e.name for e in row.evidence if e.outcome == "flaky"]
+            held = quarantined.get(row.req.id)
+            what = f"{row.req.id} flaky: failed, then passed on re-run: {', '.join(tests)}"
+            if held is not None:
+                print(f"trace: {what} (quarantined since {held.since}: {held.reason})")
+            elif row.req.level == "MUST":
+                problems.append(what + " (fix it, or quarantine it with a reason and a date)")
+            else:
+                print(f"trace: {what} ({row.req.level}: reported, not failing)")
         if row.status == "suspect":
             what = (
                 f"{row.req.id} suspect: {len(row.suspects)} claims were reviewed against "
@@ -394,10 +507,17 @@ def run(args: argparse.Namespace) -> int:
     print(f"trace: {len(uncovered)} in-scope requirements uncovered")
     for line in changes.lines():
         print(f"trace: since the committed report: {line}")
-    print(f"trace: wrote COMPLIANCE.md, {REPORTS.relative_to(ROOT)}/traceability.json and .html")
+    where = "reports/COMPLIANCE.md" if only_affected else "COMPLIANCE.md"
+    print(f"trace: wrote {where}, {REPORTS.relative_to(ROOT)}/traceability.json and .html")
     return 1 if problems else 0
 
 
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser("trace", help="specs + claims + this run's results → COMPLIANCE.md")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="DIR",
+        help="first merge the reports/ folders of a sharded run (dev-loop --shard I/N)",
+    )
     parser.set_defaults(run=run)

@@ -128,7 +128,9 @@ class Residency:
             ),
             "unloads_in_ms": round(unloads_in * 1000) if unloads_in is not None else None,
             "keep_alive_ms": round(self.keep_alive_s * 1000),
-            "last_load_ms": round(self.last_load_s * 1000) if self.last_load_s else None,
+            "last_load_ms": round(self.last_load_s * 1000)
+            if self.last_load_s is not None
+            else None,
             "failed_until_ms": (
                 int((time.time() + self.failed_until - now) * 1000)
                 if self.failed_until is not None and self.state is State.FAILED

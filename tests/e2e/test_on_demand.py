@@ -115,7 +115,8 @@ def wait_for(check: Any, timeout_s: float = 30.0) -> None:
 def test_a_model_loads_on_its_first_task_and_unloads_after_its_keep_alive(
     tmp_path: Path, models: dict[str, Path]
 ) -> None:
-    pools = [pool("alpha", models["alpha"], keep_alive_ms=1500)]
+    # Long enough that the CLI calls below finish inside it on a loaded machine.
+    pools = [pool("alpha", models["alpha"], keep_alive_ms=5000)]
     with live_server(config_for(tmp_path, models, 2, pools)) as server:
         assert engines(server) == []  # nothing loaded at start
         env = {**os.environ, "LLORCH_URL": server.url, "LLORCH_API_TOKEN": server.token}

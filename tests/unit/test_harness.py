@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -340,38 +341,46 @@ def test_both_runners_name_scenarios_alike() -> None:
     )
 
 
-@pytest.mark.req("HOME-1207")
-def test_dev_loop_chains_the_steps_in_order_and_fails_loudly(
+@pytest.mark.req("HOME-1207", "HARN-301", "HARN-302")
+def test_dev_loop_chains_the_steps_and_fails_loudly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from xtask import dev_loop  # noqa: PLC0415
 
-    # The order the harness requires, with the project's extra steps before trace.
     required = ["lint", "types", "regen", "spec-extract", "unit", "metrics-lint", "pact", "bdd"]
     assert [step for step in dev_loop.CHAIN if step in required] == required
-    assert dev_loop.CHAIN.index("bdd") < dev_loop.CHAIN.index("conformance")
-    assert dev_loop.CHAIN[-2:] == ["trace", "report-page"]
-    ran: list[str] = []
+    assert dev_loop.NEEDS["trace"] >= set(required) | {"conformance", "soak"}
+    assert dev_loop.NEEDS["report-page"] == {"trace"}
 
-    def fake_step(name: str) -> dev_loop.Result:
-        ran.append(name)
+    def fake_command(name: str) -> list[str]:
+        # Each step leaves a mark; unit fails after the others had time to start.
+        mark = f"open({str(tmp_path / name)!r}, 'w').close()"
         if name == "unit":
-            return dev_loop.Result(name, 1.0, "FAILED", "exit 1\nbroken on purpose")
-        return dev_loop.Result(name, 0.5, "ok")
+            return [sys.executable, "-c", f"import sys, time; {mark}; time.sleep(0.5); "
+                    "print('broken on purpose'); sys.exit(1)"]  # fmt: skip
+        if name == "soak":  # long: still running when unit fails, so it finishes
+            return [sys.executable, "-c", f"import time; {mark}; time.sleep(1.0)"]
+        return [sys.executable, "-c", mark]
 
-    monkeypatch.setattr(dev_loop, "run_step", fake_step)
+    monkeypatch.setattr(dev_loop, "step_command", fake_command)
     monkeypatch.setattr(dev_loop, "REPORTS", tmp_path)
+    monkeypatch.setattr(dev_loop, "LOGS", tmp_path / "logs")
     monkeypatch.setattr(dev_loop, "start_run", lambda: "run-x")
+    monkeypatch.setattr(dev_loop, "EXPECTED_S", {"unit": 9.0, "soak": 8.0})
     monkeypatch.delenv(RUN_ID_ENV, raising=False)
-    code = dev_loop.run(argparse.Namespace(keep_going=False))
+    code = dev_loop.run(argparse.Namespace(keep_going=False, jobs=2, shard=None))
     assert code == 1
-    assert ran == ["lint", "types", "regen", "spec-extract", "unit", "trace", "report-page"]
+    ran = {p.name for p in tmp_path.iterdir() if p.is_file() and "." not in p.name}
+    # unit and soak started together (the two longest); nothing new started after unit
+    # failed, but trace and report-page always run.
+    assert {"unit", "soak", "trace", "report-page"} <= ran
+    assert "metrics-lint" not in ran
     out, err = capsys.readouterr()
-    assert "metrics-lint       0.0  skipped" in out
-    assert "dev-loop: 6 passed, 1 failed" in out
+    assert "broken on purpose" in out
+    assert "critical path: " in out and "→ trace → report-page" in out
     assert "FAILED at step 'unit'" in err and "broken on purpose" in err
     junit = (tmp_path / "junit-dev-loop.xml").read_text()
-    assert 'name="unit"' in junit and "<failure" in junit
+    assert 'name="unit"' in junit and "<failure" in junit and 'name="cpu_seconds"' in junit
 
 
 @pytest.mark.req("HOME-1206")

@@ -297,7 +297,10 @@ async def test_unload_now_is_refused_with_a_reason_while_there_is_work(
     orch = orchestrator(tmp_path, engines, pools)
     async with falcon.testing.ASGIConductor(orch.app) as conductor:
         _, body = await submit(conductor, "a")
-        await eventually(lambda: bool(orch.pools["a"].running))
+        # Running, and its load finished (the task may start a moment before the pool
+        # reports it loaded; then an unload is refused as "loading").
+        a = orch.pools["a"]
+        await eventually(lambda: bool(a.running) and a.residency.state is State.LOADED)
         busy = await conductor.simulate_post("/v1/pools/a/unload", headers=AUTH)
         pinned = await conductor.simulate_post("/v1/pools/pinned/unload", headers=AUTH)
         engines.release.set()

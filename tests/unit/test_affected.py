@@ -1,0 +1,174 @@
+"""What a change affects, and a run of only that (HARN-201..203)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import coverage
+import pytest
+
+from xtask import affected, claims, coverage_map, dev_loop, spec_extract, trace
+from xtask.trace import Evidence
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A git repository standing in for the project's root."""
+    git(tmp_path, "init", "-q")
+    git(tmp_path, "config", "user.email", "t@example.invalid")
+    git(tmp_path, "config", "user.name", "t")
+    (tmp_path / ".specs").mkdir()
+    (tmp_path / ".specs" / "00_x.md").write_text(
+        "| ID | Level | Scope | Clause |\n|---|---|---|---|\n"
+        "| HOME-101 | MUST | in | A task is queued. |\n"
+        "| HOME-102 | MUST | in | A task is   run. |\n"
+    )
+    (tmp_path / "mod.py").write_text("".join(f"x{i} = {i}\n" for i in range(1, 21)))
+    git(tmp_path, "add", ".")
+    git(tmp_path, "commit", "-q", "-m", "base")
+    monkeypatch.setattr(affected, "ROOT", tmp_path)
+    monkeypatch.setattr(spec_extract, "ROOT", tmp_path)
+    return tmp_path
+
+
+@pytest.mark.req("HARN-201")
+def test_a_changed_clause_is_found_by_its_fingerprint_and_rewrapping_is_not(repo: Path) -> None:
+    spec = repo / ".specs" / "00_x.md"
+    spec.write_text(
+        spec.read_text().replace("A task is   run.", "A task is run.")  # whitespace only
+        .replace("A task is queued.", "A task is queued or refused.")
+        + "| HOME-103 | SHOULD | in | New. |\n"
+    )  # fmt: skip
+    (repo / "untracked.py").write_text("y = 1\n")
+    files = affected.changed_files("HEAD")
+    assert files == [".specs/00_x.md", "untracked.py"]
+    assert affected.changed_ids(files, "HEAD") == {
+        "HOME-101": "HOME-101's clause changed (.specs/00_x.md)",
+        "HOME-103": "HOME-103 is new in .specs/00_x.md",
+    }
+
+
+@pytest.mark.req("HARN-202")
+def test_changed_lines_are_the_old_lines_an_edit_touches(repo: Path) -> None:
+    module = repo / "mod.py"
+    lines = module.read_text().splitlines(keepends=True)
+    lines[4] = "x5 = 50\n"  # line 5 changed
+    lines.insert(11, "inserted = True\n")  # inserted after old line 11
+    module.write_text("".join(lines))
+    assert affected.changed_lines("mod.py", "HEAD") == {5, 11, 12}
+    (repo / "new.py").write_text("z = 1\n")
+    assert affected.changed_lines("new.py", "HEAD") is None
+
+
+def real_claimants(req_id: str) -> tuple[set[str], set[tuple[str, str]]]:
+    found = claims.collect(affected.PACT_FILE)
+    tests = {c.key for c in found.tests if req_id in c.ids and not c.key.startswith("tests/pact/")}
+    scenarios = {(c.location.rsplit(":", 1)[0], c.key) for c in found.scenarios if req_id in c.ids}
+    return tests, scenarios
+
+
+@pytest.mark.req("HARN-201")
+def test_a_changed_clause_selects_every_claimant_of_its_id(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(affected, "changed_files", lambda since: [".specs/00_home_profile.md"])
+    monkeypatch.setattr(affected, "changed_ids", lambda files, since: {"HOME-203": "edited"})
+    selection = affected.compute()
+    tests, scenarios = real_claimants("HOME-203")
+    assert tests or scenarios  # the ID is claimed in this repository
+    assert set(selection.tests) == tests
+    assert set(selection.scenarios) == scenarios
+    assert all(r == ["edited"] for r in selection.tests.values())
+
+
+@pytest.mark.req("HARN-201")
+def test_a_feature_file_selects_its_scenarios_and_data_files_their_steps(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    changed = ["features/cancel.feature", "ci/metrics.lint.json", "contracts/openapi/data.yaml"]
+    monkeypatch.setattr(affected, "changed_files", lambda since: changed)
+    monkeypatch.setattr(affected, "changed_ids", lambda files, since: {})
+    selection = affected.compute()
+    found = claims.collect(affected.PACT_FILE)
+    cancel = {
+        ("features/cancel.feature", c.key)
+        for c in found.scenarios
+        if c.location.startswith("features/cancel.feature:")
+    }
+    assert set(selection.scenarios) == cancel and cancel
+    assert selection.tests == {}
+    assert set(selection.steps) == {"metrics-lint", "regen", "conformance", "pact"}
+
+
+def recorded_map(tmp_path: Path) -> dict[str, Any]:
+    """A real coverage map: coverage.py measured a function under a test's context, and a
+    server's import list."""
+    source = Path(affected.ROOT) / "xtask" / "shards.py"
+    data_dir = tmp_path / "cov"
+    data_dir.mkdir()
+    cov = coverage.Coverage(data_file=str(data_dir / ".coverage.unit"), include=[str(source)])
+    cov.start()
+    cov.switch_context("tests/unit/test_loop_speed.py::test_shards|run")
+    from xtask import shards  # noqa: PLC0415
+
+    shards.parse("1/2")
+    cov.stop()
+    cov.save()
+    imports = data_dir / "imports.tests~e2e~test_live_llamacpp.py.ab12.json"
+    imports.write_text(json.dumps({"files": ["orchestratord/app.py"]}))
+    return coverage_map.build(data_dir, {}, "abc")
+
+
+@pytest.mark.req("HARN-202")
+def test_a_module_change_selects_the_tests_that_ran_its_lines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    document = recorded_map(tmp_path)
+    assert "tests/unit/test_loop_speed.py::test_shards" in document["contexts"]
+    text = Path(affected.ROOT, "xtask/shards.py").read_text().splitlines()
+    body = next(n for n, line in enumerate(text, 1) if "match = _SPEC.match" in line)
+    hit = coverage_map.tests_for_lines(document, "xtask/shards.py", {body})
+    assert hit == {"tests/unit/test_loop_speed.py::test_shards"}
+    assert coverage_map.tests_for_lines(document, "xtask/shards.py", {9999}) == set()
+    assert coverage_map.tests_for_lines(document, "orchestratord/app.py", {1}) == {
+        "tests/e2e/test_live_llamacpp.py"
+    }
+    monkeypatch.setattr(affected, "changed_files", lambda since: ["xtask/shards.py"])
+    monkeypatch.setattr(affected, "changed_ids", lambda files, since: {})
+    monkeypatch.setattr(affected, "changed_lines", lambda path, since: {body})
+    monkeypatch.setattr(coverage_map, "read", lambda: document)
+    selection = affected.compute()
+    assert list(selection.tests) == ["tests/unit/test_loop_speed.py::test_shards"]
+    assert (
+        f"xtask/shards.py lines {body} ran by it"
+        in selection.tests["tests/unit/test_loop_speed.py::test_shards"]
+    )
+    monkeypatch.setattr(coverage_map, "read", lambda: None)
+    blind = affected.compute()
+    assert set(blind.tests) == {"tests/unit", "tests/e2e"}
+    assert any("no coverage map" in note for note in blind.notes)
+
+
+@pytest.mark.req("HARN-203")
+def test_an_affected_run_marks_what_it_did_not_rerun(monkeypatch: pytest.MonkeyPatch) -> None:
+    selection = affected.Selection()
+    selection.add(selection.tests, "tests/unit/test_queue.py::test_a", "why")
+    steps = [s.name for s in dev_loop.steps_for_affected(selection)]
+    assert steps == ["lint", "types", "regen", "spec-extract", "unit", "trace", "report-page"]
+    chosen = selection.as_json()
+    ran = Evidence("pytest", "tests/unit/test_queue.py::test_a", "not run", "x:1")
+    other = Evidence("pytest", "tests/unit/test_queue.py::test_b", "not run", "x:2")
+    soak = Evidence("soak", "soak::probe", "not run", "xtask/soak.py")
+    assert trace.not_rerun(ran, chosen).outcome == "not run"  # selected, yet it did not run
+    assert trace.not_rerun(other, chosen).outcome == "not re-run"
+    assert trace.not_rerun(soak, chosen).outcome == "not re-run"
+    row = trace.Row(
+        spec_extract.Requirement("HOME-101", "MUST", "in", None, "c", "x:1"),
+        [Evidence("pytest", "t", "passed"), trace.not_rerun(other, chosen)],
+    )
+    assert row.status == "not re-run"  # never passed by a run that did not re-run it

@@ -1,0 +1,215 @@
+"""The dev loop's graph, step table, shards and merge (HARN-301..304)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from xtask import dev_loop, shards, trace_merge
+from xtask.scheduler import Result, Step, critical_path, run_graph
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def sleeper(name: str, seconds: float, tmp: Path, needs: frozenset[str] = frozenset()) -> Step:
+    code = (
+        "import time, pathlib; "
+        f"pathlib.Path({str(tmp / (name + '.start'))!r}).write_text(str(time.time())); "
+        f"time.sleep({seconds}); "
+        f"pathlib.Path({str(tmp / (name + '.end'))!r}).write_text(str(time.time()))"
+    )
+    return Step(name, [sys.executable, "-c", code], needs, seconds)
+
+
+def stamp(tmp: Path, name: str, edge: str) -> float:
+    return float((tmp / f"{name}.{edge}").read_text())
+
+
+@pytest.mark.req("HARN-301", "HARN-302")
+def test_independent_steps_overlap_and_needs_wait(tmp_path: Path) -> None:
+    steps = [
+        sleeper("a", 0.6, tmp_path),
+        sleeper("b", 0.6, tmp_path),
+        sleeper("c", 0.1, tmp_path, frozenset({"a", "b"})),
+    ]
+    finished: list[str] = []
+    results = run_graph(
+        steps,
+        cwd=tmp_path,
+        log_dir=tmp_path / "logs",
+        jobs=2,
+        on_finish=lambda r: finished.append(r.name),
+    )
+    assert [r.status for r in results] == ["ok", "ok", "ok"]
+    # a and b ran at the same time; c only after both had ended.
+    assert stamp(tmp_path, "b", "start") < stamp(tmp_path, "a", "end")
+    assert stamp(tmp_path, "a", "start") < stamp(tmp_path, "b", "end")
+    assert stamp(tmp_path, "c", "start") >= max(stamp(tmp_path, n, "end") for n in "ab")
+    assert finished[-1] == "c"
+    path, seconds = critical_path(results)
+    assert path[-1] == "c" and path[0] in ("a", "b") and seconds >= 0.6
+    assert all(r.log is not None and r.log.exists() for r in results)
+
+
+@pytest.mark.req("HARN-301")
+def test_one_job_runs_one_step_at_a_time(tmp_path: Path) -> None:
+    steps = [sleeper("a", 0.3, tmp_path), sleeper("b", 0.3, tmp_path)]
+    run_graph(steps, cwd=tmp_path, log_dir=tmp_path / "logs", jobs=1)
+    first, second = sorted("ab", key=lambda n: stamp(tmp_path, n, "start"))
+    assert stamp(tmp_path, second, "start") >= stamp(tmp_path, first, "end")
+
+
+@pytest.mark.req("HARN-302")
+def test_cpu_seconds_count_the_step_and_what_it_waited_for(tmp_path: Path) -> None:
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"
+    child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {burn!r}])"
+    steps = [Step("idle", [sys.executable, "-c", "import time; time.sleep(0.4)"]),
+             Step("busy", [sys.executable, "-c", child])]  # fmt: skip
+    idle, busy = run_graph(steps, cwd=tmp_path, log_dir=tmp_path / "logs", jobs=2)
+    assert busy.cpu_seconds >= 0.35  # the grandchild's CPU is the step's
+    assert idle.cpu_seconds < busy.cpu_seconds
+    assert idle.seconds >= 0.4
+
+
+@pytest.mark.req("HARN-304")
+def test_shards_are_deterministic_and_cover_everything_once() -> None:
+    assert shards.parse("2/3") == (2, 3)
+    for bad in ("0/2", "3/2", "x", "1/0"):
+        with pytest.raises(shards.ShardError):
+            shards.parse(bad)
+    files = [f"tests/unit/test_{i}.py" for i in range(40)] + [
+        f"features/f{i}.feature" for i in range(12)
+    ]
+    owners = {f: shards.owner(f, 2) for f in files}
+    assert owners == {f: shards.owner(f, 2) for f in files}  # stable
+    assert set(owners.values()) == {1, 2}
+    for f in files:
+        assert [i for i in (1, 2) if shards.owns(f, (i, 2))] == [owners[f]]
+    # Every step runs exactly once over the shards; unit and bdd on each.
+    chains = [[s.name for s in dev_loop.steps_for((i, 2))] for i in (1, 2)]
+    whole = [n for n in dev_loop.CHAIN if n not in dev_loop.ALWAYS and n not in dev_loop.SPLIT]
+    assert sorted(n for c in chains for n in c if n not in dev_loop.SPLIT) == sorted(whole)
+    assert all({"unit", "bdd"} <= set(c) and "trace" not in c for c in chains)
+
+
+def write_shard(
+    folder: Path, index: int, count: int, results: dict[str, str], commit: str = "abc"
+) -> None:
+    folder.mkdir(parents=True)
+    run_id = f"run-{index}"
+    (folder / "shard.json").write_text(
+        json.dumps({"run_id": run_id, "shard": index, "of": count, "commit": commit, "steps": {}})
+    )
+    body = {k: {"ids": [], "outcome": v} for k, v in results.items()}
+    (folder / "pytest-unit.json").write_text(json.dumps({"run_id": run_id, "results": body}))
+    scenario = {"location": f"features/f{index}.feature:3", "type": "scenario"}
+    behave = {"run_id": run_id, "features": [{"elements": [scenario]}]}
+    (folder / "behave.json").write_text(json.dumps(behave))
+
+
+@pytest.mark.req("HARN-304")
+def test_merge_refuses_a_missing_duplicated_or_foreign_shard(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("xtask.results.REPORTS", tmp_path / "reports")
+    names = ["pytest-unit.json", "behave.json"]
+    write_shard(tmp_path / "s1", 1, 3, {"t1": "passed"})
+    write_shard(tmp_path / "s2", 2, 3, {"t2": "passed"})
+    write_shard(tmp_path / "s2b", 2, 3, {"t3": "passed"})
+    write_shard(tmp_path / "s3", 3, 3, {"t4": "failed"}, commit="def")
+    write_shard(tmp_path / "s3ok", 3, 3, {"t1": "passed"})
+    out = tmp_path / "reports"
+    missing = trace_merge.merge([tmp_path / "s1", tmp_path / "s2"], out, names)
+    assert missing == ["shard(s) [3] of 3 missing"]
+    doubled = trace_merge.merge([tmp_path / d for d in ("s1", "s2", "s2b")], out, names)
+    assert "shard(s) [2] of 3 given more than once" in doubled
+    foreign = trace_merge.merge([tmp_path / d for d in ("s1", "s2", "s3")], out, names)
+    assert foreign == ["shards of different commits: ['abc', 'def']"]
+    twice = trace_merge.merge([tmp_path / d for d in ("s1", "s2", "s3ok")], out, names)
+    assert twice == ["pytest-unit.json: t1 reported by two shards (one is 3)"]
+    assert not out.exists()  # nothing written for a refused merge
+
+
+@pytest.mark.req("HARN-304")
+def test_merge_writes_one_run_from_the_shards(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("xtask.results.REPORTS", tmp_path / "reports")
+    monkeypatch.delenv("LLORCH_RUN_ID", raising=False)
+    write_shard(tmp_path / "s1", 1, 2, {"t1": "passed"})
+    write_shard(tmp_path / "s2", 2, 2, {"t2": "failed"})
+    out = tmp_path / "reports"
+    assert (
+        trace_merge.merge(
+            [tmp_path / "s2", tmp_path / "s1"], out, ["pytest-unit.json", "behave.json"]
+        )
+        == []
+    )
+    run_id = (out / "run-id").read_text().strip()
+    unit = json.loads((out / "pytest-unit.json").read_text())
+    assert unit["run_id"] == run_id and set(unit["results"]) == {"t1", "t2"}
+    behave = json.loads((out / "behave.json").read_text())
+    assert len(behave["features"]) == 2
+
+
+@pytest.mark.req("HARN-302")
+def test_the_step_table_names_the_critical_path(capsys: pytest.CaptureFixture[str]) -> None:
+    results = [
+        Result("types", 9.0, 8.5, "ok", started=0.0),
+        Result("unit", 80.0, 120.0, "ok", started=0.0),
+        Result("trace", 1.0, 0.9, "ok", started=80.0, needs=frozenset({"types", "unit"})),
+        Result("report-page", 3.0, 1.0, "ok", started=81.0, needs=frozenset({"trace"})),
+    ]
+    dev_loop.print_table(results, 84.0)
+    out = capsys.readouterr().out
+    assert "critical path: unit → trace → report-page (84.0 s)" in out
+    assert "total" in out and "130.4" in out
+
+
+@pytest.mark.req("HARN-304")
+def test_two_real_shards_split_the_tests_and_merge_into_one_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pytest on two shards of the same modules, each leaving its reports; the merge has
+    every test exactly once."""
+    modules = [
+        "tests/unit/test_fingerprints.py",
+        "tests/unit/test_deploy_matrix.py",
+        "tests/unit/test_flaky.py",
+        "tests/unit/test_affected.py",
+    ]
+    folders = []
+    for index in (1, 2):
+        folder = tmp_path / f"shard{index}"
+        folder.mkdir()
+        run_id = f"shard-run-{index}"
+        env = {**os.environ, shards.SHARD_ENV: f"{index}/2", "LLORCH_RUN_ID": run_id}
+        subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *modules,
+             "--collect-only", "--req-report", str(folder / "pytest-unit.json")],
+            cwd=ROOT, env=env, check=True, capture_output=True, timeout=120,
+        )  # fmt: skip
+        manifest = {"run_id": run_id, "shard": index, "of": 2, "commit": "c", "steps": {}}
+        (folder / "shard.json").write_text(json.dumps(manifest))
+        folders.append(folder)
+    everything = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *modules,
+         "--collect-only", "--req-report", str(tmp_path / "all.json")],
+        cwd=ROOT, env={**os.environ, "LLORCH_RUN_ID": "all"}, check=True,
+        capture_output=True, timeout=120,
+    )  # fmt: skip
+    assert everything.returncode == 0
+    parts = [set(json.loads((f / "pytest-unit.json").read_text())["results"]) for f in folders]
+    whole = set(json.loads((tmp_path / "all.json").read_text())["results"])
+    assert parts[0] and parts[1] and not parts[0] & parts[1]
+    assert parts[0] | parts[1] == whole
+    monkeypatch.setattr("xtask.results.REPORTS", tmp_path / "merged")
+    monkeypatch.delenv("LLORCH_RUN_ID", raising=False)
+    assert trace_merge.merge(folders, tmp_path / "merged", ["pytest-unit.json"]) == []
+    merged = json.loads((tmp_path / "merged" / "pytest-unit.json").read_text())["results"]
+    assert set(merged) == whole
