@@ -416,11 +416,13 @@ def write_reports(
     reports: Path = REPORTS,
     flaky: list[FlakyTest] | None = None,
     quarantined: dict[str, Quarantined] | None = None,
+    compliance_dir: Path | None = None,
 ) -> None:
-    """COMPLIANCE.md under ``root``, the JSON and the HTML page under ``reports``."""
+    """COMPLIANCE.md under ``compliance_dir`` (default ``root``), the JSON and the HTML page
+    under ``reports``; links resolve against ``root``."""
     reports.mkdir(parents=True, exist_ok=True)
     flaky_lines = flaky_report.markdown(flaky or [], quarantined or {})
-    (root / "COMPLIANCE.md").write_text(
+    (compliance_dir or root).joinpath("COMPLIANCE.md").write_text(
         render_markdown(rows, problems, inputs, changes, flaky_lines), encoding="utf-8"
     )
     (reports / "traceability.json").write_text(
@@ -470,7 +472,7 @@ def run(args: argparse.Namespace) -> int:
         problems,
         inputs,
         changes,
-        root=REPORTS if only_affected else ROOT,
+        compliance_dir=REPORTS if only_affected else ROOT,
         flaky=flaky,
         quarantined=quarantined,
     )
