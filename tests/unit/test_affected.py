@@ -172,3 +172,21 @@ def test_an_affected_run_marks_what_it_did_not_rerun(monkeypatch: pytest.MonkeyP
         [Evidence("pytest", "t", "passed"), trace.not_rerun(other, chosen)],
     )
     assert row.status == "not re-run"  # never passed by a run that did not re-run it
+
+
+@pytest.mark.req("HARN-202")
+def test_a_recording_run_learns_which_modules_a_real_server_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from xtask.live_server import live_server  # noqa: PLC0415
+
+    monkeypatch.setenv(coverage_map.COVERAGE_DIR_ENV, str(tmp_path))
+    monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/e2e/test_example.py::test_x (setup)")
+    with live_server(residency="on-demand"):
+        pass  # started, served its banner, stopped by SIGTERM (which uvicorn re-raises)
+    (recorded,) = tmp_path.glob("imports.*.json")
+    document = coverage_map.build(tmp_path, {}, "abc")
+    hit = coverage_map.tests_for_lines(document, "orchestratord/residency/state.py", {1})
+    assert hit == {"tests/e2e/test_example.py"}
+    assert not any(f.startswith(".venv") for f in document["files"])
+    assert recorded.name.startswith("imports.tests~e2e~test_example.py.")
