@@ -174,24 +174,24 @@ def _python_change(
     if lines is None:
         selection.notes.append(f"{rel} is new: nothing has run it yet (its tests are new too)")
         return
-    hit = coverage_map.tests_for_lines(cover, rel, lines)
+    hit = coverage_map.why_tests(cover, rel, lines)
     shown = f"{rel} lines {_ranges(lines)}"
-    for test in sorted(hit):
+    for test, how in sorted(hit.items()):
+        if how == "loaded":  # a server this test (module, step) started imported it
+            reason = f"{rel} changed; its servers loaded the module"
+        else:
+            reason = f"{shown} ran by it"
         scenario = cover.get("scenarios", {}).get(test)
         if scenario:
-            selection.add(selection.scenarios, (scenario[0], scenario[1]), f"{shown} ran by it")
+            selection.add(selection.scenarios, (scenario[0], scenario[1]), reason)
         elif test.startswith("step:") and test != "step:bdd":
-            selection.add(
-                selection.steps, test.removeprefix("step:"), f"{shown}: its server loaded it"
-            )
+            selection.add(selection.steps, test.removeprefix("step:"), reason)
         elif test.startswith(("tests/bdd/", "step:bdd")):
             for feature in sorted({s[0] for s in cover.get("scenarios", {}).values()}):
                 for name in _scenarios_of(feature):
-                    selection.add(
-                        selection.scenarios, (feature, name), f"{shown}: the BDD server ran them"
-                    )
+                    selection.add(selection.scenarios, (feature, name), reason)
         else:
-            selection.add(selection.tests, test, f"{shown} ran by it")
+            selection.add(selection.tests, test, reason)
     if not hit:
         selection.notes.append(f"{shown}: no test ran these lines in the recorded run")
 

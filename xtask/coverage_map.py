@@ -126,8 +126,16 @@ def read(path: Path | None = None) -> dict[str, Any] | None:
 
 
 def tests_for_lines(document: dict[str, Any], path: str, lines: set[int]) -> set[str]:
-    """The tests (node ids or modules) that ran any of ``lines`` of ``path``."""
+    """The tests (node ids or modules) that ran any of ``lines`` of ``path``, or whose
+    servers loaded it."""
+    return set(why_tests(document, path, lines))
+
+
+def why_tests(document: dict[str, Any], path: str, lines: set[int]) -> dict[str, str]:
+    """test → ``ran`` (a changed line ran in it) or ``loaded`` (a server it started
+    imported the module)."""
     by_line = document["files"].get(path, {})
     names: list[str] = document["contexts"]
-    hit = {names[i] for line in lines for i in by_line.get(str(line), [])}
-    return hit | {names[i] for i in by_line.get(ANY_LINE, [])}  # a server imported it
+    found = {names[i]: "loaded" for i in by_line.get(ANY_LINE, [])}
+    found |= {names[i]: "ran" for line in lines for i in by_line.get(str(line), [])}
+    return found
