@@ -215,7 +215,12 @@ def compute(since: str = "HEAD") -> Selection:
     cover = coverage_map.read()
     if cover is None:
         selection.notes.append("no coverage map yet: a full `python -m xtask dev-loop` records it")
-    _claimants(selection, changed_ids(files, since))
+    ids = changed_ids(files, since)
+    _claimants(selection, ids)
+    claimed = {r for reasons in selection.as_json()["reasons"].values() for r in reasons}
+    for why in ids.values():
+        if why not in claimed:
+            selection.notes.append(f"{why}: nothing claims it yet (trace: uncovered)")
     for rel in files:
         if rel.startswith("features/") and rel.endswith(".feature"):
             for name in _scenarios_of(rel):
