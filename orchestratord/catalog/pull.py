@@ -79,9 +79,12 @@ class Puller:
     async def start(self, record: CatalogRecord, correlation_id: str | None = None) -> None:
         if record.entry.source_url is None:
             raise CatalogError("invalid", f"model {record.id} has no source_url to pull from")
-        running = self.running.get(record.id)
-        if running is not None and not running.done():
-            return  # a pull is under way; this request joins it
+        while (running := self.running.get(record.id)) is not None and not running.done():
+            if (record.pull or {}).get("state") not in ("done", "failed"):
+                return  # a pull is under way; this request joins it
+            # That pull has ended and is storing its outcome: this one starts after it,
+            # never joined to it (a retry would be lost).
+            await asyncio.wait({running})
         record.pull = {"state": "queued", "bytes": 0, "total_bytes": None, "started_ms": now_ms()}
         # Registered before the first await, so a concurrent request joins this pull.
         self.running[record.id] = asyncio.get_running_loop().create_task(

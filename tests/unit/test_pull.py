@@ -139,6 +139,41 @@ async def test_a_pull_fetches_checks_and_places_the_file(
     assert files_in(path.parent) == {"tiny.gguf": data}  # no .part left
 
 
+@pytest.mark.req("HOME-501")
+async def test_a_retry_while_the_failed_pull_still_stores_its_outcome_starts_a_new_pull(
+    conductor_for: Any, gguf: tuple[bytes, str]
+) -> None:
+    """Found by the parallel dev loop: the failed pull is visible as failed before its
+    task has stored the outcome; a retry in that moment was joined to the finished pull
+    and lost (202, nothing pulled)."""
+    data, digest = gguf
+    async with (
+        model_server(data) as (url, ranges),
+        conductor_for(outbound=LOOPBACK) as (orch, conductor),
+    ):
+        stored = asyncio.Event()
+        save_outcome = orch.puller._save_outcome
+
+        async def slow_save(record: Any) -> None:
+            await stored.wait()  # the outcome is being stored ... for as long as we say
+            await save_outcome(record)
+
+        orch.puller._save_outcome = slow_save
+        body = {"id": "flaky", "digest": digest, "source_url": f"{url}/flaky.gguf", **SIGNED}
+        await conductor.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
+        first = await pull(conductor, orch, "flaky")  # failed, its task still storing
+        retry = asyncio.create_task(
+            conductor.simulate_post("/v1/catalog/models/flaky/pull", headers=AUTH)
+        )
+        await asyncio.sleep(0.05)
+        stored.set()
+        assert (await retry).status_code == 202
+        await eventually(lambda: orch.catalog.records["flaky"].pull["state"] in ("done", "failed"))
+    assert first["pull"]["state"] == "failed"
+    assert orch.catalog.records["flaky"].pull["state"] == "done"
+    assert ranges == ["", f"bytes={len(data) // 2}-"]
+
+
 @pytest.mark.req("HOME-501", "ORCH-3063")
 async def test_a_corrupted_download_leaves_no_usable_file(
     conductor_for: Any, gguf: tuple[bytes, str], tmp_path: Path
