@@ -213,3 +213,25 @@ def test_two_real_shards_split_the_tests_and_merge_into_one_run(
     assert trace_merge.merge(folders, tmp_path / "merged", ["pytest-unit.json"]) == []
     merged = json.loads((tmp_path / "merged" / "pytest-unit.json").read_text())["results"]
     assert set(merged) == whole
+
+
+@pytest.mark.req("HARN-303")
+def test_tests_run_in_parallel_processes_and_servers_never_share_a_port_or_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from xtask import reruns  # noqa: PLC0415
+    from xtask.live_server import live_server  # noqa: PLC0415
+
+    command = reruns.pytest_command(["tests/unit"], Path("r.json"), None, parallel=True)
+    assert command[command.index("-n") + 1] == reruns.workers() == str(os.cpu_count() or 1)
+    assert command[command.index("--dist") + 1] == "loadfile"  # a module's servers, one process
+    monkeypatch.setenv(reruns.WORKERS_ENV, "3")
+    three = reruns.pytest_command(["tests/unit"], Path("r.json"), None, parallel=True)
+    assert three[three.index("-n") + 1] == "3"
+    alone = reruns.pytest_command(["tests/unit"], Path("r.json"), None, parallel=False)
+    assert "-n" not in alone  # re-runs go one by one, in a fresh process
+    # Two servers at once, as two test processes start them: own port, own state directory.
+    with live_server(residency="on-demand") as one, live_server(residency="on-demand") as two:
+        assert one.url != two.url
+        assert one.workdir != two.workdir
+        assert one.engine_socket != two.engine_socket
