@@ -222,6 +222,7 @@ def test_tests_run_in_parallel_processes_and_servers_never_share_a_port_or_state
     from xtask import reruns  # noqa: PLC0415
     from xtask.live_server import live_server  # noqa: PLC0415
 
+    monkeypatch.delenv(reruns.WORKERS_ENV, raising=False)
     command = reruns.pytest_command(["tests/unit"], Path("r.json"), None, parallel=True)
     assert command[command.index("-n") + 1] == reruns.workers() == str(os.cpu_count() or 1)
     assert command[command.index("--dist") + 1] == "loadfile"  # a module's servers, one process
