@@ -31,7 +31,8 @@ def scenario_count(feature: str) -> int:
 def test_both_runners_write_cucumber_json_that_a_cucumber_reader_reads_back(
     tmp_path: Path,
 ) -> None:
-    env = {**os.environ, "LLORCH_BDD_FEATURE_PATH": FEATURE, "LLORCH_RUN_ID": "export-test"}
+    outer = {k: v for k, v in os.environ.items() if k not in ("LLORCH_SHARD", "LLORCH_AFFECTED")}
+    env = {**outer, "LLORCH_BDD_FEATURE_PATH": FEATURE, "LLORCH_RUN_ID": "export-test"}
     behave_raw = tmp_path / "behave.json"
     behave = subprocess.run(
         [sys.executable, "-m", "behave", "--no-capture", "--format", "json",

@@ -50,6 +50,8 @@ def test_a_test_failing_one_time_in_two_is_flaky_and_a_broken_one_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LLORCH_RUN_ID", "run-flaky")
+    for env in ("LLORCH_SHARD", "LLORCH_AFFECTED"):  # this loop's own share is not the suite's
+        monkeypatch.delenv(env, raising=False)
     suite = tmp_path / "suite"
     suite.mkdir()
     (suite / "conftest.py").write_text(CONFTEST)
