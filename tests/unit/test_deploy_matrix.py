@@ -28,6 +28,9 @@ def test_a_later_verification_replaces_its_row_and_the_file_is_byte_stable() -> 
     text = deploy_matrix.render_matrix(rows)
     assert deploy_matrix.render_matrix(list(reversed(rows))) == text
     assert [r["provider"] for r in json.loads(text)["verifications"]] == ["v1", "v2"]
+    # Verified again at a later commit with nothing changed: the row, its commits, the file.
+    again = {**entry("p1", "v1", a="passed"), "provider_commit": "later", "consumer_commit": "x"}
+    assert deploy_matrix.recorded(rows, again) == rows
 
 
 @pytest.mark.req("HARN-501")
