@@ -173,14 +173,18 @@ def print_table(results: list[Result], wall: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    shard = shards.parse(args.shard) if getattr(args, "shard", None) else None
+    shard = getattr(args, "shard", None)  # parsed by argparse (shard_arg)
     only_affected = getattr(args, "affected", False)
     run_id = start_run()  # reports/ emptied: trace can only ever see this run's results
     print(f"dev-loop: run {run_id}" + (f", shard {shard[0]}/{shard[1]}" if shard else ""))
     env = {**os.environ, SHARED_CPU_ENV: "1"}  # steps share the cores: engines must not spin
     steps = steps_for(shard)
     if only_affected:
-        selection = affected.compute(getattr(args, "since", None) or "HEAD")
+        try:
+            selection = affected.compute(getattr(args, "since", None) or "HEAD")
+        except subprocess.CalledProcessError as exc:  # an unknown REF, not a git checkout
+            print(f"dev-loop --affected: git failed: {exc.stderr.strip()}", file=sys.stderr)
+            return 2
         affected.print_selection(selection)
         affected.write_selection(selection, affected.SELECTION_FILE)
         env[affected.AFFECTED_ENV] = str(affected.SELECTION_FILE)
@@ -287,6 +291,13 @@ def tool_step(name: str) -> Any:
     return run_tool
 
 
+def shard_arg(value: str) -> tuple[int, int]:
+    try:
+        return shards.parse(value)
+    except shards.ShardError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def add_parser(sub: Any) -> None:
     parser = sub.add_parser("dev-loop", help="the whole chain: " + " → ".join(CHAIN))
     parser.add_argument(
@@ -298,7 +309,10 @@ def add_parser(sub: Any) -> None:
         "--jobs", type=int, default=None, help="steps at once (default: CPU count + 1)"
     )
     parser.add_argument(
-        "--shard", metavar="I/N", help="run shard I of N (then: xtask trace --merge DIR...)"
+        "--shard",
+        metavar="I/N",
+        type=shard_arg,
+        help="run shard I of N (then: xtask trace --merge DIR...)",
     )
     parser.add_argument(
         "--affected",

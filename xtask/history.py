@@ -15,6 +15,7 @@ import datetime as dt
 import itertools
 import os
 import sqlite3
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,6 +155,9 @@ def claimants(req_id: str, path: Path | None = None) -> list[tuple[str, str]]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.last < 1:
+        print(f"history: --last must be at least 1, not {args.last}", file=sys.stderr)
+        return 2
     found = query(args.what, args.last)
     if not found:
         print(f"history: no recorded runs of {args.what!r} in {database()}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -82,6 +83,8 @@ def test_shards_are_deterministic_and_cover_everything_once() -> None:
     for bad in ("0/2", "3/2", "x", "1/0"):
         with pytest.raises(shards.ShardError):
             shards.parse(bad)
+        with pytest.raises(argparse.ArgumentTypeError):  # a usage error, not a traceback
+            dev_loop.shard_arg(bad)
     files = [f"tests/unit/test_{i}.py" for i in range(40)] + [
         f"features/f{i}.feature" for i in range(12)
     ]
