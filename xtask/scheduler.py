@@ -1,7 +1,9 @@
 """Runs the dev loop's steps as a graph: independent steps at once, each as a child process.
 
 A step starts when every step it needs has finished and a job slot is free; the longest
-steps (by their expected seconds) start first, so the critical path is not left for last.
+steps (by their expected seconds) start first, so the critical path is not left for last,
+and the steps off that expected path run at a lower CPU priority (``nice``): they have slack,
+so on a saturated machine the cores go to the path that sets the loop's wall time.
 Each step's output goes to ``reports/logs/<step>.log`` and is printed whole when the step
 ends, never interleaved. Wall and CPU seconds are measured per step (``os.wait4`` gives the
 CPU of the step and of every process it waited for). After a failure no new step starts
@@ -17,7 +19,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 
@@ -27,6 +29,7 @@ class Step:
     command: list[str]
     needs: frozenset[str] = frozenset()
     expected_s: float = 1.0  # what it took lately: longest first
+    niceness: int = 0  # set by run_graph for the steps off the expected critical path
 
 
 @dataclass
@@ -45,8 +48,11 @@ def _run_one(step: Step, cwd: Path, log_dir: Path, begin: float, env: Mapping[st
     log = log_dir / f"{step.name}.log"
     started = time.monotonic()
     with log.open("w", encoding="utf-8") as out:
+        command = step.command
+        if step.niceness:  # nice(1) execs the command: same pid, so wait4 still measures it
+            command = ["nice", "-n", str(step.niceness), *command]
         proc = subprocess.Popen(
-            step.command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
+            command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, env={**env, "LLORCH_STEP": step.name},
         )  # fmt: skip
         _, status, usage = os.wait4(proc.pid, 0)
@@ -79,6 +85,8 @@ def run_graph(
     """Every step's result, in the order of ``steps``."""
     log_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ if env is None else env)
+    if jobs > 1:
+        steps = yield_off_path(steps)
     pending = {s.name: s for s in steps}
     results: dict[str, Result] = {}
     running: dict[str, threading.Thread] = {}
@@ -127,22 +135,37 @@ def run_graph(
     return [results[s.name] for s in steps]
 
 
+OFF_PATH_NICENESS = 10
+
+
+def yield_off_path(steps: Sequence[Step]) -> list[Step]:
+    """The steps with ``niceness`` set on those off the longest expected chain of needs."""
+    on_path, _ = _longest_chain({s.name: (s.expected_s, s.needs) for s in steps})
+    return [s if s.name in on_path else replace(s, niceness=OFF_PATH_NICENESS) for s in steps]
+
+
 def _shown(command: list[str]) -> list[str]:
     return ["python" if part == sys.executable else part for part in command]
 
 
 def critical_path(results: Sequence[Result]) -> tuple[list[str], float]:
     """The chain of needs with the most wall time: what a faster loop must shorten."""
-    by_name = {r.name: r for r in results}
+    return _longest_chain({r.name: (r.seconds, r.needs) for r in results})
+
+
+def _longest_chain(
+    graph: Mapping[str, tuple[float, frozenset[str]]],
+) -> tuple[list[str], float]:
+    """``graph``: each name's seconds and the names it needs; the costliest chain of needs."""
     best: dict[str, tuple[float, list[str]]] = {}
 
     def longest(name: str) -> tuple[float, list[str]]:
         if name not in best:
-            result = by_name[name]
-            chains = [longest(n) for n in result.needs if n in by_name]
-            seconds, path = max(chains, default=(0.0, []))
-            best[name] = (seconds + result.seconds, [*path, name])
+            seconds, needs = graph[name]
+            chains = [longest(n) for n in needs if n in graph]
+            before, path = max(chains, default=(0.0, []))
+            best[name] = (before + seconds, [*path, name])
         return best[name]
 
-    seconds, path = max((longest(r.name) for r in results), default=(0.0, []))
+    seconds, path = max((longest(name) for name in graph), default=(0.0, []))
     return path, seconds

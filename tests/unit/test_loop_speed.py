@@ -65,6 +65,26 @@ def test_one_job_runs_one_step_at_a_time(tmp_path: Path) -> None:
     assert stamp(tmp_path, second, "start") >= stamp(tmp_path, first, "end")
 
 
+@pytest.mark.req("HARN-301")
+def test_steps_off_the_expected_critical_path_run_at_a_lower_priority(tmp_path: Path) -> None:
+    probe = "import os, pathlib; pathlib.Path({!r}).write_text(str(os.nice(0)))"
+    steps = [
+        Step("long", [sys.executable, "-c", probe.format(str(tmp_path / "long"))], expected_s=9),
+        Step("short", [sys.executable, "-c", probe.format(str(tmp_path / "short"))]),
+        Step(
+            "after",
+            [sys.executable, "-c", probe.format(str(tmp_path / "after"))],
+            frozenset({"long", "short"}),
+        ),
+    ]
+    base = os.nice(0)
+    run_graph(steps, cwd=tmp_path, log_dir=tmp_path / "logs", jobs=2)
+    seen = {n: int((tmp_path / n).read_text()) - base for n in ("long", "short", "after")}
+    assert seen == {"long": 0, "short": 10, "after": 0}  # long → after is the path
+    run_graph(steps, cwd=tmp_path, log_dir=tmp_path / "logs", jobs=1)  # nothing to yield to
+    assert int((tmp_path / "short").read_text()) == base
+
+
 @pytest.mark.req("HARN-302")
 def test_cpu_seconds_count_the_step_and_what_it_waited_for(tmp_path: Path) -> None:
     burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass\n"

@@ -47,6 +47,14 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None
             await asyncio.sleep(0.005)
 
 
+async def settled(orch: Orchestrator, names: tuple[str, ...]) -> dict[str, State]:
+    """The pools' states once none is mid-load or mid-unload: a task may start (and end) on
+    a replica that is Ready a moment before its load job marks the pool loaded."""
+    moving = (State.LOADING, State.UNLOADING)
+    await eventually(lambda: all(orch.pools[n].residency.state not in moving for n in names))
+    return {n: orch.pools[n].residency.state for n in names}
+
+
 class Engines:
     """Builds each load's engine: a mock whose start takes ``load_s[pool]`` seconds, that
     fails to start for the pools in ``broken``, and whose decodes can be held."""
@@ -153,7 +161,7 @@ async def test_a_pool_loads_on_its_first_task_and_the_stream_says_so(
         assert orch.pools["a"].replicas == [] and engines.built == []  # nothing at start
         admitted, body = await submit(conductor, "a")
         frames = await collect_stream(conductor, body["task_id"])
-        state = orch.pools["a"].residency.state
+        state = (await settled(orch, ("a",)))["a"]
         metrics = (await conductor.simulate_get("/metrics")).text
     assert admitted.status_code == 202
     # No load measured yet: the estimate (a couple of seconds) is in the prediction.
@@ -207,7 +215,7 @@ async def test_the_cheapest_idle_pool_is_evicted_for_a_load(tmp_path: Path, mode
             await collect_stream(conductor, body["task_id"])
         _, body = await submit(conductor, "c")
         frames = await collect_stream(conductor, body["task_id"])
-        states = {n: orch.pools[n].residency.state for n in ("slow", "quick", "c")}
+        states = await settled(orch, ("slow", "quick", "c"))
         metrics = (await conductor.simulate_get("/metrics")).text
     assert frames[-1][0] == "end"
     assert states == {"slow": State.LOADED, "quick": State.UNLOADED, "c": State.LOADED}
@@ -328,7 +336,7 @@ async def test_max_loaded_bounds_the_loaded_on_demand_pools(tmp_path: Path, mode
         for name in ("a", "b"):
             _, body = await submit(conductor, name)
             assert (await collect_stream(conductor, body["task_id"]))[-1][0] == "end"
-        states = {n: orch.pools[n].residency.state for n in ("a", "b")}
+        states = await settled(orch, ("a", "b"))
     assert states == {"a": State.UNLOADED, "b": State.LOADED}
 
 
@@ -372,7 +380,7 @@ async def test_one_user_taking_turns_never_waits_for_a_swap_concurrent_traffic_d
         for name in ("a", "b"):  # b evicts a at once: nothing else was going on
             _, body = await submit(conductor, name)
             assert (await collect_stream(conductor, body["task_id"]))[-1][0] == "end"
-        switched = {n: orch.pools[n].residency.state for n in ("a", "b")}
+        switched = await settled(orch, ("a", "b"))
         _, busy = await submit(conductor, "other")
         await eventually(lambda: bool(orch.pools["other"].running))
         _, again = await submit(conductor, "b")  # asked for while "other" decodes
