@@ -77,6 +77,7 @@ class ResidencyManager:
         self._runner: asyncio.Task[None] | None = None
         self._jobs: set[asyncio.Task[None]] = set()
         self._stopping: list[Replica] = []  # unloaded, their engines not yet exited
+        self._made_way: dict[str, str] = {}  # pool closed for a swap -> the pool it is for
         for pool in self.on_demand():
             pool.on_change = self._changed
 
@@ -174,6 +175,8 @@ class ResidencyManager:
     def _want(self, pool: Pool, now: float) -> float:
         """Load ``pool`` if it fits; else make room or wait. Returns when to look again."""
         residency = pool.residency
+        if self._owes_turn(pool):
+            return math.inf  # the load it made way for pokes the planner
         if pool.config.devices and pool.id not in self.needs:
             unsized = self._size(pool)
             if unsized is not None:
@@ -322,17 +325,24 @@ class ResidencyManager:
         residency.devices = tuple(sorted({d for spec in specs for d in spec.devices}))
         log.info("pool %s: loading %s (%s)", pool.id, pool.config.model_ref,
                  ", ".join(_where(s) for s in specs))  # fmt: skip
-        self._job(self._load_job(pool, specs), f"load-{pool.id}")
-        self.load_began(pool)
-
-    async def _load_job(self, pool: Pool, specs: list[ReplicaSpec]) -> None:
-        residency = pool.residency
-        started = time.monotonic()
-        replicas: list[Replica] = []
-        reason: str | None = None
         try:
             replicas = [self.build(pool.config, spec) for spec in specs]
-            pool.attach(replicas)
+        except Exception as exc:
+            log.exception("pool %s: load failed", pool.id)
+            self._failed(pool, f"{type(exc).__name__}: {exc}")
+            self.poke()  # the next look sets the wake-up for the failure's backoff
+            return
+        # Attached now, not in the job: their VRAM counts from this moment, so a second pool
+        # wanting in this same step sees the room taken (RES-102).
+        pool.attach(replicas)
+        self._job(self._load_job(pool, replicas), f"load-{pool.id}")
+        self.load_began(pool)
+
+    async def _load_job(self, pool: Pool, replicas: list[Replica]) -> None:
+        residency = pool.residency
+        started = time.monotonic()
+        reason: str | None = None
+        try:
             outcomes = await bring_up_all(replicas)
             if not all(outcomes):
                 reason = "; ".join(r.last_error or "did not start" for r in replicas if not r.ready)
@@ -376,7 +386,19 @@ class ResidencyManager:
             f"{backoff_s:g} s",
         )
 
+    def _owes_turn(self, pool: Pool) -> bool:
+        """Swapped out for another pool that still waits for its load (RES-105): the room
+        is that pool's first, even if this pool's own queued tasks are older."""
+        other = self.pools.get(self._made_way.get(pool.id, ""))
+        if other is None:
+            return False
+        if other.residency.state is State.UNLOADED and len(other.queue) > 0:
+            return True
+        del self._made_way[pool.id]  # it loaded, or no longer wants to
+        return False
+
     def _close(self, pool: Pool, wanting: Pool) -> None:
+        self._made_way[pool.id] = wanting.id
         pool.residency.closing = True
         for replica in pool.replicas:
             replica.held = True

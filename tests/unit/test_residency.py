@@ -69,9 +69,13 @@ class Engines:
         self.stop_s: dict[str, float] = {}
         self.live: set[str] = set()  # pools whose engine has started and not yet stopped
         self.alive_at_start: list[tuple[str, set[str]]] = []  # (pool, engines alive then)
+        self.existing: set[str] = set()  # pools whose engine was built and not yet closed
+        self.existing_at_build: list[tuple[str, set[str]]] = []
 
     def __call__(self, config: PoolConfig, spec: ReplicaSpec) -> EngineAdapter:
         self.built.append(config.id)
+        self.existing_at_build.append((config.id, set(self.existing)))
+        self.existing.add(config.id)
         engines = self
 
         async def generate(request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
@@ -97,6 +101,7 @@ class Engines:
             async def aclose(self) -> None:
                 await asyncio.sleep(engines.stop_s.get(config.id, 0.0))
                 engines.live.discard(config.id)
+                engines.existing.discard(config.id)
                 await super().aclose()
 
         return Loading(generate, version=f"mock-{config.id}")
@@ -338,6 +343,30 @@ async def test_max_loaded_bounds_the_loaded_on_demand_pools(tmp_path: Path, mode
             assert (await collect_stream(conductor, body["task_id"]))[-1][0] == "end"
         states = await settled(orch, ("a", "b"))
     assert states == {"a": State.UNLOADED, "b": State.LOADED}
+
+
+@pytest.mark.req("RES-102")
+async def test_two_pools_wanting_in_one_planner_step_do_not_both_take_room_for_one(
+    tmp_path: Path, model: Path
+) -> None:
+    """The first load of a step holds its room at once: the second pool of the same step
+    sees it as loading and waits (found under load: both loaded on a card for one)."""
+    engines = Engines()
+    pools = [pool(n, model, devices=[0], keep_alive_ms=600_000) for n in ("a", "b")]
+    orch = orchestrator(tmp_path, engines, pools, gpus=card(1, model),
+                        residency={"swap_wait_ms": 100})  # fmt: skip
+    planner = orch.residency
+    look = planner.step
+    paused = True
+    planner.step = lambda now: 0.01 if paused else look(now)  # type: ignore[method-assign]
+    async with falcon.testing.ASGIConductor(orch.app) as conductor:
+        bodies = [(await submit(conductor, name))[1] for name in ("a", "b")]
+        paused = False  # its next look sees both queues at once
+        ends = [(await collect_stream(conductor, b["task_id"]))[-1][0] for b in bodies]
+    assert ends == ["end", "end"]
+    assert [others for _, others in engines.existing_at_build] == [set(), set()], (
+        engines.existing_at_build
+    )
 
 
 @pytest.mark.req("RES-102", "RES-103")
