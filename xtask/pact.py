@@ -207,6 +207,9 @@ def verify() -> int:
             .add_custom_header("Authorization", f"Bearer {server.token}")
             .state_handler(states.handle, teardown=True)
             .set_coloured_output(enabled=False)
+            # The verifier's 5 s default also bounds state handlers: a reload's teardown waits
+            # for the new engine, which on a saturated machine (the loop) took longer.
+            .set_request_timeout(60_000)
         )
         try:
             verifier.verify()

@@ -50,9 +50,12 @@ SSE_EXAMPLE = (
     'event: end\ndata: {"tokens_out":1,"decode_ms":3,"finish_reason":"length"}\n\n'
 )
 # Oniguruma (the verifier's engine): \A..\z anchor the whole body, [\s\S] spans lines.
+# A comment line (": ping", the heartbeat sent while nothing else is) may come between any
+# two frames: the CLI skips it, and a slow engine or a busy machine makes one appear.
+SSE_COMMENTS = r"(?::[^\n]*\n\n)*"
 SSE_REGEX = (
-    r"\Aevent: started\ndata: \{[^\n]*\}\n\n"
-    r"(?:event: (?:metrics|token)\ndata: \{[^\n]*\}\n\n)*"
+    r"\A" + SSE_COMMENTS + r"event: started\ndata: \{[^\n]*\}\n\n"
+    r"(?:event: (?:metrics|token)\ndata: \{[^\n]*\}\n\n|:[^\n]*\n\n)*"
     r"event: end\ndata: \{[^\n]*\"finish_reason\":\"(?:stop|length)\"[^\n]*\}\n\n\z"
 )
 
