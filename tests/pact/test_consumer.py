@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -543,3 +544,19 @@ def test_sessions_show_and_end(pact: Pact, declare: Any) -> None:
     with pact.serve() as server, client(server.url) as cli:
         assert cli.session(shown)["turns"] >= 1
         cli.end_session(ended)
+
+
+def test_the_stream_bodies_allow_heartbeat_comments_between_frames() -> None:
+    """The verifier matches streamed bodies with these regexes: a slow stream carries
+    ``: ping`` comments (the heartbeat), which the CLI skips, so the contract allows them."""
+
+    def matches(regex: str, body: str) -> bool:  # Oniguruma's \z is Python's \Z
+        return re.fullmatch(regex.replace(r"\z", r"\Z"), body) is not None
+
+    ping = ": ping\n\n"
+    token = "event: token"
+    assert matches(ix.SSE_REGEX, ix.SSE_EXAMPLE)
+    assert matches(ix.SSE_REGEX, ping + ix.SSE_EXAMPLE.replace(token, ping + token, 1))
+    assert matches(ix.ONE_REQUEST_REGEX, ix.ONE_REQUEST_EXAMPLE.replace(token, ping + token, 1))
+    assert not matches(ix.SSE_REGEX, ix.SSE_EXAMPLE.replace(token, "event: junk", 1))
+    assert not matches(ix.SSE_REGEX, ix.SSE_EXAMPLE + ping)  # nothing after `end`

@@ -254,6 +254,7 @@ async def test_a_swap_never_kills_work_and_the_waiting_task_hears_why(
     assert closed and b_before is State.UNLOADED
     assert a_frames[-1][0] == "end" and a_frames[-1][1]["finish_reason"] == "length"
     assert queued_frames[-1][0] == "end"  # a's queued task ran after b, on a's next load
+    assert engines.built == ["a", "b", "a"]  # b, made way for, loaded before a came back
     waits = [p["waiting_for"] for e, p in b_frames if e == "queued"]
     assert waits[0] in ("swap", "load") and "swap" in waits
     events = [e for e, _ in b_frames]  # b's load is instant, shorter than a tick: still told
