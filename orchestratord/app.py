@@ -197,6 +197,7 @@ class Orchestrator:
             self.task_finished,
             sessions=self.sessions,
             model_refusal=self.catalog.refuses,
+            unplaceable=self.residency.unplaceable,
         )
         self.on_started = on_started
         self._shutdown: asyncio.Task[None] | None = None

@@ -15,14 +15,16 @@ from orchestratord.api.bodies import parse_body
 from orchestratord.api.replicasets import replica_entry
 from orchestratord.devices.inventory import MIB
 from orchestratord.errors import ApiError, ErrorCode, conflict, invalid_params, not_found
-from orchestratord.models.gguf_shape import ModelShapeError, read_model_shape
-from orchestratord.placement.fit import FitError
+from orchestratord.models.gguf_shape import ModelShape, ModelShapeError, read_model_shape
+from orchestratord.placement.fit import FitError, replica_need
 from orchestratord.placement.plan import PlacementError
 from orchestratord.pools.drain import resume, start_drain
-from orchestratord.pools.reload import ReloadRefused, fit_reload, start_reload
+from orchestratord.pools.reload import Reload, ReloadRefused, fit_reload, start_reload
+from orchestratord.residency.state import State
 
 if TYPE_CHECKING:
     from orchestratord.app import Orchestrator
+    from orchestratord.config import PoolConfig
     from orchestratord.pools.pool import Pool
     from orchestratord.replicas.replica import Replica
 
@@ -168,17 +170,52 @@ class PoolReloadResource:
         except PlacementError as exc:
             raise invalid_params(str(exc)) from exc
         new_config = pool.config.model_copy(update={"model_ref": new_ref, "model_path": path})
-        shape = None
-        if any(r.devices for r in pool.replicas):  # GPU replicas: the fit is re-run (HARD-206)
+        if pool.residency.on_demand:
+            reload = await self._reload_on_demand(pool, new_config)
+        else:
+            shape = await self._shape(pool, new_config) if pool.config.devices else None
+            reserve = orch.config.gpus.reserve_mb * MIB
             try:
-                shape = await asyncio.to_thread(read_model_shape, path)
-            except (ModelShapeError, OSError) as exc:
-                raise invalid_params(f"cannot size model {new_ref}: {exc}") from exc
+                specs, mode = fit_reload(pool, new_config, shape, orch.devices, reserve)
+            except (ReloadRefused, FitError) as exc:
+                raise conflict(str(exc)) from exc
+            reload = start_reload(pool, new_config, orch.factory.build, specs, mode)
+        resp.status = falcon.HTTP_202
+        resp.media = {"pool_id": pool_id, "reload": reload.view()}
+
+    async def _reload_on_demand(self, pool: Pool, new_config: PoolConfig) -> Reload:
+        """The residency manager carries it out (RES-109): a loaded pool reloads as a pinned
+        one does; one that is not loaded serves the new model from its next load."""
+        orch = self.orch
+        refused = orch.residency.reload_refused(pool)
+        if refused is not None:
+            raise conflict(refused)
+        shape = await self._shape(pool, new_config) if new_config.devices else None
         reserve = orch.config.gpus.reserve_mb * MIB
+        try:
+            need = replica_need(new_config, shape, reserve) if shape is not None else None
+        except FitError as exc:
+            raise conflict(f"pool {pool.id}: {exc}") from exc
+        if pool.residency.state is not State.LOADED:
+            never = orch.residency.never_fits(new_config, need)
+            if never is not None:
+                raise conflict(f"pool {pool.id}: {never}")
+            model_path = new_config.model_path
+            assert model_path is not None
+            size = await asyncio.to_thread(lambda: model_path.stat().st_size)
+            return orch.residency.retarget(pool, new_config, need, size)
         try:
             specs, mode = fit_reload(pool, new_config, shape, orch.devices, reserve)
         except (ReloadRefused, FitError) as exc:
             raise conflict(str(exc)) from exc
-        reload = start_reload(pool, new_config, orch.factory.build, specs, mode)
-        resp.status = falcon.HTTP_202
-        resp.media = {"pool_id": pool_id, "reload": reload.view()}
+        return orch.residency.reload_loaded(pool, new_config, specs, mode, need)
+
+    @staticmethod
+    async def _shape(pool: Pool, new_config: PoolConfig) -> ModelShape:
+        """The new model's shape, read in a worker thread (its VRAM fit is re-run, HARD-206)."""
+        path = new_config.model_path
+        assert path is not None
+        try:
+            return await asyncio.to_thread(read_model_shape, path)
+        except (ModelShapeError, OSError) as exc:
+            raise invalid_params(f"cannot size model {new_config.model_ref}: {exc}") from exc

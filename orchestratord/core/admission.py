@@ -49,8 +49,10 @@ class Admission:
         *,
         sessions: Sessions,
         model_refusal: Callable[[str], object | None] = lambda model_ref: None,
+        unplaceable: Callable[[Pool], str | None] = lambda pool: None,
     ) -> None:
         self.config = config
+        self.unplaceable = unplaceable  # why a task would wait for room nothing can make
         self.sessions = sessions
         self.model_refusal = model_refusal
         self.pools = pools
@@ -81,6 +83,18 @@ class Admission:
         ready = [p for p in matching if p.accepts_tasks]
         if not ready:
             raise self._unavailable(request, matching)
+        reasons = [self.unplaceable(p) for p in ready]
+        placeable = [p for p, reason in zip(ready, reasons, strict=True) if reason is None]
+        if not placeable:
+            raise ApiError(
+                503,
+                ErrorCode.POOL_UNAVAILABLE,
+                f"{request.model_ref!r} cannot be loaded: {reasons[0]}",
+                engine=request.engine.value,
+                retriable=True,
+                retry_after_ms=min(p.config.queue.default_backoff_ms for p in ready),
+            )
+        ready = placeable
         # Least loaded Ready pool; within it, placement picks the replica at dispatch.
         return max(ready, key=lambda p: (p.slots_free, -len(p.queue)))
 

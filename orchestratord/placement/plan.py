@@ -60,6 +60,7 @@ def plan_replicas(
     inventory = _Devices(devices, source)
     plans: dict[str, list[ReplicaSpec]] = {}
     gpu_pools: list[tuple[int, Need, PoolConfig]] = []
+    on_demand: list[tuple[Need, PoolConfig]] = []
     for pool in pools:
         if pool.residency == "on-demand":
             plans[pool.id] = []  # placed when it loads (place_on_demand)
@@ -69,7 +70,7 @@ def plan_replicas(
                     need = replica_need(pool, shape_of(pool), reserve_bytes)
                 except (PlacementError, FitError):
                     continue  # read again at each load; a load of an unreadable file fails
-                _check_could_fit(pool, need, inventory)
+                on_demand.append((need, pool))
             continue
         if pool.endpoints:
             plans[pool.id] = [
@@ -92,6 +93,8 @@ def plan_replicas(
             plans[pool.id] = _place_split(pool, need, inventory)
         else:
             plans[pool.id] = _place_whole(pool, need, inventory)
+    for need, pool in on_demand:  # against what the pinned pools leave (RES-102)
+        _check_could_fit(pool, need, inventory)
     return {pool.id: plans[pool.id] for pool in pools}
 
 
@@ -125,13 +128,14 @@ def _place_whole(pool: PoolConfig, fit: Need, inventory: _Devices) -> list[Repli
 
 
 def _check_could_fit(pool: PoolConfig, fit: Need, inventory: _Devices) -> None:
-    """An on-demand pool must fit its mask at least when nothing else is loaded."""
-    empty = {i: d.vram_total_bytes - d.vram_used_bytes for i, d in inventory.by_index.items()}
-    if place_on_demand(pool, fit, empty) is None:
+    """An on-demand pool must fit its mask beside the pinned pools, with no other on-demand
+    pool loaded (``inventory.free`` is what the pinned pools leave)."""
+    if place_on_demand(pool, fit, inventory.free) is None:
         raise PlacementError(
             f"pool {pool.id!r}: model {pool.model_ref} needs {gib(fit.total())} per replica "
-            f"({fit.describe()}) and fits no device of mask {pool.devices} even with nothing "
-            f"else loaded ({inventory.describe(pool.devices)})"
+            f"({fit.describe()}) and fits no device of mask {pool.devices} beside the pinned "
+            f"pools, even with no other on-demand pool loaded ({inventory.describe(pool.devices)}"
+            " after the pinned pools)"
         )
 
 

@@ -73,6 +73,8 @@ class Pool:
         self.reload: Reload | None = None  # the last reload (pools/reload.py)
         # Replicas a reload replaced, finishing the tasks they were decoding.
         self.retiring: list[Replica] = []
+        # A reload's new replicas while they come up: their VRAM is taken already.
+        self.starting: list[Replica] = []
         self._series: PoolSeries | None = None
         self._emptied = asyncio.Event()
         self._kv_per_token: int | None = None
@@ -250,7 +252,10 @@ class Pool:
         self.pump()
 
     def attach(self, replicas: list[Replica]) -> None:
-        """An on-demand load's replicas: they serve this pool once Ready."""
+        """An on-demand load's replicas: they serve this pool once Ready. Refused while
+        replicas are attached: one engine set per pool, none that no list counts."""
+        if self.replicas:
+            raise RuntimeError(f"pool {self.id} has replicas attached; detach them first")
         self.replicas = replicas
         for replica in replicas:
             replica.host = self
@@ -262,6 +267,12 @@ class Pool:
         self._series = None
         self.queue_changed()
         return gone
+
+    def retarget(self, config: PoolConfig) -> None:
+        """An unloaded on-demand pool serves ``config``'s model from its next load on."""
+        self.config = config
+        self._kv_per_token = None
+        self._series = None
 
     def switch(self, replicas: list[Replica], config: PoolConfig) -> list[Replica]:
         """Serve ``config``'s model from ``replicas`` from now on (a reload); returns the

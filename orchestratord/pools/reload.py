@@ -87,7 +87,7 @@ def fit_reload(
 ) -> tuple[list[ReplicaSpec], Mode]:
     """The new generation's specs (their VRAM from the new model) and how to start them;
     ReloadRefused when the new model fits neither beside the old one nor in its place."""
-    generation = max(r.spec.generation for r in pool.replicas) + 1
+    generation = max((r.spec.generation for r in pool.replicas), default=0) + 1
     specs: list[ReplicaSpec] = []
     wanted: dict[int, int] = {}
     held: dict[int, int] = {}
@@ -122,13 +122,20 @@ def fit_reload(
     return specs, "stop-first"
 
 
+Switch = Callable[[list[Replica], PoolConfig], list[Replica]]
+
+
 def start_reload(
-    pool: Pool, new_config: PoolConfig, build: BuildReplica, specs: list[ReplicaSpec], mode: Mode
-) -> Reload:
+    pool: Pool, new_config: PoolConfig, build: BuildReplica, specs: list[ReplicaSpec], mode: Mode,
+    *, switch: Switch | None = None,
+) -> Reload:  # fmt: skip
+    """Start the reload; ``switch`` puts the new replicas in (the residency manager's, for
+    an on-demand pool; else the pool's own)."""
     reload = Reload(pool.config.model_ref, new_config.model_ref, mode=mode)
     pool.reload = reload
     reload.runner = asyncio.get_running_loop().create_task(
-        _run(pool, reload, new_config, build, specs), name=f"reload-{pool.id}"
+        _run(pool, reload, new_config, build, specs, switch=switch or pool.switch),
+        name=f"reload-{pool.id}",
     )
     log.warning("pool %s: reloading %s -> %s (%s)", pool.id, reload.from_model_ref,
                 reload.to_model_ref, mode)  # fmt: skip
@@ -160,7 +167,7 @@ async def _stop_idle(replicas: list[Replica]) -> None:
 
 async def _run(
     pool: Pool, reload: Reload, new_config: PoolConfig, build: BuildReplica,
-    specs: list[ReplicaSpec],
+    specs: list[ReplicaSpec], *, switch: Switch,
 ) -> None:  # fmt: skip
     new: list[Replica] = []
     stopped: list[Replica] = []
@@ -169,6 +176,7 @@ async def _run(
             stopped = list(pool.replicas)
             await _stop_idle(stopped)
         new = [build(new_config, spec) for spec in specs]
+        pool.starting = new
         started = await bring_up_all(new)
     except Exception as exc:  # a replica that cannot even be built is a failed reload
         log.exception("pool %s: reload failed", pool.id)
@@ -176,7 +184,9 @@ async def _run(
         reload.error = f"the new engines could not be started: {exc}"
     except BaseException:
         await asyncio.gather(*(r.stop() for r in new), return_exceptions=True)
+        pool.starting = []
         raise
+    pool.starting = []
     if not new or not all(started) or not pool.accepting:
         reasons = [f"{r.id}: {r.last_error}" for r, ok in zip(new, started, strict=True) if not ok]
         reload.error = reload.error or "; ".join(reasons) or "orchestratord is shutting down"
@@ -188,7 +198,7 @@ async def _run(
         log.error("pool %s: reload rolled back, still serving %s: %s", pool.id,
                   reload.from_model_ref, reload.error)  # fmt: skip
         return
-    old = pool.switch(new, new_config)
+    old = switch(new, new_config)
     for replica in new:
         replica.supervise()
     reload.state = "switched"

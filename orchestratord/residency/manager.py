@@ -32,6 +32,7 @@ from typing import Any
 
 from orchestratord.config import Engine, PoolConfig, ResidencyConfig
 from orchestratord.devices.accounting import DeviceAccounting
+from orchestratord.devices.inventory import gib
 from orchestratord.errors import ErrorCode
 from orchestratord.metrics import Metrics
 from orchestratord.models.digest import sha256_file
@@ -40,9 +41,9 @@ from orchestratord.models.vocab import max_token_bytes
 from orchestratord.placement.fit import Need
 from orchestratord.placement.plan import PlacementError, place_on_demand
 from orchestratord.pools.pool import Pool
-from orchestratord.pools.reload import bring_up_all
+from orchestratord.pools.reload import Mode, Reload, bring_up_all, start_reload
 from orchestratord.replicas.replica import Replica, ReplicaSpec
-from orchestratord.residency.state import State
+from orchestratord.residency.state import State, estimate_load_s
 
 log = logging.getLogger("orchestratord.residency")
 
@@ -78,6 +79,8 @@ class ResidencyManager:
         self._jobs: set[asyncio.Task[None]] = set()
         self._stopping: list[Replica] = []  # unloaded, their engines not yet exited
         self._made_way: dict[str, str] = {}  # pool closed for a swap -> the pool it is for
+        self._sizing: set[str] = set()  # pools whose model is being read for its need
+        self.steps = 0  # looks taken: a bounded number per event (RES-108)
         for pool in self.on_demand():
             pool.on_change = self._changed
 
@@ -140,6 +143,7 @@ class ResidencyManager:
 
     def step(self, now: float) -> float:
         """Decide; returns how long until something is due by the clock."""
+        self.steps += 1
         wake_at = now + _IDLE_WAKE_S
         pools = [p for p in self.on_demand() if p.accepting]
         for pool in pools:
@@ -158,8 +162,8 @@ class ResidencyManager:
                 return residency.failed_until
             residency.state, residency.failure, residency.failed_until = State.UNLOADED, None, None
             return math.inf
-        if residency.state is not State.LOADED:
-            return math.inf
+        if residency.state is not State.LOADED or _reloading(pool):
+            return math.inf  # a reload's end wakes the planner
         if residency.closing:
             if not pool.running:
                 self._unload(pool, "swap")
@@ -178,10 +182,8 @@ class ResidencyManager:
         if self._owes_turn(pool):
             return math.inf  # the load it made way for pokes the planner
         if pool.config.devices and pool.id not in self.needs:
-            unsized = self._size(pool)
-            if unsized is not None:
-                self._failed(pool, unsized)
-                return math.inf
+            self._size_later(pool)
+            return math.inf  # the sizing's end wakes the planner
         specs = self._place(pool, self._room(), self._loaded_count())
         if specs is not None:
             residency.blocked = False
@@ -221,12 +223,11 @@ class ResidencyManager:
                 for blocker in blockers:
                     self._close(blocker, pool)
                 return math.inf
-        turns = [self._turn_ends(p) for p in self._busy_candidates(pool)]
-        return (
-            min([*later, max(due, min(turns, default=due))])
-            if victims
-            else max(due, min(turns, default=due))
-        )
+        # Only what is still ahead is a reason to wake: a time already past was acted on in
+        # this look, and what remains (a load, an unload, a closed pool's last task, the
+        # task's deadline) ends in an event that wakes the planner (RES-108).
+        closable_at = [max(due, self._turn_ends(p)) for p in self._busy_candidates(pool)]
+        return _earliest([*later, *closable_at], now)
 
     def _held_until(self, pool: Pool, now: float, newcomer_due: float) -> float:
         """Until when an idle ``pool`` keeps the card for its own next task."""
@@ -239,15 +240,28 @@ class ResidencyManager:
         idle_since = residency.idle_since if residency.idle_since is not None else now
         return max(now, min(idle_since + min(swap_wait, residency.load_s), newcomer_due))
 
-    def _size(self, pool: Pool) -> str | None:
-        """Read the need the start-up could not; the reason it still cannot, or None."""
-        if self.size is None:
-            return "its model was never sized"
-        try:
-            self.needs[pool.id] = self.size(pool.config)
-        except PlacementError as exc:
-            return str(exc)
-        return None
+    def _size_later(self, pool: Pool) -> None:
+        """Read the need the start-up could not, in a worker thread (a GGUF parse must not
+        stall the loop, HARD-204); a need that still cannot be read fails the load."""
+        if pool.id in self._sizing:
+            return
+        size = self.size
+        if size is None:
+            self._failed(pool, "its model was never sized")
+            return
+        self._sizing.add(pool.id)
+        config = pool.config
+
+        async def sizing() -> None:
+            try:
+                self.needs[pool.id] = await asyncio.to_thread(size, config)
+            except PlacementError as exc:
+                self._failed(pool, str(exc))
+            finally:
+                self._sizing.discard(pool.id)
+                self.poke()
+
+        self._job(sizing(), f"size-{pool.id}")
 
     def _idle_for(self, pool: Pool, now: float) -> float:
         since = pool.residency.idle_since
@@ -256,8 +270,38 @@ class ResidencyManager:
     # --- room -------------------------------------------------------------------------------
 
     def _all_replicas(self) -> list[Replica]:
-        pooled = [r for p in self.pools.values() for r in (*p.replicas, *p.retiring)]
+        pooled = [r for p in self.pools.values() for r in (*p.replicas, *p.retiring, *p.starting)]
         return pooled + self._stopping
+
+    def unplaceable(self, pool: Pool) -> str | None:
+        """Why a task for ``pool`` has nothing to wait for: its load would not fit even with
+        every on-demand pool unloaded (the pinned pools and other processes hold the rest);
+        None when it may load now or once something unloads (RES-102)."""
+        if not pool.residency.on_demand or pool.residency.state is not State.UNLOADED:
+            return None
+        return self.never_fits(pool.config, self.needs.get(pool.id))
+
+    def never_fits(self, config: PoolConfig, need: Need | None) -> str | None:
+        """Why ``config``'s model fits none of its devices even with every on-demand pool
+        unloaded, or None."""
+        if not config.devices or need is None:
+            return None
+        room = self._room()
+        for other in self.on_demand():
+            for replica in (*other.replicas, *other.retiring, *other.starting):
+                for index, size in replica.spec.vram_bytes.items():
+                    room[index] = room.get(index, 0) + size
+        for replica in self._stopping:
+            for index, size in replica.spec.vram_bytes.items():
+                room[index] = room.get(index, 0) + size
+        if place_on_demand(config, need, room) is not None:
+            return None
+        free = ", ".join(f"GPU{i} {gib(max(room.get(i, 0), 0))}" for i in config.devices)
+        return (
+            f"model {config.model_ref} needs {gib(need.total())} per replica and its "
+            f"devices have {free} free with every on-demand model unloaded (the pinned pools "
+            "and other processes hold the rest)"
+        )
 
     def _room(self) -> dict[int, int]:
         return self.devices.room_for_load(self._all_replicas())
@@ -274,14 +318,14 @@ class ResidencyManager:
     def _idle_candidates(self, wanting: Pool) -> list[Pool]:
         return [
             p for p in self.on_demand()
-            if p is not wanting and p.residency.state is State.LOADED
+            if p is not wanting and p.residency.state is State.LOADED and not _reloading(p)
             and not p.residency.closing and not len(p.queue) and not p.running
         ]  # fmt: skip
 
     def _busy_candidates(self, wanting: Pool) -> list[Pool]:
         return [
             p for p in self.on_demand()
-            if p is not wanting and p.residency.state is State.LOADED
+            if p is not wanting and p.residency.state is State.LOADED and not _reloading(p)
             and not p.residency.closing and (len(p.queue) or p.running)
         ]  # fmt: skip
 
@@ -436,6 +480,8 @@ class ResidencyManager:
         residency = pool.residency
         if not residency.on_demand:
             return f"pool {pool.id} is pinned: its engines stay loaded"
+        if _reloading(pool):
+            return f"pool {pool.id} is reloading; it unloads once the reload is done"
         if residency.state is not State.LOADED:
             return f"pool {pool.id} is {residency.state.value}, not loaded"
         if pool.running or len(pool.queue):
@@ -446,9 +492,74 @@ class ResidencyManager:
         self._unload(pool, "stopped")
         return None
 
+    # --- reloads of on-demand pools (HOME-505, RES-109) ---------------------------------------
+
+    def reload_refused(self, pool: Pool) -> str | None:
+        """Why an on-demand pool cannot be reloaded now, or None."""
+        residency = pool.residency
+        if residency.state in (State.LOADING, State.UNLOADING):
+            return f"pool {pool.id} is {residency.state.value}; reload it once that is done"
+        if residency.closing:
+            return f"pool {pool.id} is closed for a swap; reload it once it has unloaded"
+        return None
+
+    def retarget(
+        self, pool: Pool, config: PoolConfig, need: Need | None, model_bytes: int
+    ) -> Reload:
+        """An on-demand pool that is not loaded: its next load serves the new model, placed
+        with the new model's need; nothing runs, so the switch is at once."""
+        old_ref = pool.config.model_ref
+        pool.retarget(config)
+        self._set_need(pool, need)
+        residency = pool.residency
+        residency.state, residency.failure, residency.failed_until = State.UNLOADED, None, None
+        residency.last_load_s = None  # the new model's load is not measured yet
+        residency.estimated_load_s = estimate_load_s(model_bytes)
+        reload = Reload(old_ref, config.model_ref, state="switched")
+        reload.finished_ms = reload.started_ms
+        pool.reload = reload
+        log.warning("pool %s: serves %s from its next load", pool.id, config.model_ref)
+        self.poke()
+        return reload
+
+    def reload_loaded(
+        self, pool: Pool, config: PoolConfig, specs: list[ReplicaSpec], mode: Mode,
+        need: Need | None,
+    ) -> Reload:  # fmt: skip
+        """A loaded on-demand pool: the reload runs as a pinned pool's does, and the planner
+        leaves the pool alone until it is done (no keep-alive unload, no eviction, no swap);
+        the switch, with the new model's need, is made here."""
+
+        def switch(replicas: list[Replica], new_config: PoolConfig) -> list[Replica]:
+            old = pool.switch(replicas, new_config)
+            self._set_need(pool, need)
+            pool.residency.loaded_at = time.monotonic()
+            pool.residency.loaded_at_ms = int(time.time() * 1000)
+            return old
+
+        reload = start_reload(pool, config, self.build, specs, mode, switch=switch)
+        assert reload.runner is not None
+        reload.runner.add_done_callback(lambda _: self.poke())
+        return reload
+
+    def _set_need(self, pool: Pool, need: Need | None) -> None:
+        if need is None:
+            self.needs.pop(pool.id, None)
+        else:
+            self.needs[pool.id] = need
+
     def _publish(self) -> None:
         loaded = sum(1 for p in self.pools.values() if p.residency.state is State.LOADED)
         self.metrics.models_loaded.set(loaded)
+
+
+def _reloading(pool: Pool) -> bool:
+    return pool.reload is not None and pool.reload.running
+
+
+def _earliest(times: Iterable[float], now: float) -> float:
+    """The first of ``times`` still ahead of ``now``; infinity when none is."""
+    return min((t for t in times if t > now), default=math.inf)
 
 
 def _contended_since(pool: Pool, since: float) -> bool:

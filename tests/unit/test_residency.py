@@ -56,13 +56,17 @@ async def settled(orch: Orchestrator, names: tuple[str, ...]) -> dict[str, State
 
 
 class Engines:
-    """Builds each load's engine: a mock whose start takes ``load_s[pool]`` seconds, that
-    fails to start for the pools in ``broken``, and whose decodes can be held."""
+    """Builds each load's engine: a mock whose start takes ``load_s[pool]`` seconds, or
+    until the test opens ``gates[pool]`` (a load held as long as the test needs, as a real
+    model's 5-30 s load is), that fails to start for the pools in ``broken``, and whose
+    decodes can be held."""
 
     def __init__(self) -> None:
         self.load_s: dict[str, float] = {}
+        self.gates: dict[str, asyncio.Event] = {}
         self.broken: set[str] = set()
         self.built: list[str] = []
+        self.built_models: list[str] = []
         self.release = asyncio.Event()
         self.release.set()
         self.held: set[str] = set()
@@ -74,6 +78,7 @@ class Engines:
 
     def __call__(self, config: PoolConfig, spec: ReplicaSpec) -> EngineAdapter:
         self.built.append(config.id)
+        self.built_models.append(config.model_ref)
         self.existing_at_build.append((config.id, set(self.existing)))
         self.existing.add(config.id)
         engines = self
@@ -90,6 +95,9 @@ class Engines:
             async def info(self) -> EngineInfo:
                 engines.alive_at_start.append((config.id, set(engines.live)))
                 await asyncio.sleep(engines.load_s.get(config.id, 0.0))
+                gate = engines.gates.get(config.id)
+                if gate is not None:
+                    await gate.wait()
                 if config.id in engines.broken:
                     raise EngineReset(
                         f"{config.model_ref}: no tensors",
@@ -114,8 +122,9 @@ def pool(pool_id: str, model: Path, **fields: Any) -> dict[str, Any]:
 
 
 def orchestrator(
-    tmp_path: Path, engines: Engines, pools: list[dict[str, Any]], **top: Any
-) -> Orchestrator:
+    tmp_path: Path, engines: Engines, pools: list[dict[str, Any]], inventory: Any = None,
+    **top: Any,
+) -> Orchestrator:  # fmt: skip
     config = Config.model_validate(
         {
             "server": {"engine_self_test": False, "heartbeat_ms": 50},
@@ -128,7 +137,9 @@ def orchestrator(
     injected: dict[str, Any] = {
         p["id"]: [] if p.get("residency") == "on-demand" else [MockAdapter()] for p in pools
     }
-    return Orchestrator(config, token=TOKEN, adapters=injected, adapter_factory=engines)
+    return Orchestrator(
+        config, token=TOKEN, adapters=injected, adapter_factory=engines, inventory=inventory
+    )
 
 
 def need_mb(model: Path) -> int:
@@ -146,7 +157,8 @@ def card(room_for: int, model: Path) -> dict[str, Any]:
 
 
 async def submit(conductor: Any, pool_id: str, **fields: Any) -> tuple[Any, dict[str, Any]]:
-    body = task_body(model_ref=f"m-{pool_id}", ctx=256, session_id=str(uuid.uuid4()), **fields)
+    fields = {"model_ref": f"m-{pool_id}", **fields}
+    body = task_body(ctx=256, session_id=str(uuid.uuid4()), **fields)
     return await conductor.simulate_post("/v1/tasks", json=body, headers=AUTH), body
 
 

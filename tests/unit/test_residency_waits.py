@@ -1,0 +1,128 @@
+"""The residency planner while a task waits on a load that takes as long as a real one
+(RES-108, RES-104): a held load, a swap whose outgoing pool still decodes, a deadline that
+passes meanwhile. The planner looks again only on an event or a time it set that is still
+ahead, so a wait of any length costs a handful of looks and the CPU of an idle process.
+
+Each load here is held by a gate the test opens (``Engines.gates``), not by a sleep, so
+the states last exactly as long as the test needs on a machine of any speed. The window in
+which a spinning planner would show is a plain wait: a correct planner takes the same few
+looks in it on a fast machine or a slow one, a spinning one thousands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import falcon.testing
+import pytest
+
+from orchestratord.app import Orchestrator
+from orchestratord.residency.state import State
+from tests.unit.conftest import collect_stream
+from tests.unit.test_residency import Engines, card, eventually, model, orchestrator, pool, submit
+
+__all__ = ["model"]  # the shared fixture
+
+WINDOW_S = 0.6  # long enough for a spinning planner to take thousands of looks
+MAX_LOOKS = 6  # per window: the few events in it, and a timer or two
+MAX_CPU_SHARE = 0.3  # of the window; an idle process uses a few percent, a spin ~100 %
+
+
+async def idle_window(orch: Orchestrator) -> tuple[int, float]:
+    """The planner's looks and this process's CPU seconds over one quiet window."""
+    looks, cpu = orch.residency.steps, time.process_time()
+    await asyncio.sleep(WINDOW_S)
+    return orch.residency.steps - looks, time.process_time() - cpu
+
+
+def assert_idle(looks: int, cpu_s: float, what: str) -> None:
+    assert looks <= MAX_LOOKS, f"{looks} planner looks in {WINDOW_S} s while {what}"
+    assert cpu_s <= MAX_CPU_SHARE * WINDOW_S, f"{cpu_s:.2f} s of CPU in {WINDOW_S} s while {what}"
+
+
+def two_on_one_card(tmp_path: Path, model: Path, engines: Engines) -> Orchestrator:
+    """Pools a and b on a card with room for one of them, a swap wait of 100 ms."""
+    pools = [pool(n, model, devices=[0], keep_alive_ms=600_000) for n in ("a", "b")]
+    return orchestrator(tmp_path, engines, pools, gpus=card(1, model),
+                        residency={"swap_wait_ms": 100})  # fmt: skip
+
+
+@pytest.fixture
+def held_engines() -> Engines:
+    engines = Engines()
+    engines.gates["a"] = asyncio.Event()
+    return engines
+
+
+@pytest.mark.req("RES-108", "RES-104")
+async def test_the_planner_sleeps_while_the_pool_in_the_way_loads(
+    tmp_path: Path, model: Path, held_engines: Engines
+) -> None:
+    """Room for one; a's load is held; b waits past its swap wait. Nothing can be done
+    until a's load ends, and the planner does nothing until then."""
+    engines = held_engines
+    orch = two_on_one_card(tmp_path, model, engines)
+    async with falcon.testing.ASGIConductor(orch.app) as conductor:
+        _, first = await submit(conductor, "a")
+        await eventually(lambda: orch.pools["a"].residency.state is State.LOADING)
+        _, second = await submit(conductor, "b")
+        await eventually(lambda: orch.pools["b"].residency.blocked)
+        looks, cpu_s = await idle_window(orch)  # b has waited past its 100 ms swap wait
+        engines.gates["a"].set()
+        a_frames = await collect_stream(conductor, first["task_id"])
+        b_frames = await collect_stream(conductor, second["task_id"])
+    assert_idle(looks, cpu_s, "a loads and b waits for it")
+    assert a_frames[-1][0] == "end" and b_frames[-1][0] == "end"
+    assert engines.built == ["a", "b"]
+
+
+@pytest.mark.req("RES-108", "RES-105")
+async def test_the_planner_sleeps_while_a_swapped_out_pool_finishes_its_task(
+    tmp_path: Path, model: Path
+) -> None:
+    """a decodes (held by the test) and is closed for b after the swap wait; until a's task
+    ends there is nothing to do, and the planner does nothing."""
+    engines = Engines()
+    engines.release.clear()
+    engines.held.add("a")
+    orch = two_on_one_card(tmp_path, model, engines)
+    async with falcon.testing.ASGIConductor(orch.app) as conductor:
+        _, running = await submit(conductor, "a")
+        a = orch.pools["a"]
+        await eventually(lambda: bool(a.running) and a.residency.state is State.LOADED)
+        _, waiting = await submit(conductor, "b")
+        await eventually(lambda: a.residency.closing)
+        _, another = await submit(conductor, "b")  # an event: the planner looks again
+        looks, cpu_s = await idle_window(orch)
+        still_loaded = a.residency.state
+        engines.release.set()
+        a_frames = await collect_stream(conductor, running["task_id"])
+        b_frames = [await collect_stream(conductor, t["task_id"]) for t in (waiting, another)]
+    assert_idle(looks, cpu_s, "a swapped-out pool's last task decodes")
+    assert still_loaded is State.LOADED  # the swap never kills work
+    assert a_frames[-1][0] == "end" and all(f[-1][0] == "end" for f in b_frames)
+    assert engines.built == ["a", "b"]
+
+
+@pytest.mark.req("RES-108", "RES-103")
+async def test_a_task_that_waits_out_its_deadline_costs_the_planner_nothing_meanwhile(
+    tmp_path: Path, model: Path, held_engines: Engines
+) -> None:
+    """b's deadline passes while a's load is held: b ends with DEADLINE_UNMET, and the
+    planner took a bounded number of looks for the whole wait."""
+    engines = held_engines
+    orch = two_on_one_card(tmp_path, model, engines)
+    async with falcon.testing.ASGIConductor(orch.app) as conductor:
+        _, first = await submit(conductor, "a")
+        await eventually(lambda: orch.pools["a"].residency.state is State.LOADING)
+        looks, cpu = orch.residency.steps, time.process_time()
+        _, second = await submit(conductor, "b", deadline_ms=round(WINDOW_S * 1000))
+        b_frames = await collect_stream(conductor, second["task_id"])
+        looks, cpu_s = orch.residency.steps - looks, time.process_time() - cpu
+        engines.gates["a"].set()
+        a_frames = await collect_stream(conductor, first["task_id"])
+    assert b_frames[-1][0] == "error" and b_frames[-1][1]["code"] == "DEADLINE_UNMET"
+    assert_idle(looks, cpu_s, "b waited out its deadline")
+    assert a_frames[-1][0] == "end"
