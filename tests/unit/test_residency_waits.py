@@ -12,6 +12,7 @@ looks in it on a fast machine or a slow one, a spinning one thousands.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from pathlib import Path
 
@@ -19,8 +20,10 @@ import falcon.testing
 import pytest
 
 from orchestratord.app import Orchestrator
+from orchestratord.config import PoolConfig
+from orchestratord.placement.fit import Need
 from orchestratord.residency.state import State
-from tests.unit.conftest import collect_stream
+from tests.unit.conftest import AUTH, collect_stream
 from tests.unit.test_residency import Engines, card, eventually, model, orchestrator, pool, submit
 
 __all__ = ["model"]  # the shared fixture
@@ -126,3 +129,36 @@ async def test_a_task_that_waits_out_its_deadline_costs_the_planner_nothing_mean
     assert b_frames[-1][0] == "error" and b_frames[-1][1]["code"] == "DEADLINE_UNMET"
     assert_idle(looks, cpu_s, "b waited out its deadline")
     assert a_frames[-1][0] == "end"
+
+
+@pytest.mark.req("RES-108", "HARD-204")
+async def test_a_model_whose_need_is_read_at_its_load_is_read_off_the_event_loop(
+    tmp_path: Path, model: Path
+) -> None:
+    """The need of a model whose file could not be read at start-up is read when a task
+    wants it loaded: in a worker thread. Here the read blocks until the loop has served a
+    request meanwhile; inside a planner look it would block the loop and never see one."""
+    engines = Engines()
+    orch = orchestrator(tmp_path, engines, [pool("a", model, devices=[0])], gpus=card(1, model))
+    planner = orch.residency
+    del planner.needs["a"]  # as if the file had been unreadable at start-up
+    read_need, entered, served = planner.size, threading.Event(), threading.Event()
+    assert read_need is not None
+    served_meanwhile: list[bool] = []
+
+    def slow_read(config: PoolConfig) -> Need:
+        entered.set()
+        # A slow disk, until the loop proves it is free by serving a request.
+        served_meanwhile.append(served.wait(timeout=5))
+        return read_need(config)
+
+    planner.size = slow_read
+    async with falcon.testing.ASGIConductor(orch.app) as conductor:
+        _, body = await submit(conductor, "a")
+        await eventually(entered.is_set)
+        listing = await conductor.simulate_get("/v1/replicasets", headers=AUTH)
+        served.set()
+        frames = await collect_stream(conductor, body["task_id"])
+    assert listing.status_code == 200
+    assert served_meanwhile == [True]  # the loop served the listing while the need was read
+    assert frames[-1][0] == "end" and "a" in planner.needs
