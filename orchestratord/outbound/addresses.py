@@ -61,6 +61,7 @@ def _parse_ipv4(host: str) -> ipaddress.IPv4Address | None:
 
 def parse_ip_literal(host: str) -> IPAddress | None:
     """The address a URL host spells, or None when it is a name."""
+    host = _uts46(host)
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     if ":" in host:
@@ -75,6 +76,7 @@ def parse_ip_literal(host: str) -> IPAddress | None:
 
 def normalize_name(host: str) -> str:
     """A DNS name as the lists compare it: IDNA (UTS #46), lower case, no trailing dot."""
+    host = _uts46(host)
     if host.endswith("."):
         host = host[:-1]
     if not host or ".." in host or host.startswith("."):
@@ -90,6 +92,18 @@ def normalize_host(host: str) -> str | IPAddress:
     """A URL host as the policy decides on it: an address, or a normalised name."""
     address = parse_ip_literal(host)
     return address if address is not None else normalize_name(host)
+
+
+def _uts46(host: str) -> str:
+    """The UTS #46 mapping, applied first, as a resolver or a browser applies it: 8.8.8.8 in
+    fullwidth digits is the IP literal 8.8.8.8, and pastebin.com followed by an ideographic
+    full stop (U+3002) is ``pastebin.com.``, for the IP-literal rule and the lists alike."""
+    if host.isascii():
+        return host
+    try:
+        return str(idna.uts46_remap(host, std3_rules=False, transitional=False))
+    except (idna.IDNAError, UnicodeError) as exc:
+        raise InvalidHost(f"the host is not a valid name ({exc})") from exc
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
@@ -121,10 +135,17 @@ def shown(address: IPAddress) -> str:
     return str(address)
 
 
-def in_networks(address: IPAddress, networks: list[IPNetwork]) -> bool:
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return any(address.version == net.version and address in net for net in networks)
+def in_networks(address: IPAddress, networks: list[IPNetwork], *, carried: bool = False) -> bool:
+    """Whether ``address`` lies in one of ``networks``; an IPv4-mapped address as its IPv4
+    form. With ``carried`` (a deny list), an IPv6 address that carries an IPv4 address in
+    any form (NAT64, 6to4, Teredo, compatible) is in a network that either form is in."""
+    forms: list[IPAddress] = [address]
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            forms = [address.ipv4_mapped]
+        elif carried and (inner := embedded_ipv4(address)) is not None:
+            forms.append(inner)
+    return any(a.version == net.version and a in net for a in forms for net in networks)
 
 
 def name_matches(name: str, rule: str) -> bool:

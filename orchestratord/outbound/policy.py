@@ -142,14 +142,14 @@ class Policy:
             url_host = name = host
         else:
             name = shown(host)
-            if in_networks(host, self._deny_networks):
+            if in_networks(host, self._deny_networks, carried=True):
                 raise Denied(f"{name} is in outbound.deny_networks")
             if not in_networks(host, self._allow_networks):
                 raise Denied(f"IP literal {name} is not in outbound.allow_networks")
             addresses = [host]
             url_host = f"[{host}]" if isinstance(host, IPv6Address) else str(host)
         for address in addresses:
-            if in_networks(address, self._deny_networks):
+            if in_networks(address, self._deny_networks, carried=True):
                 raise Denied(f"{name} resolves to {shown(address)}, in outbound.deny_networks")
             if not is_public(address) and not in_networks(address, self._allow_networks):
                 raise Denied(

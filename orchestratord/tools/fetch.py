@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,9 @@ import aiohttp
 
 from orchestratord.config import ToolsConfig
 from orchestratord.outbound.client import OutboundClient, UpstreamFailed
-from orchestratord.outbound.policy import Denied, FetchRequest
+from orchestratord.outbound.policy import Denied, FetchRequest, OutboundError
+
+log = logging.getLogger("orchestratord.tools")
 
 _KEPT_HEADERS = ("content-type", "content-length", "last-modified", "etag")
 _READ_CHUNK = 64 * 1024
@@ -67,6 +70,9 @@ class FetchTool:
             self.client.record("fetch", correlation_id, decision="deny", hop=0,
                                method=request.method, url=request.url, reason=reason)  # fmt: skip
             raise Denied(reason)
+        # The API token and redact_patterns never leave, in the URL as in headers and body;
+        # redact_query_params values are secrets to show, not to strip from the request.
+        url = redact.text(request.url)
         headers = {k: redact.text(v) for k, v in request.headers.items()}
         body = redact.text(request.body) if request.body is not None else None
         seconds = config.timeout_ms / 1000
@@ -74,7 +80,7 @@ class FetchTool:
             async with (
                 asyncio.timeout(seconds),
                 self.client.open(
-                    request.url, purpose="fetch", correlation_id=correlation_id,
+                    url, purpose="fetch", correlation_id=correlation_id,
                     method=request.method, headers=headers, body=body,
                     client_timeout=aiohttp.ClientTimeout(total=seconds),
                 ) as opened,
@@ -89,6 +95,11 @@ class FetchTool:
             result.error = redact.text(f"fetch failed: {exc}")
         except (aiohttp.ClientError, TimeoutError, ValueError, OSError) as exc:
             result.error = redact.text(f"fetch failed: {type(exc).__name__}: {exc}")
+        except OutboundError:  # InvalidTarget: a 400, audited where it was decided
+            raise
+        except Exception:  # an allowed request always gets its outcome, never a 500
+            log.exception("fetch %s failed", shown)
+            result.error = "fetch failed: an internal error (see the server log)"
         self.client.record(
             "fetch", correlation_id, outcome="error" if result.error else "ok",
             status=result.status, bytes=result.bytes, error=result.error,
@@ -118,9 +129,20 @@ class FetchTool:
         }
         result.bytes = len(raw)
         charset = response.charset or "utf-8"
-        try:
-            codecs.lookup(charset)
-        except LookupError:
-            result.error = f"unknown charset {charset[:40]!r}; the body was decoded as UTF-8"
+        refused = _not_a_text_encoding(charset)
+        if refused is not None:
+            result.error = f"{refused}; the body was decoded as UTF-8"
             charset = "utf-8"
         result.body = redact.text(bytes(raw).decode(charset, errors="replace"))
+
+
+def _not_a_text_encoding(name: str) -> str | None:
+    """Why ``name`` cannot decode a body: unknown, or one of Python's bytes-to-bytes or
+    text-to-text codecs (base64, hex, zlib, bz2, uu, quopri, rot13); None for a charset."""
+    try:
+        info = codecs.lookup(name)
+    except LookupError:
+        return f"unknown charset {name[:40]!r}"
+    if not getattr(info, "_is_text_encoding", True):
+        return f"charset {name[:40]!r} is not a text encoding"
+    return None

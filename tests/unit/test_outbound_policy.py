@@ -78,6 +78,9 @@ async def test_one_non_public_address_among_public_ones_refuses_the_name() -> No
         ("127.0.0.1.", "127.0.0.1"),
         ("[::ffff:127.0.0.1]", "::ffff:127.0.0.1"),
         ("[::ffff:7f00:1]", "::ffff:127.0.0.1"),
+        ("\uff18.\uff18.\uff18.\uff18", "8.8.8.8"),  # fullwidth digits: mapped by UTS #46
+        ("127\u30020\u30020\u30021", "127.0.0.1"),  # ideographic full stops
+        ("\uff11\uff12\uff17.1", "127.0.0.1"),
     ],
 )
 @pytest.mark.req("HARD-101", "HOME-104")
@@ -106,8 +109,11 @@ async def test_hosts_that_look_numeric_but_are_not_addresses_are_invalid(host: s
         "pastebin.com.",
         "PASTEBIN.COM",
         "www.pastebin.com.",
-        "\uff50\uff41\uff53\uff54\uff45\uff42\uff49\uff4e.com",
-    ],  # fullwidth
+        "\uff50\uff41\uff53\uff54\uff45\uff42\uff49\uff4e.com",  # fullwidth
+        "pastebin.com\u3002",  # an ideographic full stop as the trailing dot
+        "pastebin\u3002com",
+        "pastebin\uff0ecom",  # a fullwidth full stop
+    ],
 )
 @pytest.mark.req("HARD-101", "OC-POLICY-4030")
 async def test_names_are_normalised_before_the_deny_list(spelling: str) -> None:
@@ -239,3 +245,19 @@ async def test_a_hook_that_raises_denies() -> None:
     )
     with pytest.raises(Denied, match="hook failed"):
         await decide(p, "https://example.org/")
+
+
+@pytest.mark.parametrize(
+    "spelling",
+    ["[64:ff9b::808:808]", "[2002:808:808::1]", "[::808:808]", "[::ffff:8.8.8.8]"],
+)
+@pytest.mark.req("HARD-101")
+async def test_a_denied_network_is_denied_in_the_ipv6_forms_that_carry_it(spelling: str) -> None:
+    """deny_networks: [8.8.8.0/24], with the IPv6 literals allowed: NAT64, 6to4, compatible
+    and mapped forms of 8.8.8.8 are still 8.8.8.8 to the deny list."""
+    p = policy(allow_networks=["::/0"], deny_networks=["8.8.8.0/24"])
+    with pytest.raises(Denied, match="deny_networks"):
+        await decide(p, f"http://{spelling}/")
+    names = policy({"dns.example": [spelling.strip("[]")]}, deny_networks=["8.8.8.0/24"])
+    with pytest.raises(Denied, match="deny_networks"):
+        await decide(names, "http://dns.example/")

@@ -72,8 +72,9 @@ async def site(
         return web.Response(status=302, headers={"Location": "http://[::1"})
 
     async def odd_charset(request: web.Request) -> web.Response:
+        charset = request.query.get("charset", "x-klingon")
         return web.Response(
-            body="grüße".encode(), headers={"Content-Type": "text/plain; charset=x-klingon"}
+            body="grüße".encode(), headers={"Content-Type": f"text/plain; charset={charset}"}
         )
 
     app = web.Application()
@@ -325,3 +326,31 @@ async def test_methods_and_timeouts_are_bounded(conductor_for: Any, tmp_path: Pa
     assert big.status_code == 403 and "more than 1000" in big.json["message"]
     kinds = [r.get("decision") or r.get("outcome") for r in audit(tmp_path)]
     assert kinds == ["deny", "allow", "error", "allow", "refused", "allow", "refused"]
+
+
+@pytest.mark.parametrize("charset", ["base64", "rot13", "hex", "zlib", "bz2", "uu", "quopri"])
+@pytest.mark.req("HARD-106", "OC-POLICY-4032")
+async def test_a_codec_that_is_not_a_text_encoding_is_a_typed_answer_with_its_outcome(
+    conductor_for: Any, tmp_path: Path, charset: str
+) -> None:
+    """Python knows these names but they decode bytes to bytes (or text to text): the
+    answer says so and gives the body as UTF-8, and the audit has the allow's outcome."""
+    async with site() as (url, _), conductor_for(tools=TOOLS, outbound=LOOPBACK) as (_, c):
+        got = await fetch(c, url=f"{url}/odd-charset?charset={charset}")
+    assert got.status_code == 200, got.text
+    assert "is not a text encoding" in got.json["error"] and got.json["body"] == "grüße"
+    kinds = [r.get("decision") or r.get("outcome") for r in audit(tmp_path)]
+    assert kinds == ["allow", "error"]
+
+
+@pytest.mark.req("HARD-105", "OC-POLICY-4031")
+async def test_secrets_in_the_url_are_not_sent_upstream(conductor_for: Any, tmp_path: Path) -> None:
+    """The API token and a redact_patterns match in the query are redacted in the request
+    that leaves, not only in what the answer and the audit show."""
+    async with site() as (url, seen), conductor_for(tools=TOOLS, outbound=LOOPBACK) as (_, c):
+        got = await fetch(c, url=f"{url}/page?key={TOKEN}&other={SECRET}&plain=1")
+    assert got.status_code == 200, got.text
+    (sent,) = seen
+    assert TOKEN not in sent["path"] and SECRET not in sent["path"], sent["path"]
+    assert "plain=1" in sent["path"] and sent["path"].count("REDACTED") == 2
+    assert TOKEN not in json.dumps(audit(tmp_path)) and SECRET not in got.text
