@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 
 import falcon.testing
@@ -22,7 +24,7 @@ import pytest
 from orchestratord.app import Orchestrator
 from orchestratord.config import PoolConfig
 from orchestratord.placement.fit import Need
-from orchestratord.residency.state import State
+from orchestratord.residency.state import Residency, State
 from tests.unit.conftest import AUTH, collect_stream
 from tests.unit.test_residency import Engines, card, eventually, model, orchestrator, pool, submit
 
@@ -162,3 +164,18 @@ async def test_a_model_whose_need_is_read_at_its_load_is_read_off_the_event_loop
     assert listing.status_code == 200
     assert served_meanwhile == [True]  # the loop served the listing while the need was read
     assert frames[-1][0] == "end" and "a" in planner.needs
+
+
+class _NotIterable(deque[float]):
+    def __iter__(self) -> Iterator[float]:
+        raise AssertionError("recent_demand walked the whole window")
+
+
+@pytest.mark.req("RES-103")
+def test_recent_demand_is_counted_without_walking_the_window() -> None:
+    """600,000 admissions in the window: the count drops what is older than ten minutes
+    from the front and reads the length, never walking every admission."""
+    residency = Residency("on-demand", 1.0, 1.0, State.UNLOADED)
+    residency.demand = _NotIterable(float(t) / 1000 for t in range(600_000))  # 0..600 s
+    assert residency.recent_demand(900.0) == 300_000  # those at 300 s and later
+    assert residency.recent_demand(900.0) == 300_000
