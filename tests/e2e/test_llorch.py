@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import io
 import json
 import os
 import signal
@@ -18,12 +19,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import pytest
 
+from cli_client.cli import main as cli_main
 from orchestratord.models.tiny_gguf import ensure_tiny_model
 from xtask.live_server import LiveServer, default_live_config, live_server, task_body
 
@@ -247,6 +251,16 @@ def test_a_drained_pool_is_waited_on_visibly_and_given_up_on(server: LiveServer)
     assert "gave up after waiting" in done.stderr
 
 
+def llorch_in_process(server: LiveServer, *args: str) -> subprocess.CompletedProcess[str]:
+    """``llorch`` run in this process, for a test about its output, not its process: it
+    takes milliseconds, not an interpreter's start (so it can look while a task decodes)."""
+    out, err = io.StringIO(), io.StringIO()
+    env = {"LLORCH_URL": server.url, "LLORCH_API_TOKEN": server.token}
+    with mock.patch.dict(os.environ, env), redirect_stdout(out), redirect_stderr(err):
+        code = cli_main(list(args))
+    return subprocess.CompletedProcess(["llorch", *args], code, out.getvalue(), err.getvalue())
+
+
 def slots_free(server: LiveServer) -> int:
     with httpx.Client(base_url=server.url, headers=server.auth) as client:
         (pool,) = client.get("/v1/replicasets").json()
@@ -270,8 +284,8 @@ def listings_while_one_task_decodes(
         try:
             assert proc.stdout is not None
             proc.stdout.read(8)  # decoding: one of the pool's two slots is busy
-            listed = llorch(server, "pools", "ls")
-            as_json = json.loads(llorch(server, "--json", "pools", "ls").stdout)
+            listed = llorch_in_process(server, "pools", "ls")
+            as_json = json.loads(llorch_in_process(server, "--json", "pools", "ls").stdout)
             still_decoding = slots_free(server) == 1
         finally:
             proc.send_signal(signal.SIGINT)
