@@ -196,13 +196,25 @@ class PoolReloadResource:
             need = replica_need(new_config, shape, reserve) if shape is not None else None
         except FitError as exc:
             raise conflict(f"pool {pool.id}: {exc}") from exc
-        if pool.residency.state is not State.LOADED:
+        loaded = pool.residency.state is State.LOADED
+        size = 0
+        if not loaded:
             never = orch.residency.never_fits(new_config, need)
             if never is not None:
                 raise conflict(f"pool {pool.id}: {never}")
             model_path = new_config.model_path
             assert model_path is not None
-            size = await asyncio.to_thread(lambda: model_path.stat().st_size)
+            try:
+                size = await asyncio.to_thread(lambda: model_path.stat().st_size)
+            except OSError as exc:
+                raise invalid_params(f"cannot read model {new_config.model_ref}") from exc
+        # The reads above awaited: the pool may have begun a load or an unload meanwhile.
+        refused = orch.residency.reload_refused(pool)
+        if refused is None and (pool.residency.state is State.LOADED) != loaded:
+            refused = f"pool {pool.id} loaded or unloaded while the reload was checked; try again"
+        if refused is not None:
+            raise conflict(refused)
+        if not loaded:
             return orch.residency.retarget(pool, new_config, need, size)
         try:
             specs, mode = fit_reload(pool, new_config, shape, orch.devices, reserve)
