@@ -4,7 +4,8 @@ It knows only what a client may rely on: the admission response, the error envel
 429 backoff headers, the SSE framing and capabilities. The Pact consumer tests exercise it
 against a Pact mock server; the provider then has to honour exactly what it used.
 
-Proxies: to a loopback address (``localhost``, ``127.0.0.0/8``, ``::1``) the client talks
+Proxies: to a loopback address in any spelling (``localhost``, ``127.0.0.0/8``, ``::1``:
+:func:`is_loopback_url`) the client talks
 directly and ignores ``HTTP_PROXY``/``ALL_PROXY`` — the bearer token never takes a detour
 through a proxy to reach this machine; any other address honours the proxy variables.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,14 +24,27 @@ import httpx
 DEFAULT_BACKOFF_MS = 1000
 
 
+_LOOPBACK_NAMES = frozenset({"localhost", "ip6-localhost", "ip6-loopback"})
+
+
 def is_loopback_url(url: str) -> bool:
-    host = httpx.URL(url).host
-    if host == "localhost":
+    """Whether the URL's host is this machine in any spelling: ``localhost`` and names under
+    it (RFC 6761), with or without the final dot; ``127.0.0.0/8`` also in the shortened and
+    numeric forms the resolver accepts (``127.1``, ``2130706433``, ``0x7f000001``); ``::1``
+    and IPv6 forms that carry a loopback IPv4 address (``::ffff:127.0.0.1``)."""
+    host = httpx.URL(url).host.lower().rstrip(".")
+    if host in _LOOPBACK_NAMES or host.endswith(".localhost"):
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        address = ipaddress.ip_address(host)
     except ValueError:
-        return False
+        try:  # the classic inet_aton spellings, which connect() accepts too
+            return socket.inet_aton(host)[0] == 127
+        except OSError:
+            return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped.is_loopback
+    return address.is_loopback
 
 
 @dataclass(frozen=True)

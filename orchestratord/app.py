@@ -131,7 +131,11 @@ class Orchestrator:
         self.outbound = OutboundClient(
             Policy(outbound, resolver),
             self.redactor,
-            AuditLog(config.resolved_state_dir() / "tool-audit.jsonl"),
+            AuditLog(
+                config.resolved_state_dir() / "tool-audit.jsonl",
+                outbound.audit_max_bytes,
+                outbound.audit_keep,
+            ),
         )
         self.fetch_tool = FetchTool(self.outbound, config.tools)
         self.sessions = Sessions(

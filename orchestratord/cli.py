@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from orchestratord.app import Orchestrator
 from orchestratord.auth import ApiToken, resolve_token
 from orchestratord.config import Config, load_config
+from orchestratord.connections import bounded_protocol
 from orchestratord.devices.inventory import MIB
 from orchestratord.devices.nvml import NvmlUnavailable
 from orchestratord.logdrain import LogDrain
@@ -226,6 +227,7 @@ def _serve(args: argparse.Namespace) -> int:
         uvicorn.Config(
             orch.app,
             lifespan="on",
+            http=bounded_protocol(orch.config.server),
             log_level=args.log_level,
             access_log=args.log_level == "debug",
             # Streams end by themselves once the grace is over; this is only a backstop.

@@ -56,6 +56,22 @@ class ServerConfig(Strict):
     max_body_bytes: int = Field(
         1_048_576, ge=1024, description="Requests with a larger body get 413 INVALID_PARAMS."
     )
+    max_connections: int = Field(
+        1024, ge=1, le=1_000_000, description="Open connections at most; one more is answered "
+        "429 ADMISSION_REJECT (policy_label connections) and closed (HARD-113).",
+    )  # fmt: skip
+    header_timeout_ms: int = Field(
+        10_000, ge=100, le=600_000, description="A request line and headers that have not "
+        "arrived in this long close the connection.",
+    )  # fmt: skip
+    body_timeout_ms: int = Field(
+        30_000, ge=100, le=3_600_000, description="A request body that has not arrived in "
+        "this long after its headers closes the connection.",
+    )  # fmt: skip
+    send_stall_timeout_ms: int = Field(
+        30_000, ge=100, le=3_600_000, description="A client that reads nothing of what is "
+        "sent to it for this long is disconnected (its stream ends as on a disconnect).",
+    )  # fmt: skip
     max_artifact_bytes: int = Field(
         1_048_576,
         ge=1024,
@@ -536,6 +552,18 @@ class OutboundConfig(Strict):
         3_000, ge=50, le=60_000, description="A name that does not resolve in time is refused."
     )
     max_redirects: int = Field(5, ge=0, le=20)
+    audit_max_bytes: int = Field(
+        64 * 1024**2, ge=4096, le=1 << 40, description="The audit log (tool-audit.jsonl) "
+        "is renamed to tool-audit.jsonl.1 once it would grow past this (HARD-107).",
+    )  # fmt: skip
+    audit_keep: int = Field(
+        2, ge=0, le=100, description="Rotated audit files kept (.1 newest); older ones are "
+        "deleted.",
+    )  # fmt: skip
+    hook_timeout_ms: int = Field(
+        2_000, ge=10, le=60_000, description="A hook that has not answered in this long "
+        "denies the request (it runs in a worker thread, never on the event loop).",
+    )  # fmt: skip
     redact_patterns: list[str] = Field(
         default_factory=list,
         description="Regular expressions whose matches are replaced by [REDACTED] in what is "

@@ -1,5 +1,5 @@
 """``/v1/catalog/models`` (HOME-501..503, ORCH-3060..3073, FR-CP-001): register, read, list,
-verify, pull and change the lifecycle state of models."""
+verify, pull (and cancel a pull), delete and change the lifecycle state of models."""
 
 from __future__ import annotations
 
@@ -80,6 +80,24 @@ class CatalogModelResource(_CatalogResource):
     ) -> None:
         resp.media = self.record(model_id).view()
 
+    async def on_delete(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, model_id: str
+    ) -> None:
+        record = self.record(model_id)
+        serving = sorted(p.id for p in self.orch.pools.values() if p.config.model_ref == model_id)
+        if serving:
+            raise conflict(
+                f"model {model_id} is served by pool(s) {', '.join(serving)}: reload or remove "
+                "them first"
+            )
+        await self.orch.puller.cancel(record)
+        try:
+            await self.orch.catalog.delete(model_id)
+        except CatalogError as exc:
+            refuse(exc)
+        deleted = await self.orch.puller.remove(record)
+        resp.media = {"id": model_id, "deleted_files": deleted}
+
 
 class CatalogVerifyResource(_CatalogResource):
     async def on_post(
@@ -102,6 +120,15 @@ class CatalogPullResource(_CatalogResource):
         except CatalogError as exc:
             refuse(exc)
         resp.status = falcon.HTTP_202
+        resp.media = {"id": model_id, "pull": record.pull}
+
+    async def on_delete(
+        self, req: falcon.asgi.Request, resp: falcon.asgi.Response, model_id: str
+    ) -> None:
+        record = self.record(model_id)
+        if not await self.orch.puller.cancel(record):
+            state = (record.pull or {}).get("state", "never pulled")
+            raise conflict(f"model {model_id} has no pull running (its pull: {state})")
         resp.media = {"id": model_id, "pull": record.pull}
 
 

@@ -266,6 +266,23 @@ class Catalog:
         log.info("model %s: %s -> %s", model_id, old.value, state.value)
         return old, state
 
+    async def delete(self, model_id: str) -> CatalogRecord:
+        """Forget an entry (its row and its tags); the caller removes its files."""
+        record = self.records.get(model_id)
+        if record is None:
+            raise CatalogError("not_found", f"no model {model_id}")
+
+        def work(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM model_tags WHERE model_id = ?", (model_id,))
+            conn.execute("DELETE FROM models WHERE id = ?", (model_id,))
+
+        await self.store.write(work)
+        if record.verifier is not None:
+            record.verifier.cancel()
+        self.records.pop(model_id, None)
+        self.metrics.model_state.remove(record.id, record.state.value)
+        return record
+
     def _publish_state(self, record: CatalogRecord, old: ModelState | None) -> None:
         if old is not None:
             self.metrics.model_state.remove(record.id, old.value)

@@ -47,6 +47,10 @@ class PullFailed(Exception):
     """The pull ended without a usable file; the message is safe to show the caller."""
 
 
+class _TooLarge(PullFailed):
+    """Past catalog.max_model_bytes: nothing of it is kept (there is nothing to resume)."""
+
+
 class _Restart(Exception):
     """The .part file cannot be resumed from: start over from byte 0."""
 
@@ -69,12 +73,45 @@ class Puller:
         self.config = config
         self.client = client
         self.running: dict[str, asyncio.Task[None]] = {}
+        self._by_operator: set[str] = set()  # pulls cancelled through the API, not by a stop
 
     async def stop(self) -> None:
         """Cancel pulls in flight; each records why it ended (a restart resumes it)."""
         for task in self.running.values():
             task.cancel()
         await asyncio.gather(*self.running.values(), return_exceptions=True)
+
+    async def cancel(self, record: CatalogRecord) -> bool:
+        """Stop the model's pull if one runs (its ``.part`` stays: a later pull resumes);
+        returns whether one ran. Answers once the pull has recorded that it was cancelled."""
+        running = self.running.get(record.id)
+        if running is None or running.done() or (record.pull or {}).get("state") in (
+            "done", "failed"
+        ):  # fmt: skip
+            return False
+        self._by_operator.add(record.id)
+        running.cancel()
+        await asyncio.wait({running})
+        return True
+
+    async def remove(self, record: CatalogRecord) -> list[str]:
+        """Cancel the model's pull and delete what pulls left of it in the model cache (the
+        pulled file and its ``.part``); a file:// source or a declared file is the
+        operator's and is never deleted. Returns the names deleted."""
+        await self.cancel(record)
+        mine = [self.target_dir / f"{record.id}.gguf", self.target_dir / f"{record.id}.gguf.part"]
+
+        def unlink_all() -> list[str]:
+            gone = []
+            for path in mine:
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                gone.append(path.name)
+            return gone
+
+        return await asyncio.to_thread(unlink_all)
 
     async def start(self, record: CatalogRecord, correlation_id: str | None = None) -> None:
         if record.entry.source_url is None:
@@ -103,6 +140,11 @@ class Puller:
         except (PullFailed, CatalogError) as exc:
             self._failed(record, str(exc))
         except asyncio.CancelledError:
+            if record.id in self._by_operator:
+                self._by_operator.discard(record.id)
+                self._failed(record, "cancelled by request (the next pull resumes)")
+                await self._save_outcome(record)
+                return
             self._failed(record, "cancelled: orchestratord stopped (the next pull resumes)")
             await self._save_outcome(record)
             raise
@@ -173,6 +215,10 @@ class Puller:
             except _Restart:
                 await asyncio.to_thread(part.unlink, missing_ok=True)
                 continue
+            except _TooLarge:
+                await asyncio.to_thread(_close, handle)
+                await asyncio.to_thread(part.unlink, missing_ok=True)
+                raise
             finally:
                 await asyncio.to_thread(_close, handle)
             digest = "sha256:" + hasher.hexdigest()
@@ -199,10 +245,16 @@ class Puller:
         headers = {"Range": f"bytes={have}-"} if have else {}
         pull: dict[str, Any] = record.pull or {}
         try:
-            async with self.client.open(
-                url, purpose="pull", correlation_id=correlation_id, headers=headers,
-                client_timeout=timeout,
-            ) as opened:  # fmt: skip
+            # The stall window runs from the request: a source that trickles its status line
+            # and headers is given up on like one that trickles its body (HARD-203).
+            async with (
+                asyncio.timeout(stall_s) as until_headers,
+                self.client.open(
+                    url, purpose="pull", correlation_id=correlation_id, headers=headers,
+                    client_timeout=timeout,
+                ) as opened,
+            ):  # fmt: skip
+                until_headers.reschedule(None)
                 response = opened.response
                 if response.status == 416 and have:
                     raise _Restart  # the .part is as long as the file but does not match
@@ -216,7 +268,7 @@ class Puller:
                 length = response.content_length
                 total = length + have if length is not None else None
                 if total is not None and total > self.config.max_model_bytes:
-                    raise PullFailed(
+                    raise _TooLarge(
                         f"the file is larger than catalog.max_model_bytes "
                         f"({self.config.max_model_bytes})"
                     )
@@ -259,7 +311,7 @@ class Puller:
                 async for chunk in response.content.iter_chunked(_CHUNK):
                     have += len(chunk)
                     if have > self.config.max_model_bytes:
-                        raise PullFailed(
+                        raise _TooLarge(
                             "the file is larger than catalog.max_model_bytes "
                             f"({self.config.max_model_bytes})"
                         )

@@ -216,9 +216,14 @@ class Admission:
                 f"prompt needs at least {size // longest} tokens: with max_tokens "
                 f"({request.max_tokens}) it would exceed ctx ({request.ctx})"
             )
+        pool.counting += 1
         try:
             return await adapter.count_tokens(prompt)
         except EngineError as exc:
+            if pool.residency.on_demand and pool.residency.state is not State.LOADED:
+                # Unloaded meanwhile (a stop, a reload): queued on the byte bound, as a
+                # task that arrives for an unloaded pool is.
+                return None
             raise ApiError(
                 503,
                 ErrorCode.POOL_UNAVAILABLE,
@@ -227,6 +232,8 @@ class Admission:
                 retriable=True,
                 retry_after_ms=pool.config.queue.default_backoff_ms,
             ) from exc
+        finally:
+            pool.counting_ended()
 
     async def admit(self, request: TaskRequest, correlation_id: str) -> AdmissionResult:
         try:

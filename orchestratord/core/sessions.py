@@ -79,8 +79,9 @@ class Sessions:
         self.budgets = budgets if budgets is not None and budgets.enabled else None
         # Creation order is expiry order (a fixed lifetime), so expired ones are at the front.
         self._table: OrderedDict[str, Session] = OrderedDict()
-        # Expired sessions' ids, until one more lifetime has passed (id -> forget at).
-        self._expired: OrderedDict[str, float] = OrderedDict()
+        # Ended sessions' ids (expired or deleted), until one more lifetime has passed
+        # (id -> why, forget at); not live, so they do not count toward max_live.
+        self._ended: OrderedDict[str, tuple[str, float]] = OrderedDict()
 
     def _purge(self, now: float) -> None:
         while self._table:
@@ -88,12 +89,15 @@ class Sessions:
             if oldest.expires_at > now:
                 break
             self._table.popitem(last=False)
-            self._expired[oldest.id] = oldest.expires_at + self.ttl_s
-            self._expired.move_to_end(oldest.id)
-        while self._expired and (
-            len(self._expired) > self.max_live or next(iter(self._expired.values())) <= now
+            self._remember(oldest.id, "expired", oldest.expires_at + self.ttl_s)
+        while self._ended and (
+            len(self._ended) > self.max_live or next(iter(self._ended.values()))[1] <= now
         ):
-            self._expired.popitem(last=False)
+            self._ended.popitem(last=False)
+
+    def _remember(self, session_id: str, why: str, forget_at: float) -> None:
+        self._ended[session_id] = (why, forget_at)
+        self._ended.move_to_end(session_id)
 
     def get(self, session_id: str) -> Session | None:
         """A live session (not expired, not deleted), or None."""
@@ -111,7 +115,10 @@ class Sessions:
         now = time.monotonic()
         self._purge(now)
         session = self._table.get(session_id)
-        if session_id in self._expired or (session is not None and session.expires_at <= now):
+        ended = self._ended.get(session_id)
+        if ended is not None and ended[0] == "deleted":
+            raise SessionEnded(f"session {session_id} was deleted; start a new session")
+        if ended is not None or (session is not None and session.expires_at <= now):
             minutes = self.ttl_s / 60
             raise SessionEnded(
                 f"session {session_id} expired ({minutes:g} minutes after its first task); "
@@ -127,8 +134,6 @@ class Sessions:
             if self.budgets is not None:
                 fresh.budget = Budget.from_config(self.budgets)
             return fresh
-        if session.ended is not None:
-            raise SessionEnded(f"session {session_id} was {session.ended}; start a new session")
         if session.turns >= self.max_turns:
             raise SessionEnded(
                 f"session {session_id} has had its {self.max_turns} turns; start a new session"
@@ -173,9 +178,13 @@ class Sessions:
         session.kv_warm = task.kv_warm
 
     def end(self, session_id: str) -> Session | None:
+        """Delete a live session: it leaves the live table at once (a new session can take
+        its place under max_live) and its id refuses tasks for one more lifetime."""
         session = self.get(session_id)
         if session is not None:
             session.ended = "deleted"
+            del self._table[session_id]
+            self._remember(session_id, "deleted", time.monotonic() + self.ttl_s)
         return session
 
     def __len__(self) -> int:

@@ -11,6 +11,7 @@ request cannot be steered to a virtual host other than the one the policy decide
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -22,7 +23,7 @@ import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 from orchestratord.outbound.addresses import IPAddress
-from orchestratord.outbound.audit import AuditLog
+from orchestratord.outbound.audit import AuditLog, AuditUnwritable
 from orchestratord.outbound.policy import (
     Denied,
     FetchRequest,
@@ -32,6 +33,8 @@ from orchestratord.outbound.policy import (
     Target,
 )
 from orchestratord.outbound.redact import Redactor
+
+log = logging.getLogger("orchestratord.outbound")
 
 REDIRECTS = (301, 302, 303, 307, 308)
 _CREDENTIALS = frozenset({"authorization", "cookie", "proxy-authorization"})
@@ -91,12 +94,22 @@ class OutboundClient:
         self.redactor = redactor
         self.audit = audit
 
-    def record(self, purpose: str, correlation_id: str | None, **fields: Any) -> None:
+    async def record(self, purpose: str, correlation_id: str | None, **fields: Any) -> None:
+        """Store a refusal or an outcome; one that cannot be stored is logged, and changes
+        nothing for the caller (what was refused stays refused, what was sent was sent)."""
+        try:
+            await self._store(purpose, correlation_id, fields)
+        except AuditUnwritable as exc:
+            log.error("outbound %s (correlation %s): %s", purpose, correlation_id, exc)
+
+    async def _store(
+        self, purpose: str, correlation_id: str | None, fields: dict[str, Any]
+    ) -> None:
         if "url" in fields:
             fields["url"] = self.redactor.url(fields["url"])
         if "reason" in fields:
             fields["reason"] = self.redactor.text(fields["reason"])
-        self.audit.record(purpose=purpose, correlation_id=correlation_id, **fields)
+        await self.audit.record(purpose=purpose, correlation_id=correlation_id, **fields)
 
     async def _decide(
         self, request: FetchRequest, hop: int, purpose: str, correlation_id: str | None
@@ -104,17 +117,21 @@ class OutboundClient:
         try:
             target = await self.policy.decide(request)
         except OutboundError as exc:
-            self.record(
+            await self.record(
                 purpose, correlation_id, decision="deny", hop=hop, method=request.method,
                 url=request.url, reason=str(exc),
             )  # fmt: skip
             if isinstance(exc, InvalidTarget) and hop > 0:
                 raise UpstreamFailed(f"redirect to an invalid URL ({exc})") from exc
             raise
-        self.record(
-            purpose, correlation_id, decision="allow", hop=hop, method=request.method,
-            url=target.url, addresses=[str(a) for a in target.addresses],
-        )  # fmt: skip
+        try:  # an allow that is not on disk is not sent (HARD-105, HARD-107)
+            await self._store(purpose, correlation_id, {
+                "decision": "allow", "hop": hop, "method": request.method, "url": target.url,
+                "addresses": [str(a) for a in target.addresses],
+            })  # fmt: skip
+        except AuditUnwritable as exc:
+            log.error("outbound %s (correlation %s): %s", purpose, correlation_id, exc)
+            raise Denied(f"{exc}; nothing is sent that is not audited") from exc
         return target
 
     @asynccontextmanager
@@ -171,6 +188,6 @@ class OutboundClient:
                     continue
                 yield Opened(response, target.url, redirects)
                 return
-        self.record(purpose, correlation_id, decision="deny", hop=len(redirects), url=url,
+        await self.record(purpose, correlation_id, decision="deny", hop=len(redirects), url=url,
                     reason="too many redirects")  # fmt: skip
         raise Denied(f"more than {self.policy.config.max_redirects} redirects")

@@ -12,7 +12,8 @@ In order, for the URL of the request and again for every redirect hop:
    must be public — globally routable unicast — unless it lies in ``allow_networks``; none
    may lie in ``deny_networks``. A listed name never lifts this: ``allow_domains: [duckdns.org]``
    does not make ``x.duckdns.org → 192.168.1.1`` reachable;
-6. the user's hook, which can deny; a hook that raises denies.
+6. the user's hook, which can deny, called in a worker thread; a hook that raises or does
+   not answer within ``hook_timeout_ms`` denies.
 
 The addresses returned are the only ones the connection may use (``client.py`` pins them),
 so a second DNS answer cannot lead around the decision.
@@ -20,6 +21,7 @@ so a second DNS answer cannot lead around the decision.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -163,8 +165,13 @@ class Policy:
         target = Target(f"{scheme}://{netloc}{rest}", str(host), port, scheme, addresses)
         if self.hook is not None:
             checked = FetchRequest(target.url, request.method, request.headers, request.body)
+            limit_s = config.hook_timeout_ms / 1000
             try:
-                reason = self.hook(checked)
+                # In a worker thread: a hook that looks something up cannot stall streams.
+                # A thread cannot be stopped; one past the limit is abandoned, and denies.
+                reason = await asyncio.wait_for(asyncio.to_thread(self.hook, checked), limit_s)
+            except TimeoutError as exc:
+                raise Denied(f"the policy hook did not answer in {limit_s:g} s; denied") from exc
             except Exception as exc:  # a user's hook must never let a request through by crashing
                 raise Denied(f"the policy hook failed ({type(exc).__name__}); denied") from exc
             if reason is not None:

@@ -75,6 +75,9 @@ class Pool:
         self.retiring: list[Replica] = []
         # A reload's new replicas while they come up: their VRAM is taken already.
         self.starting: list[Replica] = []
+        # Admissions asking this pool's engine to count a prompt: the engine is in use, so
+        # keep-alive and eviction leave it loaded until they are done (RES-101).
+        self.counting = 0
         self._series: PoolSeries | None = None
         self._emptied = asyncio.Event()
         self._kv_per_token: int | None = None
@@ -191,6 +194,11 @@ class Pool:
             return ready
         return self.replicas[0].adapter
 
+    def counting_ended(self) -> None:
+        self.counting -= 1
+        if not self.counting and self.on_change is not None:
+            self.on_change(self)  # the planner may look at its keep-alive again
+
     def pool_labels(self) -> dict[str, str]:
         return {"engine": self.engine, "engine_version": self.engine_version, "pool_id": self.id}
 
@@ -267,6 +275,12 @@ class Pool:
         self._series = None
         self.queue_changed()
         return gone
+
+    def drop(self, replicas: list[Replica]) -> None:
+        """Replicas of a load that did not start: the pool serves on the others."""
+        self.replicas = [r for r in self.replicas if r not in replicas]
+        self._series = None
+        self.queue_changed()
 
     def retarget(self, config: PoolConfig) -> None:
         """An unloaded on-demand pool serves ``config``'s model from its next load on."""

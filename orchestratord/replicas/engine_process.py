@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import shutil
 import socket
@@ -33,6 +34,8 @@ import aiohttp
 import psutil
 
 from orchestratord.replicas.engine_log import RotatingLog
+
+log = logging.getLogger("orchestratord.engine")
 
 _PORT_ATTEMPTS = 3
 
@@ -84,6 +87,9 @@ def device_args(
     return args
 
 
+_said: set[str] = set()  # warnings given once a process
+
+
 def die_with_parent_prefix() -> list[str]:
     """``setpriv --pdeathsig TERM --``: the engine gets SIGTERM when orchestratord dies.
 
@@ -93,7 +99,16 @@ def die_with_parent_prefix() -> list[str]:
     if not sys.platform.startswith("linux"):
         return []
     setpriv = shutil.which("setpriv")
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+    if setpriv is None:
+        if "no setpriv" not in _said:  # once a process: every engine start would say the same
+            _said.add("no setpriv")
+            log.warning(
+                "setpriv (util-linux) is not on PATH: engines are started without a death "
+                "signal and outlive orchestratord if it is killed (stop them by hand then); "
+                "install util-linux to have them stopped with it (HARD-209)"
+            )
+        return []
+    return [setpriv, "--pdeathsig", "TERM", "--"]
 
 
 def private_directory(path: Path) -> None:

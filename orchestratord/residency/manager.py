@@ -41,7 +41,8 @@ from orchestratord.models.vocab import max_token_bytes
 from orchestratord.placement.fit import Need
 from orchestratord.placement.plan import PlacementError, place_on_demand
 from orchestratord.pools.pool import Pool
-from orchestratord.pools.reload import Mode, Reload, bring_up_all, start_reload
+from orchestratord.pools.reload import Mode, Reload, start_reload
+from orchestratord.replicas.engine_process import EngineStartError
 from orchestratord.replicas.replica import Replica, ReplicaSpec
 from orchestratord.residency.state import State, estimate_load_s
 
@@ -165,10 +166,13 @@ class ResidencyManager:
         if residency.state is not State.LOADED or _reloading(pool):
             return math.inf  # a reload's end wakes the planner
         if residency.closing:
-            if not pool.running:
-                self._unload(pool, "swap")
-            return math.inf
-        if len(pool.queue) or pool.running or residency.idle_since is None:
+            if not self._still_wanted(pool):
+                self._reopen(pool)  # the pool it closed for wants nothing now: serve on
+            else:
+                if not pool.running:
+                    self._unload(pool, "swap")
+                return math.inf
+        if len(pool.queue) or pool.running or pool.counting or residency.idle_since is None:
             return math.inf
         expiry = residency.idle_since + residency.keep_alive_s
         if now >= expiry:
@@ -320,13 +324,14 @@ class ResidencyManager:
             p for p in self.on_demand()
             if p is not wanting and p.residency.state is State.LOADED and not _reloading(p)
             and not p.residency.closing and not len(p.queue) and not p.running
+            and not p.counting
         ]  # fmt: skip
 
     def _busy_candidates(self, wanting: Pool) -> list[Pool]:
         return [
             p for p in self.on_demand()
             if p is not wanting and p.residency.state is State.LOADED and not _reloading(p)
-            and not p.residency.closing and (len(p.queue) or p.running)
+            and not p.residency.closing and (len(p.queue) or p.running or p.counting)
         ]  # fmt: skip
 
     def _turn_ends(self, pool: Pool) -> float:
@@ -373,7 +378,7 @@ class ResidencyManager:
             replicas = [self.build(pool.config, spec) for spec in specs]
         except Exception as exc:
             log.exception("pool %s: load failed", pool.id)
-            self._failed(pool, f"{type(exc).__name__}: {exc}")
+            self._failed(pool, _public(exc))
             self.poke()  # the next look sets the wake-up for the failure's backoff
             return
         # Attached now, not in the job: their VRAM counts from this moment, so a second pool
@@ -387,18 +392,39 @@ class ResidencyManager:
         started = time.monotonic()
         reason: str | None = None
         try:
-            outcomes = await bring_up_all(replicas)
-            if not all(outcomes):
-                reason = "; ".join(r.last_error or "did not start" for r in replicas if not r.ready)
+            # Every replica is given its whole start: one that is up may already serve a
+            # task, so a sibling's failure must not stop it (the pool serves on the ones
+            # that came up, RES-106).
+            outcomes = await asyncio.gather(*(r.bring_up() for r in replicas),
+                                            return_exceptions=True)  # fmt: skip
+            for replica, outcome in zip(replicas, outcomes, strict=True):
+                if isinstance(outcome, BaseException):
+                    log.error("pool %s: replica %s failed to start", pool.id, replica.id,
+                              exc_info=outcome)  # fmt: skip
+                    replica.last_error = _public(outcome) if isinstance(
+                        outcome, Exception) else "cancelled"  # fmt: skip
+            up = [r for r, ok in zip(replicas, outcomes, strict=True) if ok is True]
+            down = [r for r in replicas if r not in up]
+            if down:
+                reason = "; ".join(r.last_error or "did not start" for r in down)
         except asyncio.CancelledError:
             await asyncio.gather(*(r.stop() for r in replicas), return_exceptions=True)
             raise
         except Exception as exc:
             log.exception("pool %s: load failed", pool.id)
-            reason = f"{type(exc).__name__}: {exc}"
+            reason, up, down = _public(exc), [], replicas
         took = time.monotonic() - started
+        if reason is not None and up:
+            await asyncio.gather(*(r.stop() for r in down), return_exceptions=True)
+            pool.drop(down)
+            log.error("pool %s: %d of %d replicas did not start (%s); it serves on the rest",
+                      pool.id, len(down), len(replicas), reason)  # fmt: skip
+            residency.failure = f"{len(down)} of {len(replicas)} replicas did not start: {reason}"
+            reason = None
+        else:
+            residency.failure = None
         if reason is None:
-            for replica in replicas:
+            for replica in up:
                 replica.supervise()
             residency.state = State.LOADED
             residency.loaded_at = time.monotonic()
@@ -441,6 +467,21 @@ class ResidencyManager:
         del self._made_way[pool.id]  # it loaded, or no longer wants to
         return False
 
+    def _still_wanted(self, pool: Pool) -> bool:
+        """Whether the pool ``pool`` closed for still waits to load."""
+        other = self.pools.get(self._made_way.get(pool.id, ""))
+        return (
+            other is not None and other.residency.state is State.UNLOADED and (len(other.queue) > 0)
+        )
+
+    def _reopen(self, pool: Pool) -> None:
+        pool.residency.closing = False
+        self._made_way.pop(pool.id, None)
+        for replica in pool.replicas:
+            replica.held = False
+        log.info("pool %s: open again (the pool it closed for has no task left)", pool.id)
+        pool.pump()
+
     def _close(self, pool: Pool, wanting: Pool) -> None:
         self._made_way[pool.id] = wanting.id
         pool.residency.closing = True
@@ -467,6 +508,7 @@ class ResidencyManager:
                 self._stopping.remove(replica)
         residency.state = State.UNLOADED
         residency.closing = False
+        residency.failure = None
         residency.loaded_at = residency.loaded_at_ms = None
         self.metrics.model_unloads.labels(pool_id=pool.id, reason=reason).inc()
         if reason in ("swap", "evicted"):  # it made way for another model
@@ -484,7 +526,7 @@ class ResidencyManager:
             return f"pool {pool.id} is reloading; it unloads once the reload is done"
         if residency.state is not State.LOADED:
             return f"pool {pool.id} is {residency.state.value}, not loaded"
-        if pool.running or len(pool.queue):
+        if pool.running or len(pool.queue) or pool.counting:
             return (
                 f"pool {pool.id} has {len(pool.running)} running and {len(pool.queue)} queued "
                 "tasks; it unloads once they are done and its keep-alive passes"
@@ -574,3 +616,11 @@ def _oldest_admission(pool: Pool) -> float:
 
 def _where(spec: ReplicaSpec) -> str:
     return "+".join(f"GPU{d}" for d in spec.devices) or "CPU"
+
+
+def _public(exc: Exception) -> str:
+    """What a client may read of a failed load: the engine's own safe message, or the kind
+    of error; paths, addresses and OS texts stay in the server log (HARD-106)."""
+    if isinstance(exc, EngineStartError):
+        return exc.public_message
+    return f"the engine could not be prepared ({type(exc).__name__}; see the server log)"

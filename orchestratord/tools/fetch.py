@@ -67,7 +67,7 @@ class FetchTool:
         result = FetchResult(shown, shown)
         if request.method not in config.methods:
             reason = f"method {request.method} is not allowed ({', '.join(config.methods)})"
-            self.client.record("fetch", correlation_id, decision="deny", hop=0,
+            await self.client.record("fetch", correlation_id, decision="deny", hop=0,
                                method=request.method, url=request.url, reason=reason)  # fmt: skip
             raise Denied(reason)
         # The API token and redact_patterns never leave, in the URL as in headers and body;
@@ -89,7 +89,7 @@ class FetchTool:
                 result.final_url = redact.url(opened.url)
                 await self._read(opened.response, result)
         except Denied as exc:
-            self.client.record("fetch", correlation_id, outcome="refused", reason=str(exc))
+            await self.client.record("fetch", correlation_id, outcome="refused", reason=str(exc))
             raise
         except UpstreamFailed as exc:
             result.error = redact.text(f"fetch failed: {exc}")
@@ -100,7 +100,7 @@ class FetchTool:
         except Exception:  # an allowed request always gets its outcome, never a 500
             log.exception("fetch %s failed", shown)
             result.error = "fetch failed: an internal error (see the server log)"
-        self.client.record(
+        await self.client.record(
             "fetch", correlation_id, outcome="error" if result.error else "ok",
             status=result.status, bytes=result.bytes, error=result.error,
         )  # fmt: skip

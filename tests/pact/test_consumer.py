@@ -259,7 +259,7 @@ def test_capabilities_give_version_and_capacity(pact: Pact, declare: Any) -> Non
     }
     interaction.will_respond_with(200).with_header("X-Correlation-Id", CORRELATION).with_body(
         {
-            "api_version": match.regex("1.3.0", regex=r"^\d+\.\d+\.\d+$"),
+            "api_version": match.regex("1.4.0", regex=r"^\d+\.\d+\.\d+$"),
             "engines": match.each_like(engine),
         },
         content_type="application/json",

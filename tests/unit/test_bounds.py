@@ -36,6 +36,19 @@ async def test_live_sessions_are_bounded(conductor_for: Any) -> None:
     )
 
 
+@pytest.mark.req("HARD-110", "HOME-401")
+async def test_a_deleted_session_makes_room_under_max_live(conductor_for: Any) -> None:
+    first, second, third = (str(uuid.uuid4()) for _ in range(3))
+    async with conductor_for(sessions={"max_live": 2}, queue={"capacity": 16}) as (_, c):
+        answers = [await submit(c, session_id=s) for s in (first, second)]
+        deleted = await c.simulate_delete(f"/v1/sessions/{first}", headers=AUTH)
+        took_its_place = await submit(c, session_id=third)
+        deleted_again = await submit(c, session_id=first)  # its id still refuses
+    assert [a.status_code for a in answers] == [202, 202] and deleted.status_code == 204
+    assert took_its_place.status_code == 202, took_its_place.json
+    assert deleted_again.status_code == 409 and "was deleted" in deleted_again.json["message"]
+
+
 @pytest.mark.req("HARD-111")
 async def test_a_refused_task_leaves_no_session_and_spends_no_rate_token(
     conductor_for: Any,

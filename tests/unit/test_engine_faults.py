@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import shutil
 import stat
@@ -25,6 +26,7 @@ import pytest
 
 from orchestratord.app import Orchestrator
 from orchestratord.core.task import Task
+from orchestratord.replicas import engine_process
 from orchestratord.replicas.engine_process import (
     EngineStartError,
     LlamaServerProcess,
@@ -299,6 +301,20 @@ async def test_engines_are_spawned_without_preexec_fn(
     assert args[: len(die_with_parent_prefix())] == die_with_parent_prefix()
     assert shutil.which("setpriv") is None or args[0].endswith("setpriv")
     assert args[len(die_with_parent_prefix())] == "/opt/llama-server"
+
+
+@pytest.mark.req("HARD-209")
+def test_a_missing_setpriv_is_said_once_not_silently_dropped(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(engine_process, "_said", set())
+    monkeypatch.setattr(engine_process.sys, "platform", "linux")
+    monkeypatch.setattr(engine_process.shutil, "which", lambda name: None)
+    with caplog.at_level(logging.WARNING, logger="orchestratord.engine"):
+        prefixes = [die_with_parent_prefix() for _ in range(3)]
+    assert prefixes == [[], [], []]
+    said = [r.getMessage() for r in caplog.records if "setpriv" in r.getMessage()]
+    assert len(said) == 1 and "outlive orchestratord" in said[0], said
 
 
 @pytest.mark.req("HARD-209")

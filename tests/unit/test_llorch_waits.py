@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from cli_client import cli
-from cli_client.client import Backoff, OrchClient, OrchError, Unavailable
+from cli_client.client import Backoff, OrchClient, OrchError, Unavailable, is_loopback_url
 from cli_client.run import (
     BatchInterrupted,
     Interrupted,
@@ -69,8 +69,11 @@ def test_proxy_variables_are_ignored_for_loopback_only(monkeypatch: pytest.Monke
         with OrchClient(server, "token-0123456789") as client:
             assert client.capabilities() == CAPS
         port = server.rsplit(":", 1)[1]
-        with OrchClient(f"http://localhost:{port}", "token-0123456789") as client:
-            client.capabilities()
+        spellings = ["localhost", "127.1", "2130706433", "0x7f000001",
+                     "[::ffff:127.0.0.1]"]  # fmt: skip
+        for spelling in spellings:
+            with OrchClient(f"http://{spelling}:{port}", "token-0123456789") as client:
+                client.capabilities()
         # Not loopback: the proxy is honoured. (It is a loopback stand-in that answers 502 and
         # forwards nothing, so no request leaves this machine.)
         with (
@@ -80,7 +83,7 @@ def test_proxy_variables_are_ignored_for_loopback_only(monkeypatch: pytest.Monke
             client.capabilities()
     assert seen == [
         "server /v1/capabilities",
-        "server /v1/capabilities",
+        *["server /v1/capabilities"] * len(spellings),
         "proxy http://orchestratord.lan:8080/v1/capabilities",
     ]
 
@@ -212,3 +215,16 @@ class Stuck:
 def test_a_pull_that_makes_no_progress_is_given_up_on() -> None:
     with pytest.raises(cli.WaitGaveUp, match=r"no progress for 0\.5 s"):
         cli._wait_pull(Stuck(), "m", True, stall_s=0.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("url", "loopback"),
+    [("http://localhost.:8080", True), ("http://ip6-localhost:1", True),
+     ("http://api.localhost", True), ("http://127.1:1", True),
+     ("http://[::ffff:127.0.0.1]:1", True), ("http://[::1]:1", True),
+     ("http://[::ffff:10.0.0.1]:1", False), ("http://10.0.0.1:1", False),
+     ("http://localhost.example.org", False), ("http://orchestratord.lan", False)],
+)  # fmt: skip
+@pytest.mark.req("HARD-210")
+def test_loopback_in_every_spelling_bypasses_the_proxy(url: str, loopback: bool) -> None:
+    assert is_loopback_url(url) is loopback

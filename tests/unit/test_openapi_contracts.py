@@ -66,6 +66,8 @@ EXPECTED: dict[str, dict[tuple[str, str], set[str]]] = {
         ("GET", "/v1/catalog/models/{id}"): {"HOME-501"},
         ("POST", "/v1/catalog/models/{id}/pull"): {"HOME-501"},
         ("POST", "/v1/catalog/models/{id}/verify"): {"HOME-501"},
+        ("DELETE", "/v1/catalog/models/{id}"): {"HARD-212"},
+        ("DELETE", "/v1/catalog/models/{id}/pull"): {"HARD-212"},
         ("POST", "/v1/catalog/models/{id}/state"): {"HOME-501", "HOME-502"},
         ("POST", "/v1/artifacts"): {"HOME-701", "HOME-702"},
         ("GET", "/v1/artifacts"): {"HOME-701", "FR-AR-001"},

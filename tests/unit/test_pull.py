@@ -35,7 +35,7 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None
 
 
 @asynccontextmanager
-async def model_server(data: bytes) -> AsyncIterator[tuple[str, list[str]]]:
+async def model_server(data: bytes) -> AsyncIterator[tuple[str, list[str]]]:  # noqa: PLR0915 - one route a case
     ranges: list[str] = []
     dropped = {"flaky": False}
 
@@ -86,7 +86,17 @@ async def model_server(data: bytes) -> AsyncIterator[tuple[str, list[str]]]:
             await asyncio.sleep(0.02)
         return response
 
+    async def unsized(request: web.Request) -> web.StreamResponse:
+        ranges.append(request.headers.get("Range", ""))
+        response = web.StreamResponse()
+        response.enable_chunked_encoding()  # no Content-Length: the limit is found by counting
+        await response.prepare(request)
+        await response.write(data)
+        await response.write_eof()
+        return response
+
     app = web.Application()
+    app.router.add_get("/unsized.gguf", unsized)
     app.router.add_get("/missing.gguf", missing)
     app.router.add_get("/trickle.gguf", trickle)
     app.router.add_get("/good.gguf", good)
@@ -214,7 +224,7 @@ async def test_a_dropped_download_resumes_where_it_stopped(
     assert files_in(Path(second["local_path"]).parent) == {"flaky.gguf": data}
 
 
-@pytest.mark.req("HOME-501")
+@pytest.mark.req("HOME-501", "HARD-212")
 async def test_the_size_limit_and_sources_outside_the_model_directories(
     conductor_for: Any, gguf: tuple[bytes, str], tmp_path: Path
 ) -> None:
@@ -224,11 +234,17 @@ async def test_the_size_limit_and_sources_outside_the_model_directories(
         model_server(data) as (url, _),
         conductor_for(catalog=catalog, outbound=LOOPBACK) as (orch, conductor),
     ):
-        body = {"id": "big", "digest": digest, "source_url": f"{url}/good.gguf", **SIGNED}
-        await conductor.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
-        entry = await pull(conductor, orch, "big")
-    assert entry["pull"]["state"] == "failed" and "max_model_bytes" in entry["pull"]["error"]
-    assert entry["local_path"] is None
+        entries = {}
+        for model_id, path in [("big", "good.gguf"), ("big-unsized", "unsized.gguf")]:
+            body = {"id": model_id, "digest": digest, "source_url": f"{url}/{path}", **SIGNED}
+            await conductor.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
+            entries[model_id] = await pull(conductor, orch, model_id)
+    for entry in entries.values():
+        assert entry["pull"]["state"] == "failed", entry
+        assert "max_model_bytes" in entry["pull"]["error"]
+        assert entry["local_path"] is None
+    # HARD-212: nothing is kept of a file past the limit, declared or counted
+    assert files_in(tmp_path / "c" / "models" / "catalog") == {}
 
 
 @pytest.mark.req("HARD-101", "HOME-501")
@@ -409,3 +425,88 @@ def test_hf_sources_map_to_their_download_url() -> None:
         "https://huggingface.co/org/repo/resolve/main/sub/model-q4.gguf"
     )
     assert download_url("https://example.org/m.gguf") == "https://example.org/m.gguf"
+
+
+@asynccontextmanager
+async def header_trickler() -> AsyncIterator[str]:
+    """A source that answers its status line and headers a byte at a time, 50 ms apart."""
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\n" + b"X-Pad: " + (
+        b"a" * 200
+    ) + b"\r\nContent-Length: 10\r\n\r\n"  # fmt: skip
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            for byte in head:  # about 14 s in all: bounded, and far past the stall window
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.05)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    finally:
+        server.close()
+
+
+@pytest.mark.req("HARD-203")
+async def test_a_source_that_trickles_its_headers_stalls_the_pull(
+    conductor_for: Any, gguf: tuple[bytes, str]
+) -> None:
+    _, digest = gguf
+    catalog = {"pull_stall_timeout_ms": 300, "pull_stall_bytes": 1000}
+    async with (
+        header_trickler() as url,
+        conductor_for(catalog=catalog, outbound=LOOPBACK) as (
+            orch,
+            c,
+        ),
+    ):
+        body = {"id": "slow-head", "digest": digest, "source_url": f"{url}/m.gguf", **SIGNED}
+        await c.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
+        entry = await pull(c, orch, "slow-head")
+    assert entry["pull"]["state"] == "failed"
+    assert entry["pull"]["error"].startswith("the source stalled: less than 1000 bytes in 0.3 s")
+
+
+@pytest.mark.req("HARD-212", "HOME-501")
+async def test_a_pull_can_be_cancelled_and_a_model_deleted_with_its_files(
+    conductor_for: Any, gguf: tuple[bytes, str], tmp_path: Path
+) -> None:
+    data, digest = gguf
+    target = tmp_path / "c" / "models" / "catalog"
+    catalog = {"pull_stall_timeout_ms": 60_000}
+    async with (
+        model_server(data) as (url, ranges),
+        conductor_for(catalog=catalog, outbound=LOOPBACK, model_ref="served") as (orch, c),
+    ):
+        body = {"id": "cut", "digest": digest, "source_url": f"{url}/trickle.gguf", **SIGNED}
+        await c.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
+        nothing_yet = await c.simulate_delete("/v1/catalog/models/cut/pull", headers=AUTH)
+        await c.simulate_post("/v1/catalog/models/cut/pull", headers=AUTH)
+        await eventually(lambda: orch.catalog.records["cut"].pull["bytes"] > 10)
+        cancelled = await c.simulate_delete("/v1/catalog/models/cut/pull", headers=AUTH)
+        again = await c.simulate_delete("/v1/catalog/models/cut/pull", headers=AUTH)
+        kept = files_in(target)
+        served = {"id": "served", "digest": digest, **SIGNED}
+        await c.simulate_post("/v1/catalog/models", json=served, headers=AUTH)
+        in_use = await c.simulate_delete("/v1/catalog/models/served", headers=AUTH)
+        deleted = await c.simulate_delete("/v1/catalog/models/cut", headers=AUTH)
+        gone = await c.simulate_get("/v1/catalog/models/cut", headers=AUTH)
+        missing = await c.simulate_delete("/v1/catalog/models/cut", headers=AUTH)
+    assert nothing_yet.status_code == 409 and "never pulled" in nothing_yet.json["message"]
+    assert cancelled.status_code == 200, cancelled.json
+    assert cancelled.json["pull"]["state"] == "failed"
+    assert cancelled.json["pull"]["error"] == "cancelled by request (the next pull resumes)"
+    assert again.status_code == 409 and again.json["code"] == "CONFLICT"
+    assert list(kept) == ["cut.gguf.part"] and len(kept["cut.gguf.part"]) > 10  # for a resume
+    assert in_use.status_code == 409 and "p1" in in_use.json["message"]
+    assert orch.catalog.get("served") is not None
+    assert deleted.status_code == 200 and deleted.json["deleted_files"] == ["cut.gguf.part"]
+    assert gone.status_code == 404 and missing.status_code == 404
+    assert files_in(target) == {}
+    assert ranges == [""]

@@ -9,6 +9,7 @@ some of them fit at once. The real-engine versions are in tests/e2e/test_on_dema
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import AsyncGenerator, Callable
 from pathlib import Path
@@ -36,7 +37,7 @@ from orchestratord.placement.fit import replica_need
 from orchestratord.replicas.replica import ReplicaSpec
 from orchestratord.residency.state import State
 from tests.contract_schemas import assert_frames_match
-from tests.unit.conftest import AUTH, TOKEN, collect_stream, task_body
+from tests.unit.conftest import AUTH, TOKEN, collect_stream, held_handler, task_body
 
 RESERVE_MB = 64
 
@@ -75,6 +76,8 @@ class Engines:
         self.alive_at_start: list[tuple[str, set[str]]] = []  # (pool, engines alive then)
         self.existing: set[str] = set()  # pools whose engine was built and not yet closed
         self.existing_at_build: list[tuple[str, set[str]]] = []
+        self.count_gates: dict[str, asyncio.Event] = {}  # holds a prompt count on the engine
+        self.counting: set[str] = set()  # pools whose engine is counting a prompt now
 
     def __call__(self, config: PoolConfig, spec: ReplicaSpec) -> EngineAdapter:
         self.built.append(config.id)
@@ -105,6 +108,14 @@ class Engines:
                     )
                 engines.live.add(config.id)
                 return await super().info()
+
+            async def count_tokens(self, text: str) -> int:
+                gate = engines.count_gates.get(config.id)
+                if gate is not None:
+                    engines.counting.add(config.id)
+                    await gate.wait()
+                    engines.counting.discard(config.id)
+                return await super().count_tokens(text)
 
             async def aclose(self) -> None:
                 await asyncio.sleep(engines.stop_s.get(config.id, 0.0))
@@ -297,6 +308,69 @@ async def test_a_failed_load_ends_its_waiting_tasks_and_touches_nothing_else(
     assert served.status_code == 202 and good[-1][0] == "end"
     assert health["residency"]["state"] == "failed"
     assert "not a valid GGUF" in health["residency"]["failure"]
+
+
+@pytest.mark.req("RES-106")
+async def test_a_sibling_that_fails_to_start_leaves_the_serving_replica_alone(
+    tmp_path: Path, model: Path
+) -> None:
+    """Two replicas load; the first comes up and takes a task, the second fails later:
+    the task ends normally on the first, which keeps serving; the pool says what failed."""
+    second_may_fail = asyncio.Event()
+    release = asyncio.Event()
+
+    class OneBroken(Engines):
+        def __call__(self, config: PoolConfig, spec: ReplicaSpec) -> EngineAdapter:
+            if spec.index == 0:
+                return MockAdapter(held_handler(release))
+
+            class FailsLate(MockAdapter):
+                async def info(self) -> EngineInfo:
+                    await second_may_fail.wait()
+                    raise EngineReset("no tensors", public_message="the model file is broken")
+
+            return FailsLate()
+
+    orch = orchestrator(tmp_path, OneBroken(), [pool("two", model, replicas=2)])
+    async with falcon.testing.ASGIConductor(orch.app) as conductor:
+        first, body = await submit(conductor, "two")
+        two = orch.pools["two"]
+        await eventually(lambda: len(two.running) == 1)  # on replica 0, while 1 still starts
+        second_may_fail.set()
+        await eventually(lambda: two.residency.state is not State.LOADING)
+        release.set()
+        frames = await collect_stream(conductor, body["task_id"])
+        after, later = await submit(conductor, "two")
+        later_frames = await collect_stream(conductor, later["task_id"])
+        health = (await conductor.simulate_get("/v1/pools/two/health", headers=AUTH)).json
+    assert first.status_code == 202 and frames[-1][0] == "end", frames[-1]
+    assert frames[-1][1]["finish_reason"] == "length"
+    assert two.residency.state is State.LOADED and [r.spec.index for r in two.replicas] == [0]
+    assert after.status_code == 202 and later_frames[-1][0] == "end"
+    assert "1 of 2 replicas did not start" in health["last_error"]
+    assert "the model file is broken" in health["last_error"]
+
+
+@pytest.mark.req("RES-106", "HARD-106")
+async def test_a_load_that_cannot_be_prepared_tells_the_client_no_path_or_os_text(
+    tmp_path: Path, model: Path
+) -> None:
+    secret = str(tmp_path / "private" / "sockets" / "engine-0.sock")
+
+    class Unbuildable(Engines):
+        def __call__(self, config: PoolConfig, spec: ReplicaSpec) -> EngineAdapter:
+            raise PermissionError(13, "Permission denied", secret)
+
+    orch = orchestrator(tmp_path, Unbuildable(), [pool("bad", model)])
+    async with falcon.testing.ASGIConductor(orch.app) as conductor:
+        _, waited = await submit(conductor, "bad")
+        frames = await collect_stream(conductor, waited["task_id"])
+        health = (await conductor.simulate_get("/v1/pools/bad/health", headers=AUTH)).json
+    error = frames[-1][1]
+    assert frames[-1][0] == "error" and error["code"] == "MODEL_LOAD_FAILED"
+    assert "PermissionError" in error["message"], error
+    assert secret not in error["message"] and "Permission denied" not in error["message"]
+    assert secret not in json.dumps(health)
 
 
 @pytest.mark.req("RES-106", "RES-101")

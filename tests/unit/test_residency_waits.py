@@ -17,6 +17,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import falcon.testing
 import pytest
@@ -54,6 +55,25 @@ def two_on_one_card(tmp_path: Path, model: Path, engines: Engines) -> Orchestrat
                         residency={"swap_wait_ms": 100})  # fmt: skip
 
 
+def decoding_a() -> Engines:
+    """Engines whose pool a decodes until the test sets ``release``."""
+    engines = Engines()
+    engines.release.clear()
+    engines.held.add("a")
+    return engines
+
+
+async def a_closed_for_b(conductor: Any, orch: Orchestrator) -> tuple[dict[str, Any], ...]:
+    """a's task decodes, b's task waits past the swap wait: a is closed for b. Returns the
+    two tasks' bodies."""
+    a = orch.pools["a"]
+    _, running = await submit(conductor, "a")
+    await eventually(lambda: bool(a.running) and a.residency.state is State.LOADED)
+    _, waiting = await submit(conductor, "b")
+    await eventually(lambda: a.residency.closing)
+    return running, waiting
+
+
 @pytest.fixture
 def held_engines() -> Engines:
     engines = Engines()
@@ -89,16 +109,11 @@ async def test_the_planner_sleeps_while_a_swapped_out_pool_finishes_its_task(
 ) -> None:
     """a decodes (held by the test) and is closed for b after the swap wait; until a's task
     ends there is nothing to do, and the planner does nothing."""
-    engines = Engines()
-    engines.release.clear()
-    engines.held.add("a")
+    engines = decoding_a()
     orch = two_on_one_card(tmp_path, model, engines)
+    a = orch.pools["a"]
     async with falcon.testing.ASGIConductor(orch.app) as conductor:
-        _, running = await submit(conductor, "a")
-        a = orch.pools["a"]
-        await eventually(lambda: bool(a.running) and a.residency.state is State.LOADED)
-        _, waiting = await submit(conductor, "b")
-        await eventually(lambda: a.residency.closing)
+        running, waiting = await a_closed_for_b(conductor, orch)
         _, another = await submit(conductor, "b")  # an event: the planner looks again
         looks, cpu_s = await idle_window(orch)
         still_loaded = a.residency.state
@@ -179,3 +194,55 @@ def test_recent_demand_is_counted_without_walking_the_window() -> None:
     residency.demand = _NotIterable(float(t) / 1000 for t in range(600_000))  # 0..600 s
     assert residency.recent_demand(900.0) == 300_000  # those at 300 s and later
     assert residency.recent_demand(900.0) == 300_000
+
+
+@pytest.mark.req("RES-105")
+async def test_a_pool_closed_for_a_swap_opens_again_when_the_newcomer_is_cancelled(
+    tmp_path: Path, model: Path
+) -> None:
+    """a decodes and is closed for b; b's task is then cancelled. Nothing wants a's room any
+    more, so a is not unloaded and reloaded: it serves its next task where it is."""
+    engines = decoding_a()
+    orch = two_on_one_card(tmp_path, model, engines)
+    a = orch.pools["a"]
+    async with falcon.testing.ASGIConductor(orch.app) as conductor:
+        running, waiting = await a_closed_for_b(conductor, orch)
+        cancelled = await conductor.simulate_post(
+            f"/v1/tasks/{waiting['task_id']}/cancel", headers=AUTH
+        )
+        await eventually(lambda: not a.residency.closing)
+        _, next_a = await submit(conductor, "a")
+        engines.release.set()
+        frames = [await collect_stream(conductor, t["task_id"]) for t in (running, next_a)]
+        metrics = (await conductor.simulate_get("/metrics")).text
+    assert cancelled.status_code in (200, 202, 204), cancelled.json
+    assert all(f[-1][0] == "end" and f[-1][1]["finish_reason"] == "length" for f in frames)
+    assert engines.built == ["a"]  # never unloaded, never loaded again
+    assert a.residency.state is State.LOADED
+    assert 'model_unloads_total{pool_id="a"' not in metrics
+
+
+@pytest.mark.req("RES-101")
+async def test_keep_alive_does_not_unload_an_engine_counting_a_prompt(
+    tmp_path: Path, model: Path
+) -> None:
+    """A task's prompt is being counted on the loaded engine when the pool's keep-alive
+    passes: the engine is in use, so the pool stays loaded and the task is admitted."""
+    engines = Engines()
+    engines.count_gates["a"] = asyncio.Event()
+    keep_alive_ms = 100
+    orch = orchestrator(tmp_path, engines, [pool("a", model, keep_alive_ms=keep_alive_ms)])
+    a = orch.pools["a"]
+    async with falcon.testing.ASGIConductor(orch.app) as conductor:
+        _, first = await submit(conductor, "a")
+        await collect_stream(conductor, first["task_id"])
+        counted = asyncio.create_task(submit(conductor, "a", prompt="word " * 60))
+        await eventually(lambda: "a" in engines.counting)
+        await asyncio.sleep(3 * keep_alive_ms / 1000)  # the keep-alive passes meanwhile
+        state_while_counting = a.residency.state
+        engines.count_gates["a"].set()
+        answer, body = await counted
+        frames = await collect_stream(conductor, body["task_id"])
+    assert state_while_counting is State.LOADED
+    assert answer.status_code == 202, answer.json
+    assert frames[-1][0] == "end" and engines.built == ["a"]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from aiohttp import web
 
 import orchestratord.outbound.policy as policy_module
+from tests.unit import tool_hooks as hooks
 from tests.unit.conftest import AUTH, TOKEN
 from tests.unit.standin_resolver import StandInResolver
 
@@ -354,3 +356,67 @@ async def test_secrets_in_the_url_are_not_sent_upstream(conductor_for: Any, tmp_
     assert TOKEN not in sent["path"] and SECRET not in sent["path"], sent["path"]
     assert "plain=1" in sent["path"] and sent["path"].count("REDACTED") == 2
     assert TOKEN not in json.dumps(audit(tmp_path)) and SECRET not in got.text
+
+
+@pytest.mark.req("HARD-107")
+async def test_the_policy_hook_runs_off_the_event_loop_and_a_slow_one_denies(
+    conductor_for: Any,
+) -> None:
+    hooks.entered.clear()
+    hooks.released.clear()
+    hooks.outcome.clear()
+    outbound = {**LOOPBACK, "hook": "tests.unit.tool_hooks:wait_for_release"}
+    try:
+        async with site() as (url, seen), conductor_for(tools=TOOLS, outbound=outbound) as (_, c):
+            fetching = asyncio.create_task(fetch(c, url=f"{url}/page"))
+            assert await asyncio.to_thread(hooks.entered.wait, 10), "the hook was never called"
+            # The loop serves another request while the hook waits ...
+            served = await c.simulate_get("/v1/capabilities", headers=AUTH)
+            assert served.status_code == 200
+            hooks.released.set()  # ... and only then is the hook let go
+            answered = await fetching
+        assert hooks.outcome == {"released_while_waiting": True}
+        assert answered.status_code == 200 and answered.json["status"] == 200
+        hooks.entered.clear()
+        hooks.released.clear()
+        slow = {**outbound, "hook_timeout_ms": 50}
+        async with site() as (url, seen), conductor_for(tools=TOOLS, outbound=slow) as (_, c):
+            denied = await fetch(c, url=f"{url}/page")
+        assert denied.status_code == 403, denied.json
+        assert "the policy hook did not answer in 0.05 s" in denied.json["message"]
+        assert seen == []
+    finally:
+        hooks.released.set()  # a hook thread past its limit is not left waiting
+
+
+@pytest.mark.req("HARD-107", "HARD-105")
+async def test_an_unwritable_audit_log_refuses_the_request_and_the_log_is_rotated(
+    conductor_for: Any, tmp_path: Path
+) -> None:
+    audit_path = tmp_path / "state" / "tool-audit.jsonl"
+    bounded = {**LOOPBACK, "audit_max_bytes": 4096, "audit_keep": 2}
+    async with site() as (url, seen), conductor_for(tools=TOOLS, outbound=bounded) as (o, c):
+        threads: set[bool] = set()
+        append = o.outbound.audit._append
+
+        def watched(line: bytes) -> None:
+            threads.add(threading.current_thread() is threading.main_thread())
+            append(line)
+
+        o.outbound.audit._append = watched
+        for n in range(30):
+            ok = await fetch(c, url=f"{url}/page?n={n}")
+            assert ok.status_code == 200, ok.json
+        kept = sorted(p.name for p in audit_path.parent.glob("tool-audit.jsonl*"))
+        sizes = [p.stat().st_size for p in audit_path.parent.glob("tool-audit.jsonl*")]
+        newest = audit(tmp_path)[-1]
+        audit_path.unlink()
+        audit_path.symlink_to(tmp_path / "elsewhere")  # O_NOFOLLOW: it cannot be opened
+        refused = await fetch(c, url=f"{url}/page?n=last")
+    assert kept == ["tool-audit.jsonl", "tool-audit.jsonl.1", "tool-audit.jsonl.2"]
+    assert max(sizes) <= 4096
+    assert newest["outcome"] == "ok"
+    assert refused.status_code == 403 and refused.json["code"] == "FORBIDDEN", refused.json
+    assert "cannot be written" in refused.json["message"]
+    assert [s["path"] for s in seen if s["path"].endswith("n=last")] == []
+    assert threads == {False}  # every record was written from a worker thread
