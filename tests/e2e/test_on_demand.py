@@ -306,3 +306,171 @@ def test_stop_unloads_an_idle_model_and_refuses_a_busy_one(
     assert busy.returncode == 1 and "running" in busy.stderr and "queued" in busy.stderr
     assert stopped.returncode == 0 and "unloading alpha" in stopped.stdout
     assert gone == []
+
+
+def gated_binary(tmp_path: Path, gate: Path) -> Path:
+    """llama-server, started only once the test creates ``gate``: a load held for exactly
+    as long as the test needs, as a real 5-30 s model load is, on a machine of any speed."""
+    wrapper = tmp_path / f"gated-llama-server-{gate.name}"
+    wrapper.write_text(
+        f'#!/bin/sh\nwhile [ ! -e "{gate}" ]; do sleep 0.05; done\n'
+        f'exec {llama_server_binary()} "$@"\n'
+    )
+    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR)
+    return wrapper
+
+
+def server_cpu_s(server: LiveServer) -> float:
+    """orchestratord's own CPU seconds (its engines and wrappers are other processes)."""
+    times = psutil.Process(server.pid).cpu_times()
+    return float(times.user + times.system)
+
+
+def engine_serving(server: LiveServer, model: Path) -> psutil.Process:
+    """The llama-server process (not its wrapper) that serves ``model``."""
+    found: list[psutil.Process] = []
+
+    def look() -> bool:
+        for child in psutil.Process(server.pid).children(recursive=True):
+            try:
+                line = child.cmdline()
+            except psutil.Error:  # a process that exited while we looked
+                continue
+            if line and "llama-server" in Path(line[0]).name and str(model) in line:
+                found[:] = [child]
+                return True
+        return False
+
+    try:
+        wait_for(look)
+    except AssertionError:
+        seen = []
+        for child in psutil.Process(server.pid).children(recursive=True):
+            try:
+                seen.append(child.cmdline())
+            except psutil.Error:
+                continue
+        raise AssertionError(f"no llama-server for {model} among {seen}") from None
+    return found[0]
+
+
+def cpu_over_a_quiet_window(server: LiveServer) -> float:
+    cpu = server_cpu_s(server)
+    time.sleep(IDLE_WINDOW_S)
+    return server_cpu_s(server) - cpu
+
+
+def counter(metrics: str, name: str, **labels: str) -> float:
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return sum(
+        float(line.split()[-1]) for line in metrics.splitlines()
+        if line.startswith(name + "{") and wanted in line
+    )  # fmt: skip
+
+
+class StreamReader(threading.Thread):
+    """Reads one task's stream in the background, frame by frame."""
+
+    def __init__(self, server: LiveServer, task_id: str) -> None:
+        super().__init__(daemon=True)
+        self.server, self.task_id = server, task_id
+        self.parser = SSEParser()
+
+    def run(self) -> None:
+        with (
+            httpx.Client(base_url=self.server.url, headers=self.server.auth, timeout=120) as c,
+            c.stream("GET", f"/v1/tasks/{self.task_id}/stream") as response,
+        ):
+            for chunk in response.iter_raw():
+                if any(e in ("end", "error") for e, _ in self.parser.feed(chunk)):
+                    return
+
+    @property
+    def events(self) -> list[str]:
+        return [e for e, _ in self.parser.frames]
+
+
+def held_pools(tmp_path: Path, models: dict[str, Path], gates: dict[str, Path]) -> list[Any]:
+    """alpha and beta behind their gates, on a card for one; a pinned pool on the CPU."""
+    held = [
+        pool(name, models[name], llamacpp={"binary": str(gated_binary(tmp_path, gate))})
+        for name, gate in gates.items()
+    ]
+    steady = {"id": "steady", "model_ref": "steady", "model_path": str(models["gamma"]),
+              "devices": [], "slots": 1, "ctx_max": 512}  # fmt: skip
+    return [*held, steady]
+
+
+IDLE_WINDOW_S = 2.0
+IDLE_CPU_SHARE = 0.25  # an idle server uses a few percent; a spinning planner a whole core
+
+
+def stream_of(server: LiveServer, client: httpx.Client, body: dict[str, Any]) -> StreamReader:
+    """Submit ``body`` and read its stream in the background."""
+    assert client.post("/v1/tasks", json=body).status_code == 202
+    reader = StreamReader(server, body["task_id"])
+    reader.start()
+    return reader
+
+
+@pytest.mark.req("RES-104", "RES-108", "RES-105")
+def test_a_held_load_and_a_held_decode_leave_the_server_idle_and_every_other_pool_served(
+    tmp_path: Path, models: dict[str, Path]
+) -> None:
+    """Room for one model. alpha's load is held by the test (its llama-server starts only
+    when the test creates a file) and beta's task waits for the room: meanwhile a pinned
+    CPU pool serves a whole task, and orchestratord's CPU is that of an idle server. Both
+    released, alpha serves its task and gives way to beta. Then beta's engine is stopped
+    (SIGSTOP) and a task sent to it, so it is held mid-task; alpha's next task waits past
+    the swap wait (beta is closed for it, its task left to finish) and the server is idle
+    again. Released, beta's task ends whole, beta is swapped out, alpha loads again and
+    its task ends. (A pool that could never fit is a start-up error on a declared card;
+    its refusal at admission, when the room shrinks at run time, is
+    tests/unit/test_residency_fit.py's.)"""
+    gates = {name: tmp_path / f"gate-{name}" for name in ("alpha", "beta")}
+    config = config_for(tmp_path, models, 1, held_pools(tmp_path, models, gates),
+                        swap_wait_ms=300)  # fmt: skip
+    config["server"]["engine_hang_timeout_ms"] = 120_000  # a stopped engine is not "hung"
+    with serving(config) as (server, client):
+        alpha_first = stream_of(server, client, task_body(model_ref="alpha", ctx=512))
+        wait_for(lambda: residency(client)["alpha"]["state"] == "loading")
+        beta_first = stream_of(server, client, task_body(model_ref="beta", ctx=512))
+        wait_for(lambda: "queued" in beta_first.events)
+        # The load is held and beta waits behind it: another pool is served meanwhile.
+        steady = stream(client, task_body(model_ref="steady", ctx=512, max_tokens=4))
+        load_cpu_s = cpu_over_a_quiet_window(server)
+        still_loading = residency(client)["alpha"]["state"]
+        for gate in gates.values():
+            gate.touch()
+        alpha_first.join(timeout=120)
+        beta_first.join(timeout=120)
+        beta_engine = engine_serving(server, models["beta"])
+        beta_engine.send_signal(signal.SIGSTOP)  # what it is sent next, it holds
+        try:
+            held = stream_of(server, client, task_body(model_ref="beta", ctx=512))
+            wait_for(lambda: "started" in held.events)  # on the stopped engine
+            alpha_again = stream_of(server, client, task_body(model_ref="alpha", ctx=512))
+            wait_for(lambda: "queued" in alpha_again.events)
+            decode_cpu_s = cpu_over_a_quiet_window(server)  # alpha waits past its swap wait
+            held_state = residency(client)["beta"]["state"]
+        finally:
+            beta_engine.send_signal(signal.SIGCONT)
+        held.join(timeout=120)
+        alpha_again.join(timeout=120)
+        states = residency(client)
+        metrics = client.get("/metrics").text
+    print(f"orchestratord CPU over {IDLE_WINDOW_S:g} s: {load_cpu_s:.3f} s with a load held, "
+          f"{decode_cpu_s:.3f} s with a decode held")  # fmt: skip
+    assert still_loading == "loading" and steady[-1][0] == "end"
+    assert load_cpu_s <= IDLE_CPU_SHARE * IDLE_WINDOW_S, f"{load_cpu_s:.2f} s CPU in a held load"
+    assert decode_cpu_s <= IDLE_CPU_SHARE * IDLE_WINDOW_S, f"{decode_cpu_s:.2f} s CPU, held decode"
+    assert held_state == "loaded"  # the swap never cuts a running task
+    for reader in (alpha_first, beta_first, held, alpha_again):
+        end = reader.parser.frames[-1]
+        assert end[0] == "end" and end[1]["finish_reason"] == "length", end
+    assert "loading" in beta_first.events and "loading" in alpha_again.events
+    assert states["alpha"]["state"] == "loaded" and states["beta"]["state"] == "unloaded"
+    assert counter(metrics, "model_loads_total", pool_id="alpha", result="ok") == 2
+    assert counter(metrics, "model_loads_total", pool_id="beta", result="ok") == 1
+    assert counter(metrics, "model_swaps_total", pool_id="alpha") == 1
+    assert counter(metrics, "model_swaps_total", pool_id="beta") == 1
