@@ -16,7 +16,7 @@ Feature: Models on demand on one card
     Then the stream for "beta" said queued, then loading, then started, then end
     And "beta" is loaded on GPU 0
 
-  @RES-103 @RES-105 @RES-205
+  @RES-103 @RES-205
   Scenario: A model that does not fit beside an idle one takes its place
     Given orchestratord serving the models-on-demand example
     When I run a task for "alpha"

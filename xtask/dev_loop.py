@@ -33,6 +33,7 @@ from xtask.deploy_matrix import commit
 from xtask.live_server import SHARED_CPU_ENV
 from xtask.results import start_run, write_result
 from xtask.scheduler import Result, Step, critical_path, run_graph
+from xtask.under_load import Load, busy_processes
 
 ROOT = Path(__file__).resolve().parent.parent
 REPORTS = ROOT / "reports"
@@ -138,7 +139,7 @@ def print_finished(result: Result) -> None:
     print(f"<== {result.name}: {result.status} in {result.seconds:.1f} s{cpu}\n", flush=True)
 
 
-def write_junit(results: list[Result]) -> None:
+def write_junit(results: list[Result], load: Load | None = None) -> None:
     REPORTS.mkdir(exist_ok=True)
     failures = sum(1 for r in results if r.status == "FAILED")
     skipped = sum(1 for r in results if r.status == "skipped")
@@ -150,6 +151,12 @@ def write_junit(results: list[Result]) -> None:
         skipped=str(skipped),
         time=f"{sum(r.seconds for r in results):.1f}",
     )
+    if load is not None and load.processes:
+        properties = ET.SubElement(suite, "properties")
+        ET.SubElement(properties, "property", name="under_load", value=str(load.processes))
+        ET.SubElement(
+            properties, "property", name="under_load_cpu_seconds", value=f"{load.cpu_seconds:.1f}"
+        )
     for r in results:
         case = ET.SubElement(suite, "testcase", classname="dev-loop", name=r.name)
         case.set("time", f"{r.seconds:.1f}")
@@ -161,7 +168,7 @@ def write_junit(results: list[Result]) -> None:
     ET.ElementTree(suite).write(REPORTS / "junit-dev-loop.xml", encoding="unicode")
 
 
-def print_table(results: list[Result], wall: float) -> None:
+def print_table(results: list[Result], wall: float, load: Load | None = None) -> None:
     print("\nstep           start    wall     CPU  result")
     for r in results:
         start = f"{r.started:7.1f}" if r.status != "skipped" else "      -"
@@ -170,6 +177,8 @@ def print_table(results: list[Result], wall: float) -> None:
     path, path_s = critical_path([r for r in results if r.status != "skipped"])
     print(f"{'total':<14} {'':7} {wall:7.1f} {cpu:7.1f}  (CPU/wall {cpu / max(wall, 1e-9):.2f})")
     print(f"critical path: {' → '.join(path)} ({path_s:.1f} s)")
+    if load is not None and load.processes:
+        print(f"{load.describe()} (not in the totals)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -196,18 +205,22 @@ def run(args: argparse.Namespace) -> int:
     if shard is not None:
         env[shards.SHARD_ENV] = f"{shard[0]}/{shard[1]}"
     started = time.monotonic()
-    results = run_graph(
-        steps,
-        cwd=ROOT,
-        log_dir=LOGS,
-        jobs=max(1, getattr(args, "jobs", None) or default_jobs()),
-        keep_going=args.keep_going,
-        always=ALWAYS,
-        on_finish=print_finished,
-        env=env,
-    )
-    print_table(results, time.monotonic() - started)
-    write_junit(results)
+    spinners = max(0, getattr(args, "under_load", 0) or 0)
+    if spinners:
+        print(f"dev-loop: {spinners} busy processes run beside the loop (--under-load)")
+    with busy_processes(spinners) as load:
+        results = run_graph(
+            steps,
+            cwd=ROOT,
+            log_dir=LOGS,
+            jobs=max(1, getattr(args, "jobs", None) or default_jobs()),
+            keep_going=args.keep_going,
+            always=ALWAYS,
+            on_finish=print_finished,
+            env=env,
+        )
+    print_table(results, time.monotonic() - started, load)
+    write_junit(results, load)
     if shard is not None:
         write_manifest(shard, results)
     failures = [r for r in results if r.status == "FAILED"]
@@ -321,6 +334,14 @@ def add_parser(sub: Any) -> None:
         "then trace; every other ID is `not re-run`",
     )
     parser.add_argument("--since", default="HEAD", help="with --affected: compare with REF")
+    parser.add_argument(
+        "--under-load",
+        metavar="N",
+        type=int,
+        default=0,
+        help="run N CPU-bound busy processes beside the loop for its whole run (a slower "
+        "machine on purpose); the step table says so",
+    )
     parser.set_defaults(run=run)
     sub.add_parser("lint", help=TOOL_STEPS["lint"][0]).set_defaults(run=lint)
     sub.add_parser("types", help=TOOL_STEPS["types"][0]).set_defaults(run=tool_step("types"))

@@ -83,6 +83,17 @@ class Opened:
     redirects: list[str] = field(default_factory=list)
 
 
+def forwarded_headers(
+    headers: dict[str, str], previous: Target | None, target: Target
+) -> dict[str, str]:
+    """What a hop sends of the caller's headers: never ``Host`` or a hop-by-hop header, and
+    no credentials once a redirect has changed the origin (scheme, host or port)."""
+    kept = {k: v for k, v in headers.items() if k.lower() not in _NEVER_FORWARDED}
+    if previous is not None and previous.origin != target.origin:
+        kept = {k: v for k, v in kept.items() if k.lower() not in _CREDENTIALS}
+    return kept
+
+
 def _without_userinfo(url: str) -> str:
     parts = urlsplit(url)
     return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
@@ -151,13 +162,12 @@ class OutboundClient:
         Raises Denied, InvalidTarget (the URL given) or UpstreamFailed."""
         sent = {k: v for k, v in (headers or {}).items() if k.lower() not in _NEVER_FORWARDED}
         redirects: list[str] = []
-        origin: tuple[str, str, int] | None = None
+        previous: Target | None = None
         for hop in range(self.policy.config.max_redirects + 1):
             target = await self._decide(FetchRequest(url, method, sent, body), hop, purpose,
                                         correlation_id)  # fmt: skip
-            if origin is not None and target.origin != origin:
-                sent = {k: v for k, v in sent.items() if k.lower() not in _CREDENTIALS}
-            origin = target.origin
+            sent = forwarded_headers(sent, previous, target)
+            previous = target
             async with AsyncExitStack() as stack:
                 connector = aiohttp.TCPConnector(
                     resolver=_PinnedResolver(target.host, target.addresses), use_dns_cache=False

@@ -25,6 +25,7 @@ from typing import Any
 from unittest import mock
 
 import httpx
+import psutil
 import pytest
 
 from cli_client.cli import main as cli_main
@@ -47,6 +48,8 @@ def server(workdir: Path) -> Iterator[LiveServer]:
     # The model site below listens on loopback: only an explicit network entry lets a pull
     # reach it (HARD-101).
     config["outbound"] = {"allow_networks": ["127.0.0.1/32"]}
+    # A test here stops the engine to hold a state: it must not be killed as hung meanwhile.
+    config["server"]["engine_hang_timeout_ms"] = 600_000
     (workdir / "models").mkdir()
     with live_server(config) as live:
         yield live
@@ -267,40 +270,56 @@ def slots_free(server: LiveServer) -> int:
     return int(pool["slots_free"])
 
 
-def listings_while_one_task_decodes(
+def wait_until(check: Any, what: str, timeout_s: float = 60.0) -> None:
+    """Wait for an event the test caused; a generous bound that says what it waited for."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"waited {timeout_s:g} s for {what}"
+        time.sleep(0.05)
+
+
+def pool_of(server: LiveServer) -> dict[str, Any]:
+    with httpx.Client(base_url=server.url, headers=server.auth) as client:
+        (pool,) = client.get("/v1/replicasets").json()
+    return dict(pool)
+
+
+def listings_while_a_task_is_held_on_a_stopped_engine(
     server: LiveServer,
 ) -> tuple[subprocess.CompletedProcess[str], list[dict[str, Any]]]:
-    """``pools ls`` and ``--json pools ls`` taken while one long task decodes: a slot is busy
-    before the listings and still busy after them (on a saturated machine the task can end
-    first; then it is tried again with a new task)."""
-    for _ in range(3):
-        deadline = time.monotonic() + 30
-        while slots_free(server) != 2 and time.monotonic() < deadline:
-            time.sleep(0.05)  # the canceled task of a previous try is still being freed
-        proc = subprocess.Popen(
-            [LLORCH, "run", "load", "--max-tokens", "1900", "--profile", "fixed-length"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=llorch_env(server),
-        )  # fmt: skip
+    """``pools ls`` and ``--json pools ls`` taken in a state the test holds. The engine is
+    stopped (SIGSTOP) and a task sent at once is placed on it: it holds a slot and can
+    neither go on nor end. Once the engine has missed a health check (a second or two
+    later) the pool reads not ready, and it stays so (this module's hang timeout is ten
+    minutes) until the test lets the engine go on and cancels the task."""
+    wait_until(lambda: slots_free(server) == 2, "both slots free before the test")
+    (engine,) = [p for p in psutil.Process(server.pid).children() if "llama-server" in p.name()]
+    body = task_body(max_tokens=4)
+    with httpx.Client(base_url=server.url, headers=server.auth, timeout=60) as client:
+        engine.suspend()
         try:
-            assert proc.stdout is not None
-            proc.stdout.read(8)  # decoding: one of the pool's two slots is busy
+            admitted = client.post("/v1/tasks", json=body)
+            assert admitted.status_code == 202, admitted.json()
+            wait_until(lambda: not pool_of(server)["ready"], "the stopped engine to miss /health")
             listed = llorch_in_process(server, "pools", "ls")
             as_json = json.loads(llorch_in_process(server, "--json", "pools", "ls").stdout)
-            still_decoding = slots_free(server) == 1
+            client.post(f"/v1/tasks/{body['task_id']}/cancel")
         finally:
-            proc.send_signal(signal.SIGINT)
-            proc.communicate(timeout=30)
-        if still_decoding:
-            return listed, as_json
-    pytest.fail("three 1900-token tasks each ended before two listings were taken")
+            engine.resume()
+    wait_until(lambda: pool_of(server)["ready"] and slots_free(server) == 2, "the pool back")
+    return listed, as_json
 
 
 @pytest.mark.req("FR-CP-003", "OC-CTRL-2004")
 def test_pools_ls_lists_the_replica_sets_with_their_load(server: LiveServer) -> None:
-    listed, as_json = listings_while_one_task_decodes(server)
+    listed, as_json = listings_while_a_task_is_held_on_a_stopped_engine(server)
     assert listed.returncode == 0, listed.stderr
-    first = listed.stdout.splitlines()[0]
-    assert first.startswith("default") and "load=0.5" in first and "slots 1/2 free" in first
+    first, replica_line = listed.stdout.splitlines()[:2]
+    assert first.startswith("default") and "ready=False" in first and "load=0.5" in first
+    assert "slots 0/2 free" in first  # an engine that does not answer offers none
+    assert "ready=False" in replica_line and "load=0.5" in replica_line
     (pool,) = as_json
-    assert pool["engine"] == "llamacpp" and pool["load"] == 0.5 and pool["slots_free"] == 1
-    assert pool["replicas"][0]["load"] == 0.5
+    assert pool["engine"] == "llamacpp" and pool["load"] == 0.5 and pool["slots_free"] == 0
+    (replica,) = pool["replicas"]
+    assert replica["load"] == 0.5 and replica["ready"] is False
+    assert "/health" in replica["last_error"]

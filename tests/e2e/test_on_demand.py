@@ -79,8 +79,13 @@ def config_for(
 
 def stream(client: httpx.Client, body: dict[str, Any]) -> list[tuple[str, Any]]:
     assert client.post("/v1/tasks", json=body).status_code == 202
+    return frames_of(client, body["task_id"])
+
+
+def frames_of(client: httpx.Client, task_id: str) -> list[tuple[str, Any]]:
+    """An admitted task's stream, read to its terminal frame."""
     parser = SSEParser()
-    with client.stream("GET", f"/v1/tasks/{body['task_id']}/stream") as response:
+    with client.stream("GET", f"/v1/tasks/{task_id}/stream") as response:
         for chunk in response.iter_raw():
             if any(e in ("end", "error") for e, _ in parser.feed(chunk)):
                 break
@@ -155,8 +160,20 @@ def test_a_waiting_stream_hears_queued_then_loading_then_started(
             for chunk in response.iter_raw():
                 if any(e in ("end", "error") for e, _ in parser.feed(chunk)):
                     break
+        measured = residency(client)["beta"]["last_load_ms"]
+        unloaded = client.post("/v1/pools/beta/unload")
+        wait_for(lambda: residency(client)["beta"]["state"] == "unloaded")
+        again = task_body(model_ref="beta", ctx=512, max_tokens=2)
+        readmitted = client.post("/v1/tasks", json=again)
+        after = frames_of(client, again["task_id"])
     events = [e for e, _ in parser.frames]
     assert admitted.json()["predicted_start_ms"] > 0  # the estimated load is in it
+    # After a real load, the next 202 for the unloaded pool predicts that measured load:
+    # what is left of it when the answer is made (the load begins with the admission).
+    assert unloaded.status_code == 202 and measured is not None and measured > 0
+    predicted = readmitted.json()["predicted_start_ms"]
+    assert measured - 1000 <= predicted <= measured, (predicted, measured)
+    assert after[-1][0] == "end"
     assert events[0] == "queued" and parser.frames[0][1]["waiting_for"] == "load"
     first_token = events.index("token")
     assert events.index("started") < first_token and events[-1] == "end"

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import pytest
 
+from orchestratord.adapters.base import GenerationRequest, StreamEnd, StreamEvent
+from orchestratord.adapters.mock import MockAdapter
 from tests.unit.conftest import AUTH, task_body
 
 DIGEST = "sha256:" + "0" * 64
@@ -65,6 +69,57 @@ async def test_a_refused_task_leaves_no_session_and_spends_no_rate_token(
     assert admitted.status_code == 202  # the refused tasks spent no token
     assert limited.status_code == 429 and limited.json["policy_label"] == "rate-limit"
     assert found == [False, False, True, False]
+
+
+@pytest.mark.req("HARD-111")
+async def test_409_and_503_refusals_leave_no_session_and_spend_no_rate_token(
+    conductor_for: Any,
+) -> None:
+    """Three tokens: a running and a queued task take two; a duplicate task id (409), a
+    budget the task cannot fit (409), a deprecated model (503) and a full queue (429), each
+    with a new session, are refused; once the queued task is cancelled the next task finds
+    the third token, and only the one after it is rate-limited."""
+    release = asyncio.Event()
+
+    async def hold(request: GenerationRequest) -> AsyncGenerator[StreamEvent, None]:
+        await release.wait()
+        yield StreamEnd("length", 1, 0, 0, 1.0)
+
+    queue = {"rate_limit_rps": {"interactive": 0.001}, "rate_limit_burst": 3, "capacity": 1}
+    sessions = {"budgets": {"tokens": 100}}
+    new = [str(uuid.uuid4()) for _ in range(8)]
+    async with conductor_for(MockAdapter(hold), slots=1, queue=queue, sessions=sessions) as (
+        orch,
+        c,
+    ):
+        try:
+            entry = {"id": "old-model", "digest": DIGEST}
+            made = await c.simulate_post("/v1/catalog/models", json=entry, headers=AUTH)
+            state = {"state": "Deprecated", "deadline_ms": 5000}
+            url = "/v1/catalog/models/old-model/state"
+            deprecating = await c.simulate_post(url, json=state, headers=AUTH)
+            assert (made.status_code, deprecating.status_code) == (201, 202)
+            running = await submit(c, session_id=new[0])
+            queued = await submit(c, session_id=new[1])
+            twin = await submit(c, session_id=new[2], task_id=running.json["task_id"])
+            over_budget = await submit(c, session_id=new[3], max_tokens=200)
+            deprecated = await submit(c, session_id=new[4], model_ref="old-model")
+            full = await submit(c, session_id=new[5])
+            left = [orch.sessions.find(s) is not None for s in new[:6]]
+            cancel = f"/v1/tasks/{queued.json['task_id']}/cancel"
+            assert (await c.simulate_post(cancel, headers=AUTH)).status_code in (200, 202, 204)
+            admitted = await submit(c, session_id=new[6])
+            limited = await submit(c, session_id=new[7])
+        finally:
+            release.set()
+    assert [running.status_code, queued.status_code] == [202, 202]
+    assert twin.status_code == 409 and twin.json["code"] == "CONFLICT", twin.json
+    assert over_budget.status_code == 409 and over_budget.json["code"] == "BUDGET_EXHAUSTED"
+    assert deprecated.status_code == 503 and deprecated.json["code"] == "MODEL_DEPRECATED"
+    assert full.status_code == 429 and full.json["policy_label"] != "rate-limit", full.json
+    assert left == [True, True, False, False, False, False]
+    assert admitted.status_code == 202, admitted.json  # no refusal spent a token
+    assert limited.status_code == 429 and limited.json["policy_label"] == "rate-limit"
 
 
 @pytest.mark.req("HARD-110")

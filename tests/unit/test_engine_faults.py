@@ -304,17 +304,33 @@ async def test_engines_are_spawned_without_preexec_fn(
 
 
 @pytest.mark.req("HARD-209")
-def test_a_missing_setpriv_is_said_once_not_silently_dropped(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+async def test_a_missing_setpriv_is_said_once_and_the_engine_still_starts(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
+    seen: list[tuple[Any, ...]] = []
+
+    async def capture(*args: Any, **kwargs: Any) -> Any:
+        seen.append(args)
+        raise OSError("not really starting it")
+
     monkeypatch.setattr(engine_process, "_said", set())
     monkeypatch.setattr(engine_process.sys, "platform", "linux")
     monkeypatch.setattr(engine_process.shutil, "which", lambda name: None)
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", capture)
+    process = LlamaServerProcess(
+        binary=Path("/opt/llama-server"), model_path=tmp_path / "m.gguf", ctx_per_slot=64,
+        slots=1, log_path=tmp_path / "engine.log", socket_path=tmp_path / "s" / "e.sock",
+    )  # fmt: skip
     with caplog.at_level(logging.WARNING, logger="orchestratord.engine"):
         prefixes = [die_with_parent_prefix() for _ in range(3)]
+        for _ in range(2):
+            with pytest.raises(OSError, match="not really"):
+                await process._spawn()
     assert prefixes == [[], [], []]
+    assert [args[0] for args in seen] == ["/opt/llama-server"] * 2  # spawned, no wrapper
     said = [r.getMessage() for r in caplog.records if "setpriv" in r.getMessage()]
-    assert len(said) == 1 and "outlive orchestratord" in said[0], said
+    assert len(said) == 1, said
+    assert "outlive orchestratord" in said[0] and "util-linux" in said[0], said
 
 
 @pytest.mark.req("HARD-209")

@@ -17,11 +17,16 @@ from typing import Any
 
 import pytest
 
+from orchestratord.catalog import catalog as catalog_module
+from orchestratord.catalog import pull as pull_module
 from orchestratord.devices.open import open_inventory
 from orchestratord.models.tiny_gguf import ensure_tiny_model
 from orchestratord.pools import pool as pool_module
+from orchestratord.store.db import Store
 from tests.unit.conftest import AUTH, collect_stream, make_config, task_body
 from tests.unit.nvml_standin import Card, FakeNvml
+from tests.unit.test_catalog import SIGNED, model_file, register
+from tests.unit.test_pull import LOOPBACK, model_server
 
 GIB = 1024**3
 
@@ -127,4 +132,54 @@ async def test_streams_flow_while_a_session_read_parses_the_model(
         info = await reading
     assert frames[-1][0] == "end"
     assert info.status_code == 200
+    assert threading.get_ident() not in hold.threads
+
+
+def held_up(hold: Hold, real: Any) -> Any:
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        hold.block()
+        return real(*args, **kwargs)
+
+    return slow
+
+
+@pytest.mark.parametrize("call", ["sqlite", "hashing", "fsync"])
+@pytest.mark.req("HARD-204")
+async def test_streams_flow_while_a_store_write_a_digest_or_an_fsync_is_held_up(
+    conductor_for: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str
+) -> None:
+    """A catalog registration (a SQLite transaction), a verification (the file's digest) and
+    a pull (the ``.part`` file's fsync), each held up in its blocking call."""
+    hold = Hold()
+    path, digest = model_file(tmp_path)
+    target = {
+        "sqlite": (Store, "_transaction"),
+        "hashing": (catalog_module, "sha256_file"),
+        "fsync": (pull_module, "_sync"),
+    }[call]
+    monkeypatch.setattr(*target, held_up(hold, getattr(*target)))
+    async with (
+        model_server(path.read_bytes()) as (url, _),
+        conductor_for(outbound=LOOPBACK) as (_, conductor),
+    ):
+        if call == "hashing":
+            await register(conductor, id="m", digest=digest, source_url=path.as_uri(), **SIGNED)
+        if call == "fsync":
+            await register(
+                conductor, id="m", digest=digest, source_url=f"{url}/good.gguf", **SIGNED
+            )
+        hold.arm()
+        action = {
+            "sqlite": lambda: register(conductor, id="m", digest=digest),
+            "hashing": lambda: conductor.simulate_post("/v1/catalog/models/m/verify", headers=AUTH),
+            "fsync": lambda: conductor.simulate_post("/v1/catalog/models/m/pull", headers=AUTH),
+        }[call]
+        acting = asyncio.create_task(action())
+        async with asyncio.timeout(10):
+            await wait_entered(hold)
+        frames = await stream_one(conductor)
+        hold.release()
+        answered = await acting
+    assert frames[-1][0] == "end"
+    assert answered.status_code in (201, 202), answered.json
     assert threading.get_ident() not in hold.threads

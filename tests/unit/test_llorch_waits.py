@@ -32,6 +32,19 @@ CAPS = {"engines": [{"engine": "llamacpp", "pools": [
 
 
 @contextmanager
+def serving(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """A loopback HTTP server in a thread, for the block."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@contextmanager
 def http_server(name: str, seen: list[str]) -> Iterator[str]:
     """A loopback HTTP server that records what reaches it and answers capabilities."""
 
@@ -48,14 +61,8 @@ def http_server(name: str, seen: list[str]) -> Iterator[str]:
         def log_message(self, *args: Any) -> None:
             return None
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
+    with serving(Handler) as url:
+        yield url
 
 
 @pytest.mark.req("HARD-210")
@@ -228,3 +235,80 @@ def test_a_pull_that_makes_no_progress_is_given_up_on() -> None:
 @pytest.mark.req("HARD-210")
 def test_loopback_in_every_spelling_bypasses_the_proxy(url: str, loopback: bool) -> None:
     assert is_loopback_url(url) is loopback
+
+
+@contextmanager
+def scripted_orchestratord(answers: list[tuple[int, dict[str, str], bytes]],
+                           seen: list[tuple[str, str, str]]) -> Iterator[str]:  # fmt: skip
+    """Capabilities, then ``POST /v1/tasks`` answered from ``answers`` in turn; records
+    (method, path, Accept) of every request."""
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _answer(self, status: int, headers: dict[str, str], body: bytes) -> None:
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _record(self) -> None:
+            seen.append((self.command, self.path, self.headers.get("Accept", "")))
+
+        def do_GET(self) -> None:
+            self._record()
+            self._answer(200, {"Content-Type": "application/json"}, json.dumps(CAPS).encode())
+
+        def do_POST(self) -> None:
+            self._record()
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self._answer(*answers.pop(0))
+
+        def do_DELETE(self) -> None:
+            self._record()
+            self._answer(404, {"Content-Type": "application/json"}, b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            return None
+
+    with serving(Handler) as url:
+        yield url
+
+
+def _json(
+    status: int, envelope: dict[str, Any], **headers: str
+) -> tuple[int, dict[str, str], bytes]:
+    return status, {"Content-Type": "application/json", **headers}, json.dumps(envelope).encode()
+
+
+@pytest.mark.req("PERF-103")
+def test_llorch_run_submits_in_one_request_and_keeps_its_retries(
+    tmp_path: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A full queue (429) and an unavailable pool (503) are waited out as before; each try
+    is ``POST /v1/tasks`` asking for the stream, and no separate stream request is made."""
+    frames = [("accepted", {"task_id": "t", "queue_position": 0, "predicted_start_ms": 0}),
+              ("started", {"queue_position": 0, "predicted_start_ms": 0}),
+              ("token", {"t": " Once", "i": 0}), ("token", {"t": " upon", "i": 1}),
+              ("end", {"finish_reason": "length", "tokens_out": 2})]  # fmt: skip
+    stream = b"".join(f"event: {e}\ndata: {json.dumps(p)}\n\n".encode() for e, p in frames)
+    answers = [
+        _json(429, {"code": "ADMISSION_REJECT", "message": "the queue is full",
+                    "policy_label": "reject"}, **{"X-Backoff-Ms": "10", "Retry-After": "1"}),
+        _json(503, {"code": "POOL_UNAVAILABLE", "message": "the pool is not ready",
+                    "retriable": True, "retry_after_ms": 10}),
+        (200, {"Content-Type": "text/event-stream"}, stream),
+    ]  # fmt: skip
+    seen: list[tuple[str, str, str]] = []
+    token_file = tmp_path / "token"
+    token_file.write_text("token-0123456789")
+    token_file.chmod(0o600)
+    with scripted_orchestratord(answers, seen) as url:
+        code = cli.main(["--url", url, "--token-file", str(token_file), "run", "hi"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert out.out.startswith(" Once upon")
+    posts = [(path, accept) for method, path, accept in seen if method == "POST"]
+    assert posts == [("/v1/tasks", "text/event-stream")] * 3
+    assert [path for method, path, _ in seen if method == "GET"] == ["/v1/capabilities"]
+    assert answers == []  # both refusals were retried, then the stream was read

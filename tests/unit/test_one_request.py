@@ -83,7 +83,7 @@ async def test_a_refused_task_gets_the_same_json_error_before_any_stream(
 ) -> None:
     release = asyncio.Event()
     adapter = MockAdapter(held_handler(release, first_tokens=0))
-    async with conductor_for(adapter, slots=1, queue={"capacity": 1}) as (_, conductor):
+    async with conductor_for(adapter, slots=1, queue={"capacity": 1}) as (orch, conductor):
         invalid = await conductor.simulate_post(
             "/v1/tasks", json={**task_body(), "ctx": "big"}, headers=STREAMING
         )
@@ -92,7 +92,9 @@ async def test_a_refused_task_gets_the_same_json_error_before_any_stream(
             assert (
                 await conductor.simulate_post("/v1/tasks", json=body, headers=AUTH)
             ).status_code == 202
-            await asyncio.sleep(0.05)
+            async with asyncio.timeout(10):  # the first has its slot before the second
+                while orch.pools["p1"].slots_free:  # noqa: ASYNC110 - server state, polled
+                    await asyncio.sleep(0.005)
         full = await conductor.simulate_post("/v1/tasks", json=task_body(), headers=STREAMING)
         json_full = await conductor.simulate_post("/v1/tasks", json=task_body(), headers=AUTH)
         release.set()
@@ -104,6 +106,52 @@ async def test_a_refused_task_gets_the_same_json_error_before_any_stream(
     assert full.json["code"] == json_full.json["code"] == "ADMISSION_REJECT"
     assert full.headers["content-type"].startswith("application/json")
     assert "retry-after" in full.headers and "x-backoff-ms" in full.headers
+
+
+def comparable(answer: Any) -> tuple[int, str, dict[str, Any], set[str]]:
+    """An answer without what differs per request (the correlation id)."""
+    body = {k: v for k, v in answer.json.items() if k != "correlation_id"}
+    kept = {"retry-after", "x-backoff-ms", "content-type"}
+    return answer.status_code, answer.headers["content-type"], body, kept & set(answer.headers)
+
+
+@pytest.mark.req("PERF-101")
+async def test_409_413_and_503_refusals_are_the_two_request_forms_json(
+    conductor_for: Any,
+) -> None:
+    """Each refusal asked both ways gets the same status, JSON body and hint headers; and
+    an admitted task's stream carries the 202's budget headers."""
+    release = asyncio.Event()
+    adapter = MockAdapter(held_handler(release, first_tokens=0))
+    server = {"max_body_bytes": 4096}
+    sessions = {"budgets": {"tokens": 1000}}
+    async with conductor_for(adapter, server=server, sessions=sessions) as (_, conductor):
+        entry = {"id": "old-model", "digest": "sha256:" + "0" * 64}
+        await conductor.simulate_post("/v1/catalog/models", json=entry, headers=AUTH)
+        state = {"state": "Deprecated", "deadline_ms": 5000}
+        await conductor.simulate_post(
+            "/v1/catalog/models/old-model/state", json=state, headers=AUTH
+        )
+        first = task_body()
+        two_form = await conductor.simulate_post("/v1/tasks", json=first, headers=AUTH)
+        async with post_stream(conductor, task_body(session_id=first["session_id"]),
+                               STREAMING) as result:  # fmt: skip
+            budget_headers = {k: v for k, v in result.headers.items() if "budget" in k}
+        pairs = {}
+        for name, body in {
+            "409": {**task_body(), "task_id": first["task_id"]},
+            "413": task_body(prompt="x" * 5000),
+            "503": task_body(model_ref="old-model"),
+        }.items():
+            both = [await conductor.simulate_post("/v1/tasks", json=body, headers=h)
+                    for h in (AUTH, STREAMING)]  # fmt: skip
+            pairs[name] = [comparable(answer) for answer in both]
+        release.set()
+    two_form_budgets = {k: v for k, v in two_form.headers.items() if "budget" in k}
+    assert two_form_budgets and set(budget_headers) == set(two_form_budgets), budget_headers
+    for name, (json_form, stream_form) in pairs.items():
+        assert json_form[0] == int(name) and json_form[1].startswith("application/json")
+        assert stream_form == json_form, name
 
 
 @pytest.mark.req("PERF-102")

@@ -91,8 +91,9 @@ def test_partial_offload_needs_only_the_offloaded_layers(seven_b: Path) -> None:
     assert half.kv == whole.kv // 2
     assert "16/32 layers" in half.describe()
     # The 3060 cannot hold the whole model, but it can hold half of it.
-    with pytest.raises(PlacementError, match="fit no device"):
+    with pytest.raises(PlacementError, match="fit no device") as refused:
         plan([pool("a", seven_b, devices=[1], ctx_max=4096)])
+    assert "GiB" in str(refused.value) and "gpu_layers" in str(refused.value)  # the remedy
     assert plan([pool("a", seven_b, devices=[1], ctx_max=4096, gpu_layers=16)])["a"] == [(1,)]
 
 

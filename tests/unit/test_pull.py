@@ -38,6 +38,7 @@ async def eventually(check: Callable[[], bool], timeout_s: float = 10.0) -> None
 async def model_server(data: bytes) -> AsyncIterator[tuple[str, list[str]]]:  # noqa: PLR0915 - one route a case
     ranges: list[str] = []
     dropped = {"flaky": False}
+    closing = asyncio.Event()
 
     async def serve(
         request: web.Request, body: bytes, drop_half: bool = False
@@ -86,6 +87,19 @@ async def model_server(data: bytes) -> AsyncIterator[tuple[str, list[str]]]:  # 
             await asyncio.sleep(0.02)
         return response
 
+    async def held(request: web.Request) -> web.StreamResponse:
+        """The first request gets half the file and then nothing until the site closes;
+        a request with a Range is served normally."""
+        if request.headers.get("Range"):
+            return await serve(request, data)
+        ranges.append("")
+        response = web.StreamResponse()
+        response.content_length = len(data)
+        await response.prepare(request)
+        await response.write(data[: len(data) // 2])
+        await closing.wait()
+        return response
+
     async def unsized(request: web.Request) -> web.StreamResponse:
         ranges.append(request.headers.get("Range", ""))
         response = web.StreamResponse()
@@ -102,6 +116,7 @@ async def model_server(data: bytes) -> AsyncIterator[tuple[str, list[str]]]:  # 
     app.router.add_get("/good.gguf", good)
     app.router.add_get("/corrupt.gguf", corrupted)
     app.router.add_get("/flaky.gguf", flaky)
+    app.router.add_get("/held.gguf", held)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -109,6 +124,7 @@ async def model_server(data: bytes) -> AsyncIterator[tuple[str, list[str]]]:  # 
     try:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}", ranges
     finally:
+        closing.set()
         await runner.cleanup()
 
 
@@ -418,6 +434,36 @@ async def test_a_stopped_pull_says_so_and_resumes_after_a_restart(
         record = orch.catalog.records["cut"]
     assert record.pull["state"] == "failed"
     assert record.pull["error"] == "cancelled: orchestratord stopped (the next pull resumes)"
+
+
+@pytest.mark.req("HARD-203")
+async def test_a_pull_cut_by_a_restart_resumes_from_its_part_file_in_the_next_process(
+    conductor_for: Any, gguf: tuple[bytes, str], tmp_path: Path
+) -> None:
+    """The first orchestratord is shut down with half the file on disk; a new one over the
+    same state and model directories reads the pull's end from SQLite and resumes it with a
+    Range request for the missing half, and the file verifies."""
+    data, digest = gguf
+    half = len(data) // 2
+    catalog = {"pull_stall_timeout_ms": 60_000}
+    async with model_server(data) as (url, ranges):
+        async with conductor_for(catalog=catalog, outbound=LOOPBACK) as (orch, c):
+            body = {"id": "cut", "digest": digest, "source_url": f"{url}/held.gguf", **SIGNED}
+            await c.simulate_post("/v1/catalog/models", json=body, headers=AUTH)
+            await c.simulate_post("/v1/catalog/models/cut/pull", headers=AUTH)
+            await eventually(lambda: orch.catalog.records["cut"].pull["bytes"] >= half)
+        async with conductor_for(catalog=catalog, outbound=LOOPBACK) as (again, c):
+            before = dict((await c.simulate_get("/v1/catalog/models/cut", headers=AUTH)).json)
+            after = await pull(c, again, "cut")
+            local = again.catalog.records["cut"].local_path
+            placed = await asyncio.to_thread(Path(local).read_bytes) if local else None
+    assert (
+        before["pull"]["state"] == "failed" and "the next pull resumes" in before["pull"]["error"]
+    )
+    assert ranges == ["", f"bytes={half}-"]
+    assert after["pull"]["state"] == "done", after
+    assert after["pull"]["resumed_from"] == half
+    assert placed == data
 
 
 def test_hf_sources_map_to_their_download_url() -> None:

@@ -18,6 +18,7 @@ from orchestratord.adapters.base import EngineAdapter, EngineInfo
 from orchestratord.adapters.mock import MockAdapter
 from orchestratord.app import Orchestrator
 from orchestratord.config import PoolConfig
+from orchestratord.core.task import TaskState
 from orchestratord.devices.inventory import MIB, gib
 from orchestratord.models.gguf_shape import read_model_shape
 from orchestratord.placement.fit import replica_need
@@ -59,9 +60,14 @@ async def register(conductor: Any, model_id: str, path: Path) -> None:
     assert created.status_code == 201, created.json
 
 
+def by_model(config: PoolConfig, spec: ReplicaSpec) -> EngineAdapter:
+    return MockAdapter(version=f"mock-{config.model_ref}")
+
+
 def gpu_orchestrator(
-    tmp_path: Path, old: Path, card_bytes: int, release: asyncio.Event, **pool: Any
-) -> Orchestrator:
+    tmp_path: Path, old: Path, card_bytes: int, release: asyncio.Event,
+    factory: Callable[[PoolConfig, ReplicaSpec], EngineAdapter] = by_model, **pool: Any,
+) -> Orchestrator:  # fmt: skip
     config = make_config(
         tmp_path,
         model_path=old,
@@ -75,7 +81,7 @@ def gpu_orchestrator(
         config,
         token=TOKEN,
         adapters={"p1": MockAdapter(held_handler(release, first_tokens=1))},
-        adapter_factory=lambda c, s: MockAdapter(version=f"mock-{c.model_ref}"),
+        adapter_factory=factory,
     )
 
 
@@ -128,17 +134,61 @@ async def test_stop_first_lets_the_old_engines_finish_then_starts_the_new_model(
         started = await conductor.simulate_post(
             "/v1/pools/p1/reload", json={"new_model_ref": "new"}, headers=AUTH
         )
-        await asyncio.sleep(0.05)
-        still_old = pool.config.model_ref  # the old engine is finishing its task
+        await eventually(lambda: pool.replicas[0].held)  # the old engine takes no new task
+        waiting = task_body(max_tokens=2)
+        await conductor.simulate_post("/v1/tasks", json=waiting, headers=AUTH)
+        waiting_task = orch.registry.get(waiting["task_id"])
+        assert waiting_task is not None
+        meanwhile = (waiting_task.state, pool.config.model_ref, len(pool.replicas[0].running))
         release.set()
         frames = await collect_stream(conductor, decoding["task_id"])
+        later = await collect_stream(conductor, waiting["task_id"])
         await eventually(lambda: pool.reload is not None and pool.reload.state != "starting")
         health = (await conductor.simulate_get("/v1/pools/p1/health", headers=AUTH)).json
     assert started.status_code == 202 and started.json["reload"]["mode"] == "stop-first"
-    assert still_old == "test/mock-model"
+    assert "stop-first" in str(started.json["reload"])  # said in the answer
+    # the old engine finishes its task and serves nothing else meanwhile: the free slot
+    # beside it stays free, and the task sent during the reload runs on the new model
+    assert meanwhile == (TaskState.QUEUED, "test/mock-model", 1)
     assert frames[-1][0] == "end"  # nothing running was killed by the swap
+    started_frame = next(data for event, data in later if event == "started")
+    assert started_frame["engine_version"] == "mock-new" and later[-1][0] == "end"
     assert health["reload"]["state"] == "switched" and health["model_ref"] == "new"
     assert pool.replicas[0].spec.vram_bytes == {0: need_of(new)}
+
+
+@pytest.mark.req("HARD-206")
+async def test_stop_first_brings_the_old_model_back_when_the_new_one_fails(
+    tmp_path: Path,
+) -> None:
+    models = tmp_path / "c" / "models"
+    old, new = shaped(models, "old", 8, 1024), shaped(models, "new", 10, 1024)
+    card = max(need_of(old), need_of(new)) + 64 * MIB
+
+    def build(config: PoolConfig, spec: ReplicaSpec) -> EngineAdapter:
+        return FailingStart() if config.model_ref == "new" else by_model(config, spec)
+
+    orch = gpu_orchestrator(
+        tmp_path, old, card, asyncio.Event(), factory=build, reload_mode="stop-first"
+    )
+    async with falcon.testing.ASGIConductor(orch.app) as conductor:
+        await register(conductor, "new", new)
+        pool = orch.pools["p1"]
+        started = await conductor.simulate_post(
+            "/v1/pools/p1/reload", json={"new_model_ref": "new"}, headers=AUTH
+        )
+        await eventually(lambda: pool.reload is not None and pool.reload.state != "starting")
+        health = (await conductor.simulate_get("/v1/pools/p1/health", headers=AUTH)).json
+        after = task_body(max_tokens=2)
+        admitted = await conductor.simulate_post("/v1/tasks", json=after, headers=AUTH)
+        frames = await collect_stream(conductor, after["task_id"])
+    assert started.status_code == 202 and started.json["reload"]["mode"] == "stop-first"
+    assert health["reload"]["state"] == "rolled_back" and health["ready"] is True
+    assert health["model_ref"] == "test/mock-model"
+    assert "engine start failed" in health["reload"]["error"]
+    assert admitted.status_code == 202 and frames[-1][0] == "end"
+    started_frame = next(data for event, data in frames if event == "started")
+    assert started_frame["engine_version"] == "mock-test/mock-model"  # the old model, again
 
 
 class SlowStart(MockAdapter):

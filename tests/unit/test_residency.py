@@ -204,6 +204,7 @@ async def test_a_pool_loads_on_its_first_task_and_the_stream_says_so(
     assert state is State.LOADED and engines.built == ["a"]
     assert 'model_loads_total{pool_id="a",result="ok"} 1.0' in metrics
     assert 'model_load_seconds_count{pool_id="a"} 1.0' in metrics
+    assert "\nmodels_loaded 1.0\n" in metrics
 
 
 @pytest.mark.req("RES-101", "RES-205")
@@ -248,6 +249,9 @@ async def test_the_cheapest_idle_pool_is_evicted_for_a_load(tmp_path: Path, mode
     assert frames[-1][0] == "end"
     assert states == {"slow": State.LOADED, "quick": State.UNLOADED, "c": State.LOADED}
     assert 'model_unloads_total{pool_id="quick",reason="evicted"} 1.0' in metrics
+    assert 'model_swaps_total{pool_id="quick"} 1.0' in metrics  # made way for another
+    assert 'model_swaps_total{pool_id="slow"}' not in metrics
+    assert "\nmodels_loaded 2.0\n" in metrics
 
 
 @pytest.mark.req("RES-103", "RES-105", "RES-201")
@@ -266,8 +270,8 @@ async def test_a_swap_never_kills_work_and_the_waiting_task_hears_why(
         _, queued_a = await submit(conductor, "a")  # a's queue keeps it busy
         _, waiting = await submit(conductor, "b")
         stream = asyncio.create_task(collect_stream(conductor, waiting["task_id"]))
-        await asyncio.sleep(0.6)  # past swap_wait: a is closed, but its task still runs
-        closed = orch.pools["a"].residency.closing
+        await eventually(lambda: orch.pools["a"].residency.closing)  # past swap_wait
+        closed = orch.pools["a"].residency.closing  # ... and its task still runs
         b_before = orch.pools["b"].residency.state
         engines.release.set()
         b_frames = await stream

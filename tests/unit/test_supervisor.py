@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from orchestratord.adapters.base import EngineAdapter
+from orchestratord.adapters.base import EngineAdapter, EngineInfo, SlotState
 from orchestratord.adapters.llamacpp import LlamaCppAdapter
 from orchestratord.adapters.mock import MockAdapter
 from orchestratord.config import PoolConfig
@@ -170,6 +170,57 @@ async def test_a_supervision_step_that_raises_is_logged_and_supervision_goes_on(
 
     await with_pool(process, adapter, body)
     assert "replica p-r0: supervision step failed (1 in a row)" in caplog.text
+
+
+class FaultyStep(MockAdapter):
+    """Raises something no adapter should from one engine step, once armed."""
+
+    def __init__(self, step: str) -> None:
+        super().__init__()
+        self.step = step
+        self.failures = 0
+
+    def _maybe_raise(self, step: str) -> None:
+        if step == self.step and self.failures > 0:
+            self.failures -= 1
+            raise KeyError(f"injected fault in {step}")
+
+    async def healthy(self) -> bool:
+        self._maybe_raise("health")
+        return await super().healthy()
+
+    async def info(self) -> EngineInfo:
+        self._maybe_raise("info")
+        return await super().info()
+
+    async def slots(self) -> list[SlotState]:
+        self._maybe_raise("slots")  # read by the self-test's cancel check
+        return await super().slots()
+
+
+@pytest.mark.parametrize("step", ["health", "info", "slots"])
+@pytest.mark.req("HARD-201")
+async def test_a_raising_health_probe_properties_read_or_self_test_slot_read_is_survived(
+    caplog: pytest.LogCaptureFixture, step: str
+) -> None:
+    """The fault is logged with the replica's id, the replica comes back once the step
+    stops raising, and supervision still repairs a crash after it."""
+    process = FakeProcess()
+    adapter = FaultyStep(step)
+
+    async def body(pool: Pool) -> None:
+        adapter.failures = 1
+        process.crash()  # a restart reads the properties and runs the self-test
+        await eventually(lambda: adapter.failures == 0)
+        await eventually(lambda: pool.ready)
+        starts = process.starts
+        process.crash()
+        await eventually(lambda: process.starts > starts and pool.ready)
+
+    await with_pool(process, adapter, body)
+    faults = [r for r in caplog.records if f"injected fault in {step}" in (
+        r.getMessage() + str(r.exc_info[1] if r.exc_info else ""))]  # fmt: skip
+    assert faults and all("replica p-r0" in r.getMessage() for r in faults), caplog.text
 
 
 @pytest.mark.req("HARD-201", "OC-POOL-3011")

@@ -19,6 +19,9 @@ import pytest
 from aiohttp import web
 
 import orchestratord.outbound.policy as policy_module
+from orchestratord.outbound.addresses import normalize_host
+from orchestratord.outbound.client import forwarded_headers
+from orchestratord.outbound.policy import Target
 from tests.unit import tool_hooks as hooks
 from tests.unit.conftest import AUTH, TOKEN
 from tests.unit.standin_resolver import StandInResolver
@@ -32,13 +35,17 @@ async def site(
 ) -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
     """A loopback site; ``seen`` records every request that reached it."""
     seen: list[dict[str, Any]] = []
+    closing = asyncio.Event()
 
     def audit_now() -> str:
         return audit_path.read_text() if audit_path is not None and audit_path.exists() else ""
 
     async def page(request: web.Request) -> web.Response:
         audited = audit_now()
-        seen.append({**request.headers, "path": request.path_qs, "audit_then": audited})
+        body = await request.text()
+        seen.append(
+            {**request.headers, "path": request.path_qs, "audit_then": audited, "body": body}
+        )
         return web.Response(text=f"hello; token {TOKEN}; key {SECRET}", content_type="text/plain")
 
     async def image(request: web.Request) -> web.Response:
@@ -67,6 +74,16 @@ async def site(
         await asyncio.sleep(2)
         return web.Response(text="late")
 
+    async def declared(request: web.Request) -> web.StreamResponse:
+        """Declares ``n`` bytes, sends ten and holds the rest until the site closes: only a
+        check of the declared length answers before the tool's timeout."""
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        response.content_length = int(request.query["n"])
+        await response.prepare(request)
+        await response.write(b"z" * 10)
+        await closing.wait()
+        return response
+
     async def redirect(request: web.Request) -> web.Response:
         raise web.HTTPFound(request.query["to"])
 
@@ -82,7 +99,7 @@ async def site(
     app = web.Application()
     routes = {"/page": page, "/image": image, "/big": big, "/slow": slow, "/chunked": chunked,
               "/redirect": redirect, "/admin": page, "/bad-location": bad_location,
-              "/odd-charset": odd_charset}  # fmt: skip
+              "/odd-charset": odd_charset, "/declared": declared}  # fmt: skip
     for path, handler in routes.items():
         app.router.add_route("*", path, handler)
     runner = web.AppRunner(app, access_log=None)
@@ -91,6 +108,7 @@ async def site(
     try:
         yield f"http://{host}:{runner.addresses[0][1]}", seen
     finally:
+        closing.set()
         await runner.cleanup()
 
 
@@ -259,6 +277,67 @@ async def test_credentials_do_not_follow_a_redirect_to_another_host(conductor_fo
     assert "Authorization" not in seen_second[0] and "Cookie" not in seen_second[0]
 
 
+HOP_BY_HOP = {"Connection": "x-private", "Keep-Alive": "timeout=99", "TE": "trailers",
+              "Upgrade": "websocket", "Proxy-Connection": "keep-alive", "Trailer": "X-After",
+              "Host": "intranet.corp"}  # fmt: skip
+CREDENTIALS = {"Authorization": "Bearer caller-secret", "Cookie": "session=abc",
+               "Proxy-Authorization": "Basic cHJveHk6cGFzcw=="}  # fmt: skip
+
+
+@pytest.mark.req("HARD-103")
+async def test_a_port_change_drops_every_credential_and_hop_by_hop_headers_never_leave(
+    conductor_for: Any,
+) -> None:
+    """Same host, another port: another origin. The hop there gets none of the caller's
+    credentials, nor the first URL's userinfo (sent as Basic auth to the first hop only);
+    no hop gets the caller's Host or a hop-by-hop header."""
+    async with (
+        site("127.0.0.1") as (first, seen_first),
+        site("127.0.0.1") as (second, seen_second),
+        conductor_for(tools=TOOLS, outbound=LOOPBACK) as (_, conductor),
+    ):
+        got = await fetch(
+            conductor,
+            url=f"{first}/redirect?to={second}/page",
+            headers={**CREDENTIALS, **HOP_BY_HOP},
+        )
+        with_userinfo = first.replace("http://", "http://bob:hunter2@")
+        userinfo = await fetch(conductor, url=f"{with_userinfo}/redirect?to={second}/page")
+    assert got.status_code == 200 and got.json["final_url"] == f"{second}/page", got.json
+    assert userinfo.status_code == 200 and userinfo.json["status"] == 200, userinfo.json
+    (redirected, plain) = seen_second
+    for name in CREDENTIALS:
+        assert name not in redirected, (name, redirected)
+    assert "Authorization" not in plain  # the userinfo did not follow either
+    for seen in (redirected, plain):
+        assert seen["Host"] == second.removeprefix("http://")
+        for name, value in HOP_BY_HOP.items():
+            assert seen.get(name) != value, (name, seen)
+    assert seen_first == []  # /redirect answers before ``page`` records anything
+
+
+@pytest.mark.req("HARD-103")
+def test_credentials_are_kept_on_the_same_origin_and_dropped_on_a_scheme_change() -> None:
+    """The rule itself, for the change a loopback test cannot serve (http to https)."""
+    loopback = normalize_host("127.0.0.1")
+    assert not isinstance(loopback, str)
+
+    def target(scheme: str, host: str, port: int) -> Target:
+        return Target(f"{scheme}://{host}:{port}/", host, port, scheme, [loopback])
+
+    caller = {**CREDENTIALS, **HOP_BY_HOP, "Accept": "text/plain"}
+    http = target("http", "docs.example.org", 443)
+    first = forwarded_headers(caller, None, http)
+    assert first == {**CREDENTIALS, "Accept": "text/plain"}
+    assert forwarded_headers(first, http, target("http", "docs.example.org", 443)) == first
+    for changed in (
+        target("https", "docs.example.org", 443),
+        target("http", "docs.example.org", 8443),
+        target("http", "other.example.org", 443),
+    ):
+        assert forwarded_headers(first, http, changed) == {"Accept": "text/plain"}, changed
+
+
 @pytest.mark.req("HARD-105", "OC-POLICY-4031", "OC-POLICY-4032")
 async def test_userinfo_and_secret_query_values_stay_out_of_the_audit_and_the_answer(
     conductor_for: Any, tmp_path: Path
@@ -312,6 +391,37 @@ async def test_bodies_are_read_to_the_limit_and_refused_past_it(
     assert whole.json["body"] == "y" * 300_000
     assert over.status_code == 403 and "more than 400000 bytes" in over.json["message"]
     assert audit(tmp_path)[-1]["outcome"] == "refused"
+
+
+@pytest.mark.req("HARD-104")
+async def test_a_declared_length_past_the_limit_is_refused_without_reading_the_body(
+    conductor_for: Any, tmp_path: Path
+) -> None:
+    """The site declares 5000 bytes, sends ten and holds the rest: reading would run into
+    the tool's timeout (an ``error`` answer); the declared length is refused at once."""
+    tools = {"max_response_bytes": 1000, "timeout_ms": 5000}
+    async with site() as (url, _), conductor_for(tools=tools, outbound=LOOPBACK) as (_, c):
+        over = await fetch(c, url=f"{url}/declared?n=5000")
+    assert over.status_code == 403, over.json
+    assert over.json["message"].endswith("the response has 5000 bytes, more than 1000")
+    assert audit(tmp_path)[-1]["outcome"] == "refused"
+
+
+@pytest.mark.req("HARD-105")
+async def test_secrets_in_headers_and_body_are_redacted_from_what_is_sent(
+    conductor_for: Any, tmp_path: Path
+) -> None:
+    tools = {**TOOLS, "methods": ["GET", "POST"]}
+    async with site() as (url, seen), conductor_for(tools=tools, outbound=LOOPBACK) as (_, c):
+        got = await fetch(
+            c, url=f"{url}/page", method="POST", headers={"X-Note": f"key {SECRET}"},
+            body=f"token={TOKEN}&key={SECRET}&plain=1",
+        )  # fmt: skip
+    assert got.status_code == 200, got.json
+    (sent,) = seen
+    assert sent["body"] == "token=[REDACTED]&key=[REDACTED]&plain=1"
+    assert sent["X-Note"] == "key [REDACTED]"
+    assert TOKEN not in json.dumps(audit(tmp_path)) and SECRET not in json.dumps(audit(tmp_path))
 
 
 @pytest.mark.req("HOME-104")
