@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,14 @@ _ENTRY = "llorch-req-entry"
 _PARAMS = re.compile(r"\[.*\]$")
 # Tests that run trace record into a history of their own, never the developer's.
 os.environ.setdefault("LLORCH_HISTORY_DB", str(Path(tempfile.mkdtemp()) / "history.sqlite"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell started in the background (``cmd &`` without job control) hands its children
+    # SIGINT ignored; Python then raises no KeyboardInterrupt, and a `llorch` a test starts
+    # inherits the same. The tests of Ctrl-C need it delivered wherever the loop was started.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

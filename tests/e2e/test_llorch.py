@@ -113,16 +113,21 @@ def test_ctrl_c_cancels_the_task_on_the_server(server: LiveServer) -> None:
         env=llorch_env(server),
     )  # fmt: skip
     assert proc.stdout is not None
-    proc.stdout.read(8)  # tokens are flowing
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=30)
+    (engine,) = [p for p in psutil.Process(server.pid).children() if "llama-server" in p.name()]
+    proc.stdout.read(8)  # tokens are flowing ...
+    engine.suspend()  # ... and the task can neither go on nor end until the test says so
+    try:
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=30)
+    finally:
+        engine.resume()
     assert proc.returncode == 130, stderr
     assert "canceled" in stderr
     task_id = stderr.strip().split("task ")[-1]
     with httpx.Client(base_url=server.url, headers=server.auth) as client:
         frames = client.get(f"/v1/tasks/{task_id}/stream").text
     assert '"finish_reason":"canceled"' in frames
-    assert server.engine_busy_slots() == []
+    wait_until(lambda: server.engine_busy_slots() == [], "the engine to free the slot")
 
 
 @pytest.mark.req("FR-MA-001", "HOME-1002")
@@ -294,7 +299,7 @@ def listings_while_a_task_is_held_on_a_stopped_engine(
     minutes) until the test lets the engine go on and cancels the task."""
     wait_until(lambda: slots_free(server) == 2, "both slots free before the test")
     (engine,) = [p for p in psutil.Process(server.pid).children() if "llama-server" in p.name()]
-    body = task_body(max_tokens=4)
+    body = task_body(max_tokens=4, model_ref=pool_of(server)["model_ref"])  # a reload may move it
     with httpx.Client(base_url=server.url, headers=server.auth, timeout=60) as client:
         engine.suspend()
         try:
