@@ -20,10 +20,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import FrameType
 
-# Spins until its parent is gone (then it is re-parented and getppid() changes).
+# Spins until its parent is gone (then it is re-parented and getppid() changes). The parent's
+# pid comes in argv, not from getppid() at start: a loop killed before the interpreter got
+# that far would leave a spinner that took init for its parent and spun on forever.
 SPIN = (
-    "import os\n"
-    "parent = os.getppid()\n"
+    "import os, sys\n"
+    "parent = int(sys.argv[1])\n"
     "while os.getppid() == parent:\n"
     "    for _ in range(20000):\n"
     "        pass\n"
@@ -44,7 +46,7 @@ class Load:
 
 def _spinner() -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-c", SPIN],
+        [sys.executable, "-c", SPIN, str(os.getpid())],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 
