@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 import httpx
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from steps.on_demand import OnDemandBox
@@ -126,12 +127,22 @@ class World:
         self.response = self.client.post("/v1/tasks", json=self.body, headers=self.server.auth)
 
     def fill_queue(self) -> None:
+        """Long tasks until one is refused, with the engine stopped meanwhile: the tasks on
+        it hold their slots, so none ends and makes room however fast the engine is."""
         self.filled = 0
-        for _ in range(40):
-            self.submit(max_tokens=1900, sampler_profile_version="fixed-length", prompt="a")
-            if self.response is not None and self.response.status_code != 202:
-                return
-            self.filled += 1
+        server = psutil.Process(self.server.pid)
+        engines = [p for p in server.children() if "llama-server" in p.name()]
+        for engine in engines:
+            engine.suspend()
+        try:
+            for _ in range(40):
+                self.submit(max_tokens=1900, sampler_profile_version="fixed-length", prompt="a")
+                if self.response is not None and self.response.status_code != 202:
+                    return
+                self.filled += 1
+        finally:
+            for engine in engines:
+                engine.resume()
         raise AssertionError("the queue never filled")
 
     def expect_accepted_capacity(self) -> None:

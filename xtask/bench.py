@@ -21,10 +21,18 @@ from xtask import (
     bench_session,
     bench_small,
     bench_swap,
+    machine,
 )
 
 
 def run(args: argparse.Namespace) -> int:
+    host = machine.describe()  # before the run: its load average is the machine's own
+    if not args.json:
+        print(machine.line(host))
+    return _run(args, host)
+
+
+def _run(args: argparse.Namespace, host: dict[str, Any]) -> int:
     if args.which == "relay":
         result = bench_relay.run(args.runs, args.pairs, args.tokens, args.seed, args.coalesce_ms)
         report = bench_relay.report
@@ -37,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.which == "compare":
         result = bench_compare.run(args.base, args.runs, args.streams, args.small, args.factor)
         if args.json:
-            print(json.dumps(result, indent=2))
+            print(json.dumps({**result, "machine": host}, indent=2))
         else:
             bench_compare.report(result)
         return 1 if bench_compare.slowed(result) else 0
@@ -54,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         result = bench_small.run(args.runs, args.per_block, args.blocks)
         report = bench_small.report
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(json.dumps({**result, "machine": host}, indent=2))
     else:
         report(result)
     return 0

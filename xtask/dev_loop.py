@@ -28,7 +28,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
-from xtask import affected, coverage_map, reruns, shards
+from xtask import affected, coverage_map, machine, reruns, shards
 from xtask.deploy_matrix import commit
 from xtask.live_server import SHARED_CPU_ENV
 from xtask.results import start_run, write_result
@@ -139,7 +139,9 @@ def print_finished(result: Result) -> None:
     print(f"<== {result.name}: {result.status} in {result.seconds:.1f} s{cpu}\n", flush=True)
 
 
-def write_junit(results: list[Result], load: Load | None = None) -> None:
+def write_junit(
+    results: list[Result], load: Load | None = None, host: dict[str, Any] | None = None
+) -> None:
     REPORTS.mkdir(exist_ok=True)
     failures = sum(1 for r in results if r.status == "FAILED")
     skipped = sum(1 for r in results if r.status == "skipped")
@@ -151,8 +153,10 @@ def write_junit(results: list[Result], load: Load | None = None) -> None:
         skipped=str(skipped),
         time=f"{sum(r.seconds for r in results):.1f}",
     )
+    properties = ET.SubElement(suite, "properties")
+    if host is not None:
+        ET.SubElement(properties, "property", name="machine", value=machine.line(host))
     if load is not None and load.processes:
-        properties = ET.SubElement(suite, "properties")
         ET.SubElement(properties, "property", name="under_load", value=str(load.processes))
         ET.SubElement(
             properties, "property", name="under_load_cpu_seconds", value=f"{load.cpu_seconds:.1f}"
@@ -168,7 +172,12 @@ def write_junit(results: list[Result], load: Load | None = None) -> None:
     ET.ElementTree(suite).write(REPORTS / "junit-dev-loop.xml", encoding="unicode")
 
 
-def print_table(results: list[Result], wall: float, load: Load | None = None) -> None:
+def print_table(
+    results: list[Result], wall: float, load: Load | None = None,
+    host: dict[str, Any] | None = None,
+) -> None:  # fmt: skip
+    if host is not None:
+        print(f"\n{machine.line(host)}")
     print("\nstep           start    wall     CPU  result")
     for r in results:
         start = f"{r.started:7.1f}" if r.status != "skipped" else "      -"
@@ -185,7 +194,9 @@ def run(args: argparse.Namespace) -> int:
     shard = getattr(args, "shard", None)  # parsed by argparse (shard_arg)
     only_affected = getattr(args, "affected", False)
     run_id = start_run()  # reports/ emptied: trace can only ever see this run's results
+    host = machine.describe()
     print(f"dev-loop: run {run_id}" + (f", shard {shard[0]}/{shard[1]}" if shard else ""))
+    print(f"dev-loop: {machine.line(host)}")
     env = {**os.environ, SHARED_CPU_ENV: "1"}  # steps share the cores: engines must not spin
     steps = steps_for(shard)
     if only_affected:
@@ -219,8 +230,8 @@ def run(args: argparse.Namespace) -> int:
             on_finish=print_finished,
             env=env,
         )
-    print_table(results, time.monotonic() - started, load)
-    write_junit(results, load)
+    print_table(results, time.monotonic() - started, load, host)
+    write_junit(results, load, host)
     if shard is not None:
         write_manifest(shard, results)
     failures = [r for r in results if r.status == "FAILED"]

@@ -171,7 +171,8 @@ def sync_lock(requirements: Mapping[str, Requirement], *, check: bool) -> list[s
     if check:
         committed = LOCK.read_text(encoding="utf-8") if LOCK.exists() else ""
         if committed != text:
-            return [f"{LOCK.relative_to(ROOT)} is out of date: run `python -m xtask spec-extract`"]
+            shown = LOCK.relative_to(ROOT) if LOCK.is_relative_to(ROOT) else LOCK
+            return [f"{shown} is out of date: run `python -m xtask spec-extract`"]
         return []
     LOCK.write_text(text, encoding="utf-8")
     return []

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import itertools
 import os
 import sqlite3
 import sys
@@ -103,10 +102,17 @@ def record(
 
 
 def flip_rate(outcomes: list[str]) -> float:
-    """Share of consecutive runs whose outcome differs (a flaky run counts as a flip)."""
-    flips = sum(1 for a, b in itertools.pairwise(outcomes) if a != b)
-    flips += sum(1 for o in outcomes if o == "flaky")
-    return flips / max(1, len(outcomes) - 1) if len(outcomes) > 1 else float(flips)
+    """The share of runs that flipped, between 0 and 1 (HARN-403): a run flips when it was
+    flaky (failed, then passed on its re-run) or when its outcome differs from the run
+    before it. The first run can flip only by being flaky."""
+    if not outcomes:
+        return 0.0
+    flipped = sum(
+        1
+        for index, outcome in enumerate(outcomes)
+        if outcome == "flaky" or (index > 0 and outcome != outcomes[index - 1])
+    )
+    return flipped / len(outcomes)
 
 
 def query(

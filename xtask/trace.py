@@ -32,6 +32,7 @@ import json
 import re
 import sys
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -439,6 +440,42 @@ def link_problems(rows: list[Row], root: Path = ROOT) -> list[str]:
     ]
 
 
+def gate(
+    rows: list[Row], quarantined: Mapping[str, quarantine.Quarantined]
+) -> tuple[list[str], list[str]]:
+    """What fails trace (and so the loop), and what is only reported: failed and undefined
+    IDs fail; a flaky or suspect MUST fails unless (flaky only) it is quarantined; a flaky or
+    suspect SHOULD is reported (HARN-103, HARN-402)."""
+    failing: list[str] = []
+    notes: list[str] = []
+    for row in rows:
+        if row.status in ("failed", "undefined"):
+            bad = [e for e in row.evidence if e.outcome != "passed"]
+            failing += [
+                f"{row.req.id} {row.status}: {e.runner} {e.name} ({e.outcome})" for e in bad
+            ]
+        if row.status == "flaky":
+            tests = [e.name for e in row.evidence if e.outcome == "flaky"]
+            held = quarantined.get(row.req.id)
+            what = f"{row.req.id} flaky: failed, then passed on re-run: {', '.join(tests)}"
+            if held is not None:
+                notes.append(f"{what} (quarantined since {held.since}: {held.reason})")
+            elif row.req.level == "MUST":
+                failing.append(what + " (fix it, or quarantine it with a reason and a date)")
+            else:
+                notes.append(f"{what} ({row.req.level}: reported, not failing)")
+        if row.status == "suspect":
+            what = (
+                f"{row.req.id} suspect: {len(row.suspects)} claims were reviewed against "
+                f"another clause; read them, then `python -m xtask review {row.req.id}`"
+            )
+            if row.req.level == "MUST":
+                failing.append(what)
+            else:
+                notes.append(f"{what} ({row.req.level}: reported, not failing)")
+    return failing, notes
+
+
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "merge", None):
         merged = trace_merge.merge(
@@ -478,31 +515,10 @@ def run(args: argparse.Namespace) -> int:
     )
     counts = {s: sum(1 for r in rows if r.status == s) for s in STATUSES}
     print("trace: " + ", ".join(f"{n} {s}" for s, n in counts.items()) + f" of {len(rows)}")
-    for row in rows:
-        if row.status in ("failed", "undefined"):
-            bad = [e for e in row.evidence if e.outcome != "passed"]
-            problems += [
-                f"{row.req.id} {row.status}: {e.runner} {e.name} ({e.outcome})" for e in bad
-            ]
-        if row.status == "flaky":
-            tests = [e.name for e in row.evidence if e.outcome == "flaky"]
-            held = quarantined.get(row.req.id)
-            what = f"{row.req.id} flaky: failed, then passed on re-run: {', '.join(tests)}"
-            if held is not None:
-                print(f"trace: {what} (quarantined since {held.since}: {held.reason})")
-            elif row.req.level == "MUST":
-                problems.append(what + " (fix it, or quarantine it with a reason and a date)")
-            else:
-                print(f"trace: {what} ({row.req.level}: reported, not failing)")
-        if row.status == "suspect":
-            what = (
-                f"{row.req.id} suspect: {len(row.suspects)} claims were reviewed against "
-                f"another clause; read them, then `python -m xtask review {row.req.id}`"
-            )
-            if row.req.level == "MUST":
-                problems.append(what)
-            else:
-                print(f"trace: {what} ({row.req.level}: reported, not failing)")
+    failing, notes = gate(rows, quarantined)
+    problems += failing
+    for note in notes:
+        print(f"trace: {note}")
     for problem in problems:
         print(f"trace: {problem}", file=sys.stderr)
     uncovered = [r.req.id for r in rows if r.status == "uncovered"]

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from orchestratord.models.tiny_gguf import TINY_MODEL_REF, ensure_tiny_model
@@ -129,13 +130,20 @@ def test_full_queue_gets_429_with_backoff(client: httpx.Client, server: LiveServ
     long = {"max_tokens": 1900, "sampler_profile_version": "fixed-length", "prompt": "a"}
     accepted = []
     rejected = None
-    for _ in range(8):  # 2 slots + 4 queue places, then the queue is full
-        response = client.post("/v1/tasks", json=task(**long))
-        if response.status_code == 429:
-            rejected = response
-            break
-        assert response.status_code == 202
-        accepted.append(response.json()["task_id"])
+    # The engine is stopped while the queue fills: the two tasks placed on it hold their
+    # slots (none can end and make room), however fast the engine would have been.
+    (engine,) = [p for p in psutil.Process(server.pid).children() if "llama-server" in p.name()]
+    engine.suspend()
+    try:
+        for _ in range(8):  # 2 slots + 4 queue places, then the queue is full
+            response = client.post("/v1/tasks", json=task(**long))
+            if response.status_code == 429:
+                rejected = response
+                break
+            assert response.status_code == 202
+            accepted.append(response.json()["task_id"])
+    finally:
+        engine.resume()
     try:
         assert rejected is not None, "queue never filled"
         assert len(accepted) == 6

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from xtask import fingerprints, report_html, trace
+from xtask import fingerprints, report_html, spec_extract, trace
 from xtask.spec_extract import Requirement, clause_text, fingerprint
 
 KEYS = {"HOME-203": {"pytest tests/unit/test_q.py::test_drop", "scenario features/q.feature: Full"}}
@@ -90,6 +90,10 @@ def test_a_suspect_must_fails_trace_and_a_suspect_should_is_reported(
     page = report_html.render_html([must], [], None, root=tmp_path, page_dir=tmp_path)
     assert 'data-status="suspect"' in page and 'id="count-suspect"' in page
     assert "<del>oldest</del>" in page and "<ins>newest</ins>" in page
+    failing, notes = trace.gate([must, should], {})
+    assert len(failing) == 1 and failing[0].startswith("HOME-203 suspect: 2 claims")
+    assert "python -m xtask review HOME-203" in failing[0]
+    assert len(notes) == 1 and notes[0].startswith("HOME-204 suspect") and "SHOULD" in notes[0]
 
 
 @pytest.mark.req("HARN-104")
@@ -117,3 +121,22 @@ def test_review_re_binds_what_it_is_told_and_says_what_is_still_suspect(
 def test_the_committed_lock_is_in_step_with_the_sources() -> None:
     requirements = fingerprints.current_requirements()
     assert fingerprints.sync_lock(requirements, check=True) == []
+
+
+@pytest.mark.req("HARN-102")
+def test_spec_extract_check_fails_on_a_lock_out_of_step_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    committed = fingerprints.LOCK.read_text(encoding="utf-8")
+    stale = tmp_path / "requirements" / "claims.lock"
+    stale.parent.mkdir()
+    lines = committed.splitlines(keepends=True)
+    claim = next(i for i, line in enumerate(lines) if line.lstrip().startswith("pytest "))
+    stale.write_text("".join(lines[:claim] + lines[claim + 1 :]), encoding="utf-8")  # one lost
+    monkeypatch.setattr(fingerprints, "LOCK", stale)
+    before = stale.read_text(encoding="utf-8")
+    assert spec_extract.run(argparse.Namespace(check=True)) == 1
+    assert f"drift: {stale} is out of date" in capsys.readouterr().out
+    assert stale.read_text(encoding="utf-8") == before  # --check writes nothing
+    stale.write_text(committed, encoding="utf-8")
+    assert spec_extract.run(argparse.Namespace(check=True)) == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from xtask import bdd, flaky_report, history, quarantine, reruns
+from xtask import bdd, flaky_report, history, quarantine, reruns, trace
 from xtask.spec_extract import Requirement, all_requirements
 from xtask.trace import Evidence, Row
 
@@ -115,6 +115,23 @@ def test_quarantine_needs_a_known_id_a_reason_and_a_date(tmp_path: Path) -> None
     assert committed_problems == []  # the committed file is well-formed
 
 
+@pytest.mark.req("HARN-402")
+def test_the_gate_fails_a_flaky_must_unless_quarantined_and_reports_a_flaky_should() -> None:
+    def row(req_id: str, level: str = "MUST") -> Row:
+        return Row(req(req_id, level), [Evidence("pytest", f"tests/unit/t.py::{req_id}", "flaky")])
+
+    rows = [row("HOME-101"), row("HOME-102"), row("HOME-103", "SHOULD")]
+    held = {"HOME-102": quarantine.Quarantined("HOME-102", "timing", dt.date(2026, 12, 2))}
+    failing, notes = trace.gate(rows, held)
+    assert len(failing) == 1 and failing[0].startswith("HOME-101 flaky: failed, then passed")
+    assert "quarantine it with a reason and a date" in failing[0]
+    assert any(n.startswith("HOME-102 flaky") and "quarantined since 2026-12-02" in n
+               for n in notes)  # fmt: skip
+    assert any(n.startswith("HOME-103 flaky") and "SHOULD: reported" in n for n in notes)
+    assert all(r.status == "flaky" for r in rows)  # a quarantined flaky is still flaky
+    assert trace.gate(rows, {**held, "HOME-101": held["HOME-102"]})[0] == []
+
+
 @pytest.mark.req("HARN-401", "HARN-402")
 def test_the_report_lists_each_flaky_test_with_both_outcomes() -> None:
     documents = {
@@ -172,7 +189,10 @@ def test_history_keeps_every_run_and_gives_the_flip_rate(tmp_path: Path) -> None
     assert [o for _, _, o, _ in runs] == list(reversed(outcomes))  # newest first
     assert [c for _, c, _, _ in runs][:2] == ["c4", "c3"]
     assert len(by_name[("pytest", "tests/unit/test_x.py::t")]) == 3
-    # 4 changes between 5 runs, plus the flaky run itself.
-    assert history.flip_rate(outcomes) == pytest.approx(5 / 4)
+    # Runs 2..5 each differ from the run before (run 4 is flaky besides): 4 of 5 flipped.
+    assert history.flip_rate(outcomes) == pytest.approx(4 / 5)
     assert history.flip_rate(["passed"] * 5) == 0.0
+    assert history.flip_rate(["flaky"]) == 1.0 and history.flip_rate([]) == 0.0
+    assert history.flip_rate(["flaky", "flaky", "flaky"]) == 1.0  # never above 1
+    assert history.flip_rate(["passed", "passed", "failed", "failed"]) == pytest.approx(1 / 4)
     assert history.query("HOME-999", 10, db) == {}

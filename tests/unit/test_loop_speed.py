@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from xtask import dev_loop, shards, trace_merge
+from xtask import bench, bench_small, dev_loop, machine, shards, trace_merge
 from xtask.scheduler import Result, Step, critical_path, run_graph
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,3 +261,41 @@ def test_tests_run_in_parallel_processes_and_servers_never_share_a_port_or_state
         assert one.url != two.url
         assert one.workdir != two.workdir
         assert one.engine_socket != two.engine_socket
+
+
+@pytest.mark.req("HARN-302")
+def test_the_step_table_and_the_junit_file_name_the_machine(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proc = tmp_path / "proc"
+    proc.mkdir()
+    (proc / "cpuinfo").write_text("processor\t: 0\nmodel name\t: Test CPU 9000 @ 1.00GHz\n")
+    (proc / "meminfo").write_text("MemTotal:       25165824 kB\n")
+    monkeypatch.setattr(machine.os, "getloadavg", lambda: (1.5, 0.75, 0.25))
+    host = machine.describe(proc)
+    assert host == {"cpu": "Test CPU 9000 @ 1.00GHz", "cores": os.cpu_count(),
+                    "memory_gib": 24.0, "load_average": [1.5, 0.75, 0.25]}  # fmt: skip
+    results = [Result("lint", 1.0, 0.5, "ok")]
+    dev_loop.print_table(results, 1.0, None, host)
+    printed = capsys.readouterr().out
+    assert "machine: Test CPU 9000 @ 1.00GHz" in printed and "24 GiB" in printed
+    assert "load average 1.50/0.75/0.25 (1/5/15 min) at the start" in printed
+    monkeypatch.setattr(dev_loop, "REPORTS", tmp_path)
+    dev_loop.write_junit(results, None, host)
+    junit = (tmp_path / "junit-dev-loop.xml").read_text()
+    assert 'name="machine" value="machine: Test CPU 9000' in junit
+
+
+@pytest.mark.req("HARN-302")
+def test_every_benchmark_names_the_machine_first(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(bench_small, "run", lambda *args: {"ratio": 1.0})
+    monkeypatch.setattr(bench_small, "report", lambda result: print("the table"))
+    args = argparse.Namespace(which="small", runs=1, per_block=1, blocks=1, json=False)
+    assert bench.run(args) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("machine: ") and table[1] == "the table"
+    assert bench.run(argparse.Namespace(**{**vars(args), "json": True})) == 0
+    as_json = json.loads(capsys.readouterr().out)
+    assert as_json["ratio"] == 1.0 and as_json["machine"]["cores"] == os.cpu_count()
