@@ -40,6 +40,14 @@ async def _minimal_decode(adapter: EngineAdapter) -> None:
     raise SelfTestFailed("decode: the engine sent no final event")
 
 
+# How long the cancel check waits for the engine to free its slot. An engine notices a
+# closed stream at its next write; on a machine with every core taken (or an engine at a
+# lower priority) that took more than the adapter's own five seconds, and a healthy engine
+# failed its start for it. The self-test's overall timeout still bounds the whole check.
+CANCEL_SETTLE_S = 30.0
+_SETTLE_POLL_S = 0.05
+
+
 async def _cancel(adapter: EngineAdapter) -> None:
     request = GenerationRequest("Hello", 64, 1, _GREEDY, reuse_kv=False, slot=0)
     events = adapter.generate(request)
@@ -47,9 +55,18 @@ async def _cancel(adapter: EngineAdapter) -> None:
         async for event in events:
             if isinstance(event, TokenChunk | StreamEnd):
                 break  # closing the stream is the cancel
-    busy = [s.id for s in await adapter.slots() if s.busy]
-    if busy:
-        raise SelfTestFailed(f"cancel: engine slots {busy} still busy after a cancel")
+    loop = asyncio.get_running_loop()
+    give_up = loop.time() + CANCEL_SETTLE_S
+    while True:
+        busy = [s.id for s in await adapter.slots() if s.busy]
+        if not busy:
+            return
+        if loop.time() >= give_up:
+            raise SelfTestFailed(
+                f"cancel: engine slots {busy} still busy after a cancel "
+                f"({CANCEL_SETTLE_S:g} s later)"
+            )
+        await asyncio.sleep(_SETTLE_POLL_S)
 
 
 async def self_test(adapter: EngineAdapter, timeout_s: float) -> None:

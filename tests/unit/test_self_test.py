@@ -18,6 +18,7 @@ from orchestratord.adapters.base import (
 )
 from orchestratord.adapters.mock import MockAdapter
 from orchestratord.app import Orchestrator
+from orchestratord.replicas import self_test as self_test_module
 from tests.unit.conftest import AUTH, TOKEN, make_config, task_body
 
 
@@ -26,6 +27,19 @@ class StuckSlotEngine(MockAdapter):
 
     async def slots(self) -> list[SlotState]:
         return [SlotState(0, True), SlotState(1, False)]
+
+
+class SlowToFreeEngine(MockAdapter):
+    """Frees its slot only some reads after the cancel (a starved engine notices late)."""
+
+    def __init__(self, busy_reads: int) -> None:
+        super().__init__()
+        self.busy_reads = busy_reads
+        self.reads = 0
+
+    async def slots(self) -> list[SlotState]:
+        self.reads += 1
+        return [SlotState(0, self.reads <= self.busy_reads), SlotState(1, False)]
 
 
 class SilentEngine(MockAdapter):
@@ -59,20 +73,39 @@ async def test_a_healthy_engine_passes_decode_cancel_and_telemetry(tmp_path: Pat
 @pytest.mark.parametrize(
     ("engine", "reason"),
     [
-        (StuckSlotEngine(), "self-test failed: cancel: engine slots [0] still busy after a cancel"),
+        (
+            StuckSlotEngine(),
+            "self-test failed: cancel: engine slots [0] still busy after a cancel (0.2 s later)",
+        ),
         (SilentEngine(), "self-test failed: decode: the engine sent no final event"),
         (NoMetricsEngine(), "self-test failed: telemetry: the engine is unavailable"),
     ],
 )
 @pytest.mark.req("ORCH-3049")
 async def test_a_replica_failing_a_step_stays_unready_with_the_step_named(
-    tmp_path: Path, engine: MockAdapter, reason: str
+    tmp_path: Path, engine: MockAdapter, reason: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setattr(self_test_module, "CANCEL_SETTLE_S", 0.2)
     orch = await start(tmp_path, engine)
     try:
         pool = orch.pools["p1"]
         assert not pool.ready
         assert pool.last_error == reason
+    finally:
+        await orch.stop()
+
+
+@pytest.mark.req("ORCH-3049")
+async def test_an_engine_that_frees_its_slot_late_after_the_cancel_still_passes(
+    tmp_path: Path,
+) -> None:
+    """The cancel check waits for the slot (up to CANCEL_SETTLE_S), not one read: ten busy
+    reads first, then idle."""
+    engine = SlowToFreeEngine(busy_reads=10)
+    orch = await start(tmp_path, engine)
+    try:
+        assert orch.pools["p1"].ready and orch.pools["p1"].last_error is None
+        assert engine.reads > 10
     finally:
         await orch.stop()
 
