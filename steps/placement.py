@@ -12,7 +12,6 @@ import json
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from xtask.live_server import LiveServer, live_server, task_body
+from xtask.live_server import LiveServer, live_server, task_body, wait_until
 from xtask.model_files import write_shaped_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -116,11 +115,10 @@ class MixedBox:
 
     def wait_all_decoding(self, replica_ids: list[str]) -> None:
         """Polls the engines themselves until every one is decoding at the same moment."""
-        for _ in range(500):
-            if all(self.engine_busy(r) for r in replica_ids):
-                return
-            time.sleep(0.01)
-        raise AssertionError(f"{replica_ids} were never all decoding at once")
+        wait_until(
+            lambda: all(self.engine_busy(r) for r in replica_ids),
+            f"{replica_ids} all decoding at once",
+        )
 
     def started_per_replica(self) -> dict[str, float]:
         text = self._get("/metrics").text

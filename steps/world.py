@@ -7,7 +7,6 @@ response, SSE frames on the wire, the engine's own ``/slots``, a metrics scrape.
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import Any
 
@@ -19,7 +18,7 @@ from steps.on_demand import OnDemandBox
 from steps.placement import MixedBox
 from tests.contract_schemas import assert_frames_match, assert_matches, load_openapi
 from tests.sse import SSEParser
-from xtask.live_server import LiveServer, task_body
+from xtask.live_server import LiveServer, task_body, wait_until
 
 _ENVELOPE_DOC = "data"
 
@@ -212,13 +211,16 @@ class World:
                 if sum(1 for e, _ in parser.frames if e == "token") >= count:
                     break
         # Until the server notices (its next write) the old stream holds the task: 409.
-        for _ in range(100):
-            probe = self.client.get(f"/v1/tasks/{self.task_id}/stream", headers=self.server.auth)
-            if probe.status_code != 409:
-                self.frames = SSEParser().feed(probe.content) if probe.status_code == 200 else []
-                return
-            time.sleep(0.02)
-        raise AssertionError("the server never noticed the disconnect")
+        probes: list[httpx.Response] = []
+
+        def noticed() -> bool:
+            url = f"/v1/tasks/{self.task_id}/stream"
+            probes.append(self.client.get(url, headers=self.server.auth))
+            return probes[-1].status_code != 409
+
+        wait_until(noticed, "the server to notice the disconnect")
+        probe = probes[-1]
+        self.frames = SSEParser().feed(probe.content) if probe.status_code == 200 else []
 
     def remember_text(self, name: str) -> None:
         self.read_stream()
@@ -230,11 +232,7 @@ class World:
         response = self.client.post("/v1/tasks", json=body, headers=self.server.auth)
         assert response.status_code == 202, response.text
         self.accepted.append(body["task_id"])
-        for _ in range(100):  # until it is really decoding on the engine
-            if self.engine_busy_slots():
-                return
-            time.sleep(0.01)
-        raise AssertionError("the long task never started decoding")
+        wait_until(self.engine_busy_slots, "the long task to decode on the engine")
 
     def engine_busy_slots(self) -> list[int]:
         return self.server.engine_busy_slots()

@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +31,15 @@ from xtask import coverage_map
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
 TEST_TOKEN = "live-test-token-0123456789abcdef"
+
+
+def wait_until(check: Callable[[], object], what: str, timeout_s: float = 60.0) -> None:
+    """Poll for an event a test caused, with a generous bound (a loaded machine is slow, not
+    wrong); when it runs out, the assertion says what was waited for."""
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"waited {timeout_s:g} s for {what}"
+        time.sleep(0.02)
 
 
 def task_body(**overrides: Any) -> dict[str, Any]:

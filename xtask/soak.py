@@ -255,14 +255,17 @@ async def engine_hangs(server: LiveServer, probe: Probe, hangs: int) -> None:
     async with aiohttp.ClientSession(headers=server.auth) as session:
         for _ in range(hangs):
             await wait_ready(session, server)
-            body = task_body(**LONG)
-            await submit(session, server, body)
-            follower, seen = await first_token(session, server, body["task_id"])
-            await seen.wait()
+            # Stopped before the task is sent: the task is placed on an engine that can never
+            # finish it, however fast the engine would have been.
             hung = engine_of(server)
             hung.send_signal(signal.SIGSTOP)
+            body = task_body(**LONG)
             try:
-                frames = await asyncio.wait_for(follower, 60)
+                status, _, reply = await submit(session, server, body)
+                if status != 202:
+                    probe.fail(f"setup: {status} {reply}")
+                    continue
+                frames = await stream(session, server, body["task_id"], 60)
             finally:
                 if hung.is_running():
                     hung.send_signal(signal.SIGCONT)

@@ -120,8 +120,9 @@ def wait_for(check: Any, timeout_s: float = 30.0) -> None:
 def test_a_model_loads_on_its_first_task_and_unloads_after_its_keep_alive(
     tmp_path: Path, models: dict[str, Path]
 ) -> None:
-    # Long enough that the CLI calls below finish inside it on a loaded machine.
-    pools = [pool("alpha", models["alpha"], keep_alive_ms=5000)]
+    # Loaded until the test's last task asks for a short keep-alive: the CLI calls between may
+    # take as long as a loaded machine needs.
+    pools = [pool("alpha", models["alpha"], keep_alive_ms=600_000)]
     with live_server(config_for(tmp_path, models, 2, pools)) as server:
         assert engines(server) == []  # nothing loaded at start
         env = {**os.environ, "LLORCH_URL": server.url, "LLORCH_API_TOKEN": server.token}
@@ -133,7 +134,9 @@ def test_a_model_loads_on_its_first_task_and_unloads_after_its_keep_alive(
         with httpx.Client(base_url=server.url, headers=server.auth, timeout=60) as client:
             frames = stream(client, task_body(model_ref="alpha", ctx=512, max_tokens=4))
             loaded = residency(client)["alpha"]
-            wait_for(lambda: residency(client)["alpha"]["state"] == "unloaded")
+            last = task_body(model_ref="alpha", ctx=512, max_tokens=2, keep_alive_ms=300)
+            assert stream(client, last)[-1][0] == "end"
+            wait_for(lambda: residency(client)["alpha"]["state"] == "unloaded", 60)
             left = engines(server)
     assert run.returncode == 0, run.stderr
     assert "queued: 0 ahead" in run.stderr and "loading alpha on GPU0" in run.stderr

@@ -10,7 +10,8 @@ from typing import Any
 import coverage
 import pytest
 
-from xtask import affected, claims, coverage_map, dev_loop, spec_extract, trace
+from tests.unit.test_flaky import CONFTEST
+from xtask import affected, claims, coverage_map, dev_loop, reruns, spec_extract, trace
 from xtask.trace import Evidence
 
 
@@ -190,3 +191,34 @@ def test_a_recording_run_learns_which_modules_a_real_server_imported(
     assert hit == {"tests/e2e/test_example.py"}
     assert not any(f.startswith(".venv") for f in document["files"])
     assert recorded.name.startswith("imports.tests~e2e~test_example.py.")
+
+
+@pytest.mark.req("HARN-203")
+def test_an_affected_run_runs_only_the_selected_tests(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The unit step of an affected-only run: pytest collects the whole module, and only the
+    test the selection names runs (the others are deselected, not passed)."""
+    monkeypatch.setenv("LLORCH_RUN_ID", "run-affected")
+    for env in ("LLORCH_SHARD", affected.AFFECTED_ENV):
+        monkeypatch.delenv(env, raising=False)
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    (suite / "conftest.py").write_text(CONFTEST)
+    (suite / "test_two.py").write_text(
+        "import pytest\n\n"
+        "@pytest.mark.req('HOME-101')\ndef test_chosen():\n    pass\n\n"
+        "@pytest.mark.req('HOME-102')\ndef test_left_alone():\n    pass\n"
+    )
+    # Inside the suite: pytest's rootdir (and so the test ids) is then the same on both runs.
+    report = suite / "out.json"
+    assert reruns.run_pytest([str(suite)], report) == 0
+    everything = sorted(json.loads(report.read_text())["results"])
+    chosen = next(n for n in everything if n.endswith("::test_chosen"))
+    selection = tmp_path / "affected.json"
+    selection.write_text(json.dumps(
+        {"affected": {"tests": {chosen: ["changed"]}, "scenarios": [], "steps": {}}}))  # fmt: skip
+    monkeypatch.setenv(affected.AFFECTED_ENV, str(selection))
+    assert reruns.run_pytest([str(suite)], report) == 0
+    ran = json.loads(report.read_text())["results"]
+    assert len(everything) == 2 and list(ran) == [chosen], ran

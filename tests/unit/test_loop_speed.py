@@ -27,6 +27,25 @@ def sleeper(name: str, seconds: float, tmp: Path, needs: frozenset[str] = frozen
     return Step(name, [sys.executable, "-c", code], needs, seconds)
 
 
+MEETER = """
+import pathlib, sys, time
+here, name, other = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+(here / f"{name}.start").write_text(str(time.time()))
+deadline = time.monotonic() + 60
+while not (here / f"{other}.start").exists() and time.monotonic() < deadline:
+    time.sleep(0.01)
+(here / f"{name}.end").write_text(str(time.time()))
+(here / f"{name}.met").write_text(str((here / f"{other}.start").exists()))
+"""
+
+
+def meeter(name: str, other: str, tmp: Path) -> Step:
+    """Writes its start, then waits (up to a minute) for ``other`` to have started before it
+    ends: both can end having met only if they ran at the same time, however slowly each
+    one's interpreter started."""
+    return Step(name, [sys.executable, "-c", MEETER, str(tmp), name, other], frozenset(), 0.6)
+
+
 def stamp(tmp: Path, name: str, edge: str) -> float:
     return float((tmp / f"{name}.{edge}").read_text())
 
@@ -34,8 +53,8 @@ def stamp(tmp: Path, name: str, edge: str) -> float:
 @pytest.mark.req("HARN-301", "HARN-302")
 def test_independent_steps_overlap_and_needs_wait(tmp_path: Path) -> None:
     steps = [
-        sleeper("a", 0.6, tmp_path),
-        sleeper("b", 0.6, tmp_path),
+        meeter("a", "b", tmp_path),
+        meeter("b", "a", tmp_path),
         sleeper("c", 0.1, tmp_path, frozenset({"a", "b"})),
     ]
     finished: list[str] = []
@@ -47,13 +66,13 @@ def test_independent_steps_overlap_and_needs_wait(tmp_path: Path) -> None:
         on_finish=lambda r: finished.append(r.name),
     )
     assert [r.status for r in results] == ["ok", "ok", "ok"]
-    # a and b ran at the same time; c only after both had ended.
-    assert stamp(tmp_path, "b", "start") < stamp(tmp_path, "a", "end")
-    assert stamp(tmp_path, "a", "start") < stamp(tmp_path, "b", "end")
+    # a and b ran at the same time (each saw the other start before it ended); c only after
+    # both had ended.
+    assert [(tmp_path / f"{n}.met").read_text() for n in "ab"] == ["True", "True"]
     assert stamp(tmp_path, "c", "start") >= max(stamp(tmp_path, n, "end") for n in "ab")
     assert finished[-1] == "c"
     path, seconds = critical_path(results)
-    assert path[-1] == "c" and path[0] in ("a", "b") and seconds >= 0.6
+    assert path[-1] == "c" and path[0] in ("a", "b") and seconds > 0
     assert all(r.log is not None and r.log.exists() for r in results)
 
 
