@@ -17,7 +17,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from steps.world import World  # noqa: E402
-from xtask.live_server import live_server  # noqa: E402
+from xtask.fakes.live_server import live_server  # noqa: E402
 
 
 def before_all(context: Any) -> None:

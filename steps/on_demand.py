@@ -21,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from orchestratord.models.tiny_gguf import write_tiny_model
 from steps.placement import example_config
 from tests.sse import SSEParser
-from xtask.live_server import LiveServer, live_server, task_body
-from xtask.tiny_models import FIRST_SEED, NAMES
+from xtask.fakes.live_server import LiveServer, live_server, task_body
+from xtask.fakes.tiny_models import FIRST_SEED, NAMES
 
 
 class OnDemandBox:

@@ -20,8 +20,8 @@ import httpx
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from xtask.live_server import LiveServer, live_server, task_body, wait_until
-from xtask.model_files import write_shaped_gguf
+from xtask.fakes.live_server import LiveServer, live_server, task_body, wait_until
+from xtask.fakes.model_files import write_shaped_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "config" / "examples"

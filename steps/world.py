@@ -1,7 +1,7 @@
 """What the BDD steps do, against a live orchestratord fronting a real llama-server.
 
 One :class:`World` per scenario; the server is shared by the whole run (started by the
-runner's hooks through :mod:`xtask.live_server`). Every check reads an observable: an HTTP
+runner's hooks through :mod:`xtask.fakes.live_server`). Every check reads an observable: an HTTP
 response, SSE frames on the wire, the engine's own ``/slots``, a metrics scrape.
 """
 
@@ -18,7 +18,7 @@ from steps.on_demand import OnDemandBox
 from steps.placement import MixedBox
 from tests.contract_schemas import assert_frames_match, assert_matches, load_openapi
 from tests.sse import SSEParser
-from xtask.live_server import LiveServer, task_body, wait_until
+from xtask.fakes.live_server import LiveServer, task_body, wait_until
 
 _ENVELOPE_DOC = "data"
 

@@ -3,7 +3,7 @@
 IDs come from ``@pytest.mark.req("ID", ...)`` on the test function itself (plain tests) and
 from scenario tags that ``tests/bdd/conftest.py`` turns into the same marker (pytest-bdd).
 A module- or class-level req marker is a usage error: each test claims only what it
-asserts. The file carries the run id (``xtask/results.py``); the traceability step joins it
+asserts. The file carries the run id (``xtask/loop/results.py``); the traceability step joins it
 with the specs and the claims it finds in the sources; nothing here decides coverage.
 """
 
@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 from pytest_bdd.scenario import scenario_wrapper_template_registry
 
-from xtask import shards
-from xtask.results import write_result
+from xtask.loop import shards
+from xtask.loop.results import write_result
 
 _ROOT = Path(__file__).resolve().parent.parent
 _RESULTS: dict[str, dict[str, Any]] = {}

@@ -5,29 +5,23 @@ from __future__ import annotations
 import argparse
 import sys
 
-from xtask import (
-    affected,
+from xtask.bench import bench
+from xtask.checks import (
     bdd,
-    bench,
     conformance,
-    dashboard_png,
     deploy_matrix,
     determinism,
-    dev_loop,
-    export_reqif,
-    fingerprints,
     fit_check,
-    history,
     metrics_lint,
     mutate,
     pact,
     regen,
-    report_page,
     soak,
-    spec_extract,
-    tiny_models,
-    trace,
 )
+from xtask.fakes import tiny_models
+from xtask.loop import affected, dev_loop, history
+from xtask.report import dashboard_png, export_reqif, report_page, trace
+from xtask.spec import fingerprints, spec_extract
 
 
 def main(argv: list[str] | None = None) -> int:

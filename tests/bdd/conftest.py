@@ -11,8 +11,8 @@ from pytest_bdd import given, parsers, then, when
 
 from steps.library import STEPS, StepDef, step_kwargs
 from steps.world import World
-from xtask.live_server import LiveServer, live_server
-from xtask.spec_extract import ID_RE
+from xtask.fakes.live_server import LiveServer, live_server
+from xtask.spec.spec_extract import ID_RE
 
 _DECORATORS = {"given": given, "when": when, "then": then}
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from xtask.determinism import ENGINES, EngineResult, corpus, run_suite
+from xtask.checks.determinism import ENGINES, EngineResult, corpus, run_suite
 
 pytestmark = pytest.mark.e2e
 

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from xtask.live_server import LiveServer, default_live_config, live_server
+from xtask.fakes.live_server import LiveServer, default_live_config, live_server
 
 pytestmark = pytest.mark.e2e
 

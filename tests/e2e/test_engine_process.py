@@ -26,7 +26,7 @@ from orchestratord.replicas.engine_process import (
     free_loopback_port,
     llama_server_binary,
 )
-from xtask.live_server import LiveServer, live_server
+from xtask.fakes.live_server import LiveServer, live_server
 
 pytestmark = pytest.mark.e2e
 

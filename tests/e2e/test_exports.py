@@ -13,8 +13,8 @@ from cucumber_json_aggregator.loader import load_files
 from cucumber_json_aggregator.summary import summarize
 from reqif.parser import ReqIFParser
 
-from xtask import cucumber_json, export_reqif
-from xtask.spec_extract import all_requirements, fingerprint
+from xtask.report import cucumber_json, export_reqif
+from xtask.spec.spec_extract import all_requirements, fingerprint
 
 ROOT = Path(__file__).resolve().parents[2]
 FEATURE = "features/capabilities.feature"

@@ -20,7 +20,7 @@ import pytest
 from orchestratord.models.tiny_gguf import TINY_MODEL_REF, ensure_tiny_model
 from tests.contract_schemas import assert_frames_match, assert_matches
 from tests.sse import SSEParser
-from xtask.live_server import LiveServer, live_server, task_body
+from xtask.fakes.live_server import LiveServer, live_server, task_body
 
 pytestmark = pytest.mark.e2e
 

@@ -30,7 +30,7 @@ import pytest
 
 from cli_client.cli import main as cli_main
 from orchestratord.models.tiny_gguf import ensure_tiny_model
-from xtask.live_server import LiveServer, default_live_config, live_server, task_body
+from xtask.fakes.live_server import LiveServer, default_live_config, live_server, task_body
 
 pytestmark = pytest.mark.e2e
 

@@ -31,7 +31,7 @@ from orchestratord.models.tiny_gguf import write_tiny_model
 from orchestratord.placement.fit import replica_need
 from orchestratord.replicas.engine_process import llama_server_binary
 from tests.sse import SSEParser
-from xtask.live_server import LiveServer, default_live_config, live_server, task_body
+from xtask.fakes.live_server import LiveServer, default_live_config, live_server, task_body
 
 pytestmark = pytest.mark.e2e
 

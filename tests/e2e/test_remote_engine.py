@@ -24,7 +24,7 @@ import pytest
 from orchestratord.models.tiny_gguf import default_cache_dir, ensure_tiny_model
 from orchestratord.replicas.engine_process import free_loopback_port, llama_server_binary
 from tests.sse import SSEParser
-from xtask.live_server import LiveServer, default_live_config, live_server, task_body
+from xtask.fakes.live_server import LiveServer, default_live_config, live_server, task_body
 
 pytestmark = pytest.mark.e2e
 

@@ -20,7 +20,7 @@ from orchestratord.devices.inventory import MIB
 from orchestratord.models.gguf_shape import read_model_shape
 from orchestratord.placement.fit import replica_need
 from steps.placement import example_config
-from xtask.live_server import LiveServer, live_server, task_body
+from xtask.fakes.live_server import LiveServer, live_server, task_body
 
 pytestmark = pytest.mark.e2e
 

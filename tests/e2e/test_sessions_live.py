@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.sse import SSEParser
-from xtask.live_server import LiveServer, live_server, task_body
+from xtask.fakes.live_server import LiveServer, live_server, task_body
 
 pytestmark = pytest.mark.e2e
 

@@ -23,7 +23,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from orchestratord.models.tiny_gguf import ensure_tiny_model
-from xtask.live_server import LiveServer, default_live_config, live_server, task_body
+from xtask.fakes.live_server import LiveServer, default_live_config, live_server, task_body
 
 pytestmark = pytest.mark.e2e
 

@@ -1,5 +1,5 @@
 """orchestratord serving a TGI pool, end to end over HTTP. TGI itself cannot run here: the
-engine is the protocol fake ``xtask/fake_tgi.py`` (built from TGI's documented API), run as a
+engine is the protocol fake ``xtask/fakes/fake_tgi.py`` (built from TGI's documented API), run as a
 separate process; what is real is orchestratord and the adapter's HTTP exchange."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 
 from orchestratord.replicas.engine_process import free_loopback_port
 from tests.sse import SSEParser
-from xtask.fake_tgi import seeded_tokens
-from xtask.live_server import LiveServer, default_live_config, live_server, task_body
+from xtask.fakes.fake_tgi import seeded_tokens
+from xtask.fakes.live_server import LiveServer, default_live_config, live_server, task_body
 
 pytestmark = pytest.mark.e2e
 
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def tgi_fake() -> Iterator[str]:
     port = free_loopback_port()
-    proc = subprocess.Popen([sys.executable, "-m", "xtask.fake_tgi", "--port", str(port)])
+    proc = subprocess.Popen([sys.executable, "-m", "xtask.fakes.fake_tgi", "--port", str(port)])
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(200):

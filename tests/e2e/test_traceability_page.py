@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
-from xtask import report_page, spec_extract, trace
-from xtask.compliance_diff import compare
-from xtask.fingerprints import Suspect
-from xtask.trace import Evidence, Row
+from xtask.report import report_page, trace
+from xtask.report.compliance_diff import compare
+from xtask.report.trace import Evidence, Row
+from xtask.spec import spec_extract
+from xtask.spec.fingerprints import Suspect
 
 HOSTILE = (
     '<script>document.title = "owned"</script>'

@@ -13,8 +13,8 @@ import httpx
 import pytest
 
 from tests.sse import SSEParser
-from xtask.live_server import LiveServer, default_live_config, live_server, task_body
-from xtask.triton_server import TritonServer, triton_server
+from xtask.fakes.live_server import LiveServer, default_live_config, live_server, task_body
+from xtask.fakes.triton_server import TritonServer, triton_server
 
 pytestmark = pytest.mark.e2e
 

@@ -1,7 +1,7 @@
 """The CLI's expectations of orchestratord, shared by the consumer tests and the provider run.
 
 Provider states name real conditions the provider verification creates on a live server
-(``xtask/pact.py``): a finished task, a running task, a full queue. Task ids are fixed per
+(``xtask/checks/pact.py``): a finished task, a running task, a full queue. Task ids are fixed per
 interaction so a state can prepare exactly the task the request names.
 """
 

@@ -38,7 +38,7 @@ from orchestratord.core.task import Task
 from tests.contract_schemas import assert_frames_match
 from tests.sse import SSEParser
 from tests.unit.standin_resolver import StandInResolver
-from xtask.live_server import task_body as live_task_body
+from xtask.fakes.live_server import task_body as live_task_body
 
 TOKEN = "unit-test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -11,8 +11,10 @@ import coverage
 import pytest
 
 from tests.unit.test_flaky import CONFTEST
-from xtask import affected, claims, coverage_map, dev_loop, reruns, spec_extract, trace
-from xtask.trace import Evidence
+from xtask.loop import affected, coverage_map, dev_loop, reruns
+from xtask.report import trace
+from xtask.report.trace import Evidence
+from xtask.spec import claims, spec_extract
 
 
 def git(repo: Path, *args: str) -> None:
@@ -109,13 +111,13 @@ def test_a_feature_file_selects_its_scenarios_and_data_files_their_steps(
 def recorded_map(tmp_path: Path) -> dict[str, Any]:
     """A real coverage map: coverage.py measured a function under a test's context, and a
     server's import list."""
-    source = Path(affected.ROOT) / "xtask" / "shards.py"
+    source = Path(affected.ROOT) / "xtask" / "loop" / "shards.py"
     data_dir = tmp_path / "cov"
     data_dir.mkdir()
     cov = coverage.Coverage(data_file=str(data_dir / ".coverage.unit"), include=[str(source)])
     cov.start()
     cov.switch_context("tests/unit/test_loop_speed.py::test_shards|run")
-    from xtask import shards  # noqa: PLC0415
+    from xtask.loop import shards  # noqa: PLC0415
 
     shards.parse("1/2")
     cov.stop()
@@ -131,22 +133,22 @@ def test_a_module_change_selects_the_tests_that_ran_its_lines(
 ) -> None:
     document = recorded_map(tmp_path)
     assert "tests/unit/test_loop_speed.py::test_shards" in document["contexts"]
-    text = Path(affected.ROOT, "xtask/shards.py").read_text().splitlines()
+    text = Path(affected.ROOT, "xtask/loop/shards.py").read_text().splitlines()
     body = next(n for n, line in enumerate(text, 1) if "match = _SPEC.match" in line)
-    hit = coverage_map.tests_for_lines(document, "xtask/shards.py", {body})
+    hit = coverage_map.tests_for_lines(document, "xtask/loop/shards.py", {body})
     assert hit == {"tests/unit/test_loop_speed.py::test_shards"}
-    assert coverage_map.tests_for_lines(document, "xtask/shards.py", {9999}) == set()
+    assert coverage_map.tests_for_lines(document, "xtask/loop/shards.py", {9999}) == set()
     assert coverage_map.tests_for_lines(document, "orchestratord/app.py", {1}) == {
         "tests/e2e/test_live_llamacpp.py"
     }
-    monkeypatch.setattr(affected, "changed_files", lambda since: ["xtask/shards.py"])
+    monkeypatch.setattr(affected, "changed_files", lambda since: ["xtask/loop/shards.py"])
     monkeypatch.setattr(affected, "changed_ids", lambda files, since: {})
     monkeypatch.setattr(affected, "changed_lines", lambda path, since: {body})
     monkeypatch.setattr(coverage_map, "read", lambda: document)
     selection = affected.compute()
     assert list(selection.tests) == ["tests/unit/test_loop_speed.py::test_shards"]
     assert (
-        f"xtask/shards.py lines {body} ran by it"
+        f"xtask/loop/shards.py lines {body} ran by it"
         in selection.tests["tests/unit/test_loop_speed.py::test_shards"]
     )
     monkeypatch.setattr(coverage_map, "read", lambda: None)
@@ -164,7 +166,7 @@ def test_an_affected_run_marks_what_it_did_not_rerun(monkeypatch: pytest.MonkeyP
     chosen = selection.as_json()
     ran = Evidence("pytest", "tests/unit/test_queue.py::test_a", "not run", "x:1")
     other = Evidence("pytest", "tests/unit/test_queue.py::test_b", "not run", "x:2")
-    soak = Evidence("soak", "soak::probe", "not run", "xtask/soak.py")
+    soak = Evidence("soak", "soak::probe", "not run", "xtask/checks/soak.py")
     assert trace.not_rerun(ran, chosen).outcome == "not run"  # selected, yet it did not run
     assert trace.not_rerun(other, chosen).outcome == "not re-run"
     assert trace.not_rerun(soak, chosen).outcome == "not re-run"
@@ -179,7 +181,7 @@ def test_an_affected_run_marks_what_it_did_not_rerun(monkeypatch: pytest.MonkeyP
 def test_a_recording_run_learns_which_modules_a_real_server_imported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from xtask.live_server import live_server  # noqa: PLC0415
+    from xtask.fakes.live_server import live_server  # noqa: PLC0415
 
     monkeypatch.setenv(coverage_map.COVERAGE_DIR_ENV, str(tmp_path))
     monkeypatch.setenv("PYTEST_CURRENT_TEST", "tests/e2e/test_example.py::test_x (setup)")

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from orchestratord.config import Config, Engine, PoolConfig, load_config
 from orchestratord.models.tiny_gguf import TINY_MODEL_REF
-from xtask import regen
+from xtask.checks import regen
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "config" / "examples").glob("*.yaml"))

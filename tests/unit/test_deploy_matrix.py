@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from xtask import deploy_matrix, pact
+from xtask.checks import deploy_matrix, pact
 
 
 def entry(pact_hash: str, provider: str, **interactions: str) -> dict[str, object]:

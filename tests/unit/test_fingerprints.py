@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from xtask import fingerprints, report_html, spec_extract, trace
-from xtask.spec_extract import Requirement, clause_text, fingerprint
+from xtask.report import report_html, trace
+from xtask.spec import fingerprints, spec_extract
+from xtask.spec.spec_extract import Requirement, clause_text, fingerprint
 
 KEYS = {"HOME-203": {"pytest tests/unit/test_q.py::test_drop", "scenario features/q.feature: Full"}}
 

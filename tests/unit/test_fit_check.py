@@ -12,7 +12,7 @@ from orchestratord.models.gguf_shape import read_model_shape
 from orchestratord.placement.fit import replica_need
 from orchestratord.placement.fit_check import compare, engine_estimate, fit_params_binary
 from orchestratord.replicas.engine_process import llama_server_binary
-from xtask.fit_check import comparisons
+from xtask.checks.fit_check import comparisons
 
 
 @pytest.mark.req("HARD-207", "HOME-1001")

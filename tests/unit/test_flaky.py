@@ -9,9 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from xtask import bdd, flaky_report, history, quarantine, reruns, trace
-from xtask.spec_extract import Requirement, all_requirements
-from xtask.trace import Evidence, Row
+from xtask.checks import bdd
+from xtask.loop import history, reruns
+from xtask.report import flaky_report, trace
+from xtask.report.trace import Evidence, Row
+from xtask.spec import quarantine
+from xtask.spec.spec_extract import Requirement, all_requirements
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 
-from xtask import bdd, claims, fingerprints, pact, results, spec_extract, trace
-from xtask.claims import Claim, Claims
-from xtask.results import RUN_ID_ENV
+from xtask.checks import bdd, pact
+from xtask.loop import results
+from xtask.loop.results import RUN_ID_ENV
+from xtask.report import trace
+from xtask.spec import claims, fingerprints, spec_extract
+from xtask.spec.claims import Claim, Claims
 
 
 def write_spec(tmp_path: Path, rows: str) -> Path:
@@ -96,8 +99,8 @@ class Run:
         self.run_id = "run-1"
         (self.reports / "run-id").write_text(self.run_id)
         monkeypatch.setattr(trace, "REPORTS", self.reports)
-        monkeypatch.setattr("xtask.results.REPORTS", self.reports)
-        monkeypatch.setattr("xtask.results.ROOT", root)
+        monkeypatch.setattr("xtask.loop.results.REPORTS", self.reports)
+        monkeypatch.setattr("xtask.loop.results.ROOT", root)
         self.claims = Claims([], [], [], [], [])
         monkeypatch.setattr(claims, "collect", lambda pact_file: self.claims)
         monkeypatch.setattr(fingerprints, "LOCK", root / "claims.lock")
@@ -169,7 +172,7 @@ def test_a_result_file_from_another_run_proves_nothing(run: Run) -> None:
 def test_without_reports_nothing_passes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     empty = tmp_path / "reports"  # never created: as after `rm -r reports`
     monkeypatch.setattr(trace, "REPORTS", empty)
-    monkeypatch.setattr("xtask.results.REPORTS", empty)
+    monkeypatch.setattr("xtask.loop.results.REPORTS", empty)
     rows, problems, inputs = trace.build(spec_extract.all_requirements())
     assert inputs == []
     assert not [r.req.id for r in rows if r.status == "passed"]
@@ -345,7 +348,7 @@ def test_both_runners_name_scenarios_alike() -> None:
 def test_dev_loop_chains_the_steps_and_fails_loudly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from xtask import dev_loop  # noqa: PLC0415
+    from xtask.loop import dev_loop  # noqa: PLC0415
 
     required = ["lint", "types", "regen", "spec-extract", "unit", "metrics-lint", "pact", "bdd"]
     assert [step for step in dev_loop.CHAIN if step in required] == required
@@ -385,7 +388,7 @@ def test_dev_loop_chains_the_steps_and_fails_loudly(
 
 @pytest.mark.req("HOME-1206")
 def test_trace_reports_what_changed_since_the_committed_report() -> None:
-    from xtask.compliance_diff import compare, statuses  # noqa: PLC0415
+    from xtask.report.compliance_diff import compare, statuses  # noqa: PLC0415
 
     def report(rows: dict[str, str]) -> str:
         header = (
@@ -427,7 +430,7 @@ def test_trace_reports_what_changed_since_the_committed_report() -> None:
 def test_undefined_steps_become_snippets_in_the_projects_own_form() -> None:
     import parse  # noqa: PLC0415
 
-    from xtask import snippets  # noqa: PLC0415
+    from xtask.report import snippets  # noqa: PLC0415
 
     behave_json = [
         {

@@ -11,8 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from xtask import bench, bench_small, dev_loop, machine, shards, trace_merge
-from xtask.scheduler import Result, Step, critical_path, run_graph
+from xtask.bench import bench, bench_small
+from xtask.loop import dev_loop, machine, shards
+from xtask.loop.scheduler import Result, Step, critical_path, run_graph
+from xtask.report import trace_merge
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -158,7 +160,7 @@ def write_shard(
 def test_merge_refuses_a_missing_duplicated_or_foreign_shard(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("xtask.results.REPORTS", tmp_path / "reports")
+    monkeypatch.setattr("xtask.loop.results.REPORTS", tmp_path / "reports")
     names = ["pytest-unit.json", "behave.json"]
     write_shard(tmp_path / "s1", 1, 3, {"t1": "passed"})
     write_shard(tmp_path / "s2", 2, 3, {"t2": "passed"})
@@ -181,7 +183,7 @@ def test_merge_refuses_a_missing_duplicated_or_foreign_shard(
 def test_merge_writes_one_run_from_the_shards(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("xtask.results.REPORTS", tmp_path / "reports")
+    monkeypatch.setattr("xtask.loop.results.REPORTS", tmp_path / "reports")
     monkeypatch.delenv("LLORCH_RUN_ID", raising=False)
     write_shard(tmp_path / "s1", 1, 2, {"t1": "passed"})
     write_shard(tmp_path / "s2", 2, 2, {"t2": "failed"})
@@ -252,7 +254,7 @@ def test_two_real_shards_split_the_tests_and_merge_into_one_run(
     whole = set(json.loads((tmp_path / "all.json").read_text())["results"])
     assert parts[0] and parts[1] and not parts[0] & parts[1]
     assert parts[0] | parts[1] == whole
-    monkeypatch.setattr("xtask.results.REPORTS", tmp_path / "merged")
+    monkeypatch.setattr("xtask.loop.results.REPORTS", tmp_path / "merged")
     monkeypatch.delenv("LLORCH_RUN_ID", raising=False)
     assert trace_merge.merge(folders, tmp_path / "merged", ["pytest-unit.json"]) == []
     merged = json.loads((tmp_path / "merged" / "pytest-unit.json").read_text())["results"]
@@ -263,8 +265,8 @@ def test_two_real_shards_split_the_tests_and_merge_into_one_run(
 def test_tests_run_in_parallel_processes_and_servers_never_share_a_port_or_state(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from xtask import reruns  # noqa: PLC0415
-    from xtask.live_server import live_server  # noqa: PLC0415
+    from xtask.fakes.live_server import live_server  # noqa: PLC0415
+    from xtask.loop import reruns  # noqa: PLC0415
 
     monkeypatch.delenv(reruns.WORKERS_ENV, raising=False)
     command = reruns.pytest_command(["tests/unit"], Path("r.json"), None, parallel=True)

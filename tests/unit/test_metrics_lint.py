@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from xtask.metrics_lint import CONTRACT, lint
+from xtask.checks.metrics_lint import CONTRACT, lint
 
 POOL = 'engine="llamacpp",engine_version="b1",pool_id="p"'
 REPLICA = POOL + ',replica_id="p-r0"'

@@ -14,7 +14,7 @@ from orchestratord import API_VERSION
 from orchestratord.errors import ErrorCode
 from tests.contract_schemas import DOCUMENTS, component_validator, load_openapi, operations
 from tests.unit.conftest import AUTH
-from xtask.spec_extract import ID_PATTERN
+from xtask.spec.spec_extract import ID_PATTERN
 
 ID_GRAMMAR = re.compile(rf"^{ID_PATTERN}$")
 

@@ -13,7 +13,7 @@ from orchestratord.models.gguf_shape import ModelShape, read_model_shape
 from orchestratord.models.tiny_gguf import ensure_tiny_model
 from orchestratord.placement.fit import replica_need
 from orchestratord.placement.plan import PlacementError, plan_replicas
-from xtask.model_files import write_shaped_gguf
+from xtask.fakes.model_files import write_shaped_gguf
 
 GIB = 1024 * MIB
 RTX_3090 = Device(0, "RTX 3090", 24 * GIB)

@@ -24,7 +24,7 @@ from orchestratord.models.gguf_shape import read_model_shape
 from orchestratord.placement.fit import replica_need
 from orchestratord.replicas.replica import ReplicaSpec
 from tests.unit.conftest import AUTH, TOKEN, collect_stream, held_handler, make_config, task_body
-from xtask.model_files import write_shaped_gguf
+from xtask.fakes.model_files import write_shaped_gguf
 
 RESERVE = 512 * MIB
 DIGEST = "sha256:" + "1" * 64

@@ -16,7 +16,7 @@ from orchestratord.core.task import Task
 from orchestratord.placement.choose import choose_replica
 from tests.unit.conftest import AUTH, collect_stream, held_handler, new_task, task_body
 from tests.unit.faulty_engine import FaultyEngine
-from xtask.model_files import write_shaped_gguf
+from xtask.fakes.model_files import write_shaped_gguf
 
 DECLARED_BOX = {
     "source": "declared",

@@ -1,5 +1,5 @@
 """The TGI adapter. TGI cannot run here: these tests use scripted engines and the protocol
-fake (``xtask/fake_tgi.py``) built from TGI's documented API, not a real TGI server."""
+fake (``xtask/fakes/fake_tgi.py``) built from TGI's documented API, not a real TGI server."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from orchestratord.adapters.base import (
 from orchestratord.adapters.tgi import TgiAdapter
 from tests.unit.conftest import AUTH, collect_stream, task_body
 from tests.unit.scripted_http import json_route, scripted_engine, sse_route
-from xtask.fake_tgi import build_app, seeded_tokens
+from xtask.fakes.fake_tgi import build_app, seeded_tokens
 
 
 @asynccontextmanager

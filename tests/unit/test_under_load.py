@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from xtask.under_load import busy_processes
+from xtask.loop.under_load import busy_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,7 +64,7 @@ def test_a_failure_inside_the_block_still_stops_them() -> None:
 def test_a_loop_that_is_terminated_or_killed_leaves_no_busy_process(how: int) -> None:
     script = (
         "import sys, time\n"
-        "from xtask.under_load import busy_processes\n"
+        "from xtask.loop.under_load import busy_processes\n"
         "with busy_processes(1) as load:\n"
         "    print(load.pids[0], flush=True)\n"
         "    time.sleep(60)\n"

@@ -1,0 +1,1 @@
+"""The benchmarks (`python -m xtask bench NAME`), each beside its baseline."""

@@ -1,0 +1,3 @@
+"""The spec and its claims: clause tables to requirements, fingerprints, the claims found in the
+sources, and the quarantine file.
+"""
