@@ -104,13 +104,9 @@ def test_predicted_start_tracks_the_real_queue_under_load(server: LiveServer) ->
     assert len(queued) >= BURST - 2  # two slots: the rest waited
     # The engine served them in the order the predictions gave.
     assert spearman([float(p) for p in known], actual_ms) >= 0.8, (known, actual_ms)
-    # What every task pays before its first token whatever the queue (the POST, a thread
-    # and a stream opened by this test, the first decode): the quickest start. On a loaded
-    # machine it is hundreds of milliseconds; the queue's share is what was predicted.
-    overhead = min(actual_ms)
-    ratios = [(actual_ms[i] - overhead) / known[i] for i in queued]
-    # Measured here (overhead included) with the per-occupancy estimator: 0.90-1.23. The
-    # single mean it replaced predicted this burst from the quicker lone runs: 1.32-2.1.
+    ratios = [actual_ms[i] / known[i] for i in queued]
+    # Measured here with the per-occupancy estimator: 0.90-1.23. The single mean it replaced
+    # predicted this burst from the quicker lone runs: 1.32-2.1, mostly above 1.4.
     assert 0.7 <= statistics.median(ratios) <= 1.4, (known, actual_ms)
     print(
         "predicted_start_ms", known,

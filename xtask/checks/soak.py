@@ -272,7 +272,13 @@ async def engine_hangs(server: LiveServer, probe: Probe, hangs: int) -> None:
             probe.count += 1
             problem = check_frames(frames)
             probe.tally[outcome(frames)] += 1
-            if problem or outcome(frames) not in ("WORKER_RESET", "DECODE_TIMEOUT"):
+            # The hung engine must have been killed and replaced. Its task had no output yet,
+            # so it runs again on the new engine and ends `length` (OC-POOL-3010); ended by
+            # the hang itself it is WORKER_RESET or DECODE_TIMEOUT.
+            replaced = not hung.is_running() or hung.status() == psutil.STATUS_ZOMBIE
+            if not replaced:
+                probe.fail("the hung engine was never killed")
+            if problem or outcome(frames) not in ("WORKER_RESET", "DECODE_TIMEOUT", "length"):
                 probe.fail(f"hung task: {problem or outcome(frames)}")
             after = task_body(max_tokens=8)
             if await submit_until_admitted(session, server, after, 60) != 202:
