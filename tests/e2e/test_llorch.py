@@ -30,7 +30,13 @@ import pytest
 
 from cli_client.cli import main as cli_main
 from orchestratord.models.tiny_gguf import ensure_tiny_model
-from xtask.fakes.live_server import LiveServer, default_live_config, live_server, task_body
+from xtask.fakes.live_server import (
+    LiveServer,
+    default_live_config,
+    live_server,
+    task_body,
+    wait_until,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -273,14 +279,6 @@ def slots_free(server: LiveServer) -> int:
     with httpx.Client(base_url=server.url, headers=server.auth) as client:
         (pool,) = client.get("/v1/replicasets").json()
     return int(pool["slots_free"])
-
-
-def wait_until(check: Any, what: str, timeout_s: float = 60.0) -> None:
-    """Wait for an event the test caused; a generous bound that says what it waited for."""
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, f"waited {timeout_s:g} s for {what}"
-        time.sleep(0.05)
 
 
 def pool_of(server: LiveServer) -> dict[str, Any]:
