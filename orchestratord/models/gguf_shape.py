@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from gguf import GGUFReader, GGUFValueType
+if TYPE_CHECKING:  # gguf brings numpy: imported when a file is read, not at start-up
+    from gguf import GGUFReader
 
 # Bytes per cached element for llama.cpp's --cache-type-k/-v values (block formats: block
 # bytes / block size).
@@ -61,6 +63,8 @@ class ModelShape:
 
 
 def _scalar(reader: GGUFReader, key: str) -> int | str | None:
+    from gguf import GGUFValueType  # noqa: PLC0415
+
     field = reader.get_field(key)
     if field is None:
         return None
@@ -73,6 +77,8 @@ def _scalar(reader: GGUFReader, key: str) -> int | str | None:
 
 
 def read_model_shape(path: Path) -> ModelShape:
+    from gguf import GGUFReader  # noqa: PLC0415
+
     try:
         reader = GGUFReader(path)
     except (OSError, ValueError) as exc:

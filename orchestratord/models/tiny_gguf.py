@@ -16,9 +16,11 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import gguf
-import numpy as np
+if TYPE_CHECKING:  # imported where a model is written: a server that finds it pays nothing
+    import gguf
+    import numpy as np
 
 TINY_MODEL_REF: str = "llorch/tiny-llama"
 TINY_MODEL_FILENAME: str = "llorch-tiny-llama-f16.gguf"
@@ -50,6 +52,8 @@ _CHARS = "abcdefghijklmnopqrstuvwxyz0123456789.,!?'-:;"
 
 
 def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
+    import gguf  # noqa: PLC0415
+
     tokens = ["<unk>", "<s>", "</s>"]
     scores = [0.0, 0.0, 0.0]
     types = [
@@ -75,12 +79,16 @@ def tiny_vocab() -> tuple[list[str], list[float], list[int]]:
 
 
 def _weights(rng: np.random.Generator, rows: int, cols: int, scale: float) -> np.ndarray:
+    import numpy as np  # noqa: PLC0415
+
     return (rng.standard_normal((rows, cols)) * scale).astype(np.float16)
 
 
 def _write_metadata(
     writer: gguf.GGUFWriter, tokens: list[str], scores: list[float], types: list[int]
 ) -> None:
+    import gguf  # noqa: PLC0415
+
     writer.add_name("llorch tiny llama (random weights, for tests)")
     writer.add_context_length(_CTX_TRAIN)
     writer.add_embedding_length(_N_EMBD)
@@ -103,6 +111,9 @@ def _write_metadata(
 
 
 def write_tiny_model(path: Path, seed: int = _SEED) -> None:
+    import gguf  # noqa: PLC0415
+    import numpy as np  # noqa: PLC0415
+
     """The tiny model; another ``seed`` gives a model of the same shape with other weights
     (a different model to llama.cpp: other digest, other text)."""
     tokens, scores, types = tiny_vocab()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
 import json
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -224,3 +226,97 @@ def test_an_affected_run_runs_only_the_selected_tests(
     assert reruns.run_pytest([str(suite)], report) == 0
     ran = json.loads(report.read_text())["results"]
     assert len(everything) == 2 and list(ran) == [chosen], ran
+
+
+@pytest.mark.req("HARN-201")
+def test_a_changed_id_selects_its_interactions_operations_and_generated_probes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The claimants that are not tests: a Pact interaction and a consumer test → the pact
+    step, an OpenAPI operation → conformance, a generated probe that claimed the ID in the
+    last recorded run → its step. An ID nobody claims is said to be uncovered."""
+    found = claims.Claims(
+        scenarios=[],
+        tests=[claims.Claim("pytest", "tests/pact/test_consumer.py::test_x", ("HOME-203",), "p:1")],
+        interactions=[claims.Claim("pact-interaction", "a task", ("HOME-204",), "pact:1")],
+        openapi=[("HOME-205", "contracts/openapi/data.yaml:/v1/tasks")],
+        errors=[],
+    )
+    monkeypatch.setattr(claims, "collect", lambda pact_file: found)
+    recorded = {"HOME-206": [("soak", "soak::overload"), ("schemathesis", "POST /v1/tasks")]}
+    monkeypatch.setattr(affected.history, "claimants", lambda req_id: recorded.get(req_id, []))
+    ids = {i: f"{i} edited" for i in ("HOME-203", "HOME-204", "HOME-205", "HOME-206", "HOME-299")}
+    monkeypatch.setattr(affected, "changed_files", lambda since: [".specs/00_home_profile.md"])
+    monkeypatch.setattr(affected, "changed_ids", lambda files, since: ids)
+    selection = affected.compute()
+    assert selection.tests == {} and selection.scenarios == {}
+    assert selection.steps == {
+        "pact": ["HOME-203 edited", "HOME-204 edited"],
+        "conformance": ["HOME-205 edited", "HOME-206 edited"],
+        "soak": ["HOME-206 edited"],
+    }
+    assert any(n.startswith("HOME-299 edited: nothing claims it") for n in selection.notes)
+
+
+@pytest.mark.req("HARN-201")
+def test_a_test_module_selects_itself_and_the_pact_file_the_pact_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    changed = [
+        "tests/unit/test_queue.py",
+        "tests/bdd/conftest.py",
+        "contracts/pacts/cli-consumer-orchestratord.json",
+    ]
+    monkeypatch.setattr(affected, "changed_files", lambda since: changed)
+    monkeypatch.setattr(affected, "changed_ids", lambda files, since: {})
+    selection = affected.compute()
+    assert selection.tests == {"tests/unit/test_queue.py": ["tests/unit/test_queue.py changed"]}
+    assert selection.steps == {
+        "bdd": ["tests/bdd/conftest.py changed"],
+        "pact": ["contracts/pacts/cli-consumer-orchestratord.json changed (the step reads it)"],
+    }  # a Pact file is read by the pact step only, not by regen and conformance
+
+
+@pytest.mark.req("HARN-203")
+def test_an_affected_trace_writes_its_report_under_reports_and_leaves_the_committed_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """trace of an affected-only run, on the project's real specs and claims: one selected
+    test of a MUST ran and failed. trace fails on it, writes its COMPLIANCE.md under
+    reports/ (that ID failed, the others not re-run, none passed) and leaves the committed
+    COMPLIANCE.md at the root alone, byte for byte."""
+    from xtask.loop import results  # noqa: PLC0415
+
+    by_file, _ = spec_extract.collect_specs()
+    level = {r.id: r.level for reqs in by_file.values() for r in reqs}
+    test = next(
+        c for c in claims.collect(affected.PACT_FILE).tests
+        if c.key.startswith("tests/unit/") and any(level.get(i) == "MUST" for i in c.ids)
+    )  # fmt: skip
+    root, reports = tmp_path, tmp_path / "reports"
+    reports.mkdir()
+    committed = root / "COMPLIANCE.md"
+    committed.write_text(Path(affected.ROOT, "COMPLIANCE.md").read_text(encoding="utf-8"))
+    before = committed.read_bytes()
+    real = Path(affected.ROOT, "COMPLIANCE.md").stat().st_mtime_ns
+    monkeypatch.setattr(trace, "ROOT", root)
+    monkeypatch.setattr(trace, "REPORTS", reports)
+    monkeypatch.setattr(results, "REPORTS", reports)
+    monkeypatch.setenv("LLORCH_RUN_ID", "run-affected-trace")
+    monkeypatch.setenv("LLORCH_HISTORY_DB", str(tmp_path / "history.sqlite"))
+    (reports / "run-id").write_text("run-affected-trace\n")
+    selection = affected.Selection()
+    selection.add(selection.tests, test.key, "changed")
+    affected.write_selection(selection, reports / "affected.json")
+    results.write_result(
+        reports / "pytest-unit.json",
+        {"results": {test.key: {"outcome": "failed"}}, "rootdir": str(affected.ROOT)},
+    )
+    assert trace.run(argparse.Namespace(merge=None)) == 1  # a failed MUST still fails it
+    assert committed.read_bytes() == before
+    assert Path(affected.ROOT, "COMPLIANCE.md").stat().st_mtime_ns == real
+    written = (reports / "COMPLIANCE.md").read_text(encoding="utf-8")
+    failed_must = next(i for i in test.ids if level.get(i) == "MUST")
+    assert re.search(rf"^\| {failed_must} \| MUST \| in \| failed \|", written, re.M)
+    statuses = re.findall(r"^\| [A-Z]+-[0-9]+ \| \w+ \| \w+ \| ([a-z -]+) \|", written, re.M)
+    assert "not re-run" in statuses and "passed" not in statuses

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from xtask.bench import bench, bench_small
-from xtask.loop import dev_loop, machine, shards
+from xtask.loop import bytecode, dev_loop, machine, shards
 from xtask.loop.scheduler import Result, Step, critical_path, run_graph
 from xtask.report import trace_merge
 
@@ -104,6 +107,67 @@ def test_steps_off_the_expected_critical_path_run_at_a_lower_priority(tmp_path: 
     assert seen == {"long": 0, "short": 10, "after": 0}  # long → after is the path
     run_graph(steps, cwd=tmp_path, log_dir=tmp_path / "logs", jobs=1)  # nothing to yield to
     assert int((tmp_path / "short").read_text()) == base
+
+
+CHATTY = """
+import pathlib, sys, time
+here, name, other = pathlib.Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+(here / f"{name}.start").write_text("")
+deadline = time.monotonic() + 60
+for i in range(4):  # each line after the other step has started, so the two overlap
+    while not (here / f"{other}.start").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    print(f"{name} line {i}", flush=True)
+    time.sleep(0.02)
+"""
+
+
+@pytest.mark.req("HARN-301")
+def test_each_steps_output_is_printed_whole_when_it_ends(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    steps = [
+        Step(n, [sys.executable, "-c", CHATTY, str(tmp_path), n, other])
+        for n, other in (("a", "b"), ("b", "a"))
+    ]
+    results = run_graph(
+        steps, cwd=tmp_path, log_dir=tmp_path / "logs", jobs=2, on_finish=dev_loop.print_finished
+    )
+    assert [r.status for r in results] == ["ok", "ok"]
+    out = capsys.readouterr().out.splitlines()
+    owners = [line[0] for line in out if re.fullmatch(r"[ab] line \d", line)]
+    assert sorted(owners) == ["a"] * 4 + ["b"] * 4
+    assert owners in (["a"] * 4 + ["b"] * 4, ["b"] * 4 + ["a"] * 4), owners  # never interleaved
+
+
+@pytest.mark.req("HARN-301")
+def test_the_longest_step_starts_first_and_jobs_default_to_one_more_than_the_cores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    steps = [
+        sleeper("short", 0.05, tmp_path),
+        replace(sleeper("long", 0.05, tmp_path), expected_s=30.0),
+    ]
+    run_graph(steps, cwd=tmp_path, log_dir=tmp_path / "logs", jobs=1)
+    assert stamp(tmp_path, "long", "end") <= stamp(tmp_path, "short", "start")
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    assert dev_loop.default_jobs() == 3
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert dev_loop.default_jobs() == 2
+
+
+@pytest.mark.req("HARN-301")
+def test_after_a_failure_no_new_step_starts_unless_keep_going(tmp_path: Path) -> None:
+    fail = Step("fail", [sys.executable, "-c", "raise SystemExit(3)"], expected_s=9.0)
+    steps = [fail, sleeper("later", 0.01, tmp_path), sleeper("report", 0.01, tmp_path)]
+    stopped = run_graph(
+        steps, cwd=tmp_path, log_dir=tmp_path / "logs", jobs=1, always=frozenset({"report"})
+    )
+    assert [r.status for r in stopped] == ["FAILED", "skipped", "ok"]
+    assert "exit 3" in stopped[0].reason and not (tmp_path / "later.start").exists()
+    going = run_graph(steps, cwd=tmp_path, log_dir=tmp_path / "logs", jobs=1, keep_going=True)
+    assert [r.status for r in going] == ["FAILED", "ok", "ok"]
+    assert (tmp_path / "later.end").exists()
 
 
 @pytest.mark.req("HARN-302")
@@ -320,3 +384,37 @@ def test_every_benchmark_names_the_machine_first(
     assert bench.run(argparse.Namespace(**{**vars(args), "json": True})) == 0
     as_json = json.loads(capsys.readouterr().out)
     assert as_json["ratio"] == 1.0 and as_json["machine"]["cores"] == os.cpu_count()
+
+
+LOAD = """
+import importlib.util, sys
+for path in sys.argv[1:]:
+    spec = importlib.util.spec_from_file_location("m", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    print(module.VALUE)
+"""
+
+
+@pytest.mark.req("HARN-306")
+def test_the_steps_share_byte_code_even_where_the_environment_forbids_writing_it(
+    tmp_path: Path,
+) -> None:
+    package = tmp_path / "orchestratord"
+    package.mkdir()
+    compiled, fresh = package / "compiled.py", package / "fresh.py"
+    compiled.write_text("VALUE = 1\n")
+    assert bytecode.warm(tmp_path)
+    assert Path(importlib.util.cache_from_source(str(compiled))).exists()
+    env = bytecode.step_env({**os.environ, bytecode.NO_BYTECODE_ENV: "1"})
+    assert bytecode.NO_BYTECODE_ENV not in env
+    fresh.write_text("VALUE = 2\n")
+    compiled.write_text("VALUE = 10\n")  # edited after it was compiled: never served stale
+    load = [sys.executable, "-c", LOAD, str(compiled), str(fresh)]
+    ran = subprocess.run(load, env=env, capture_output=True, text=True, check=True)
+    assert ran.stdout.split() == ["10", "2"]
+    assert Path(importlib.util.cache_from_source(str(fresh))).exists()  # the step wrote it
+    forbidden = {**env, bytecode.NO_BYTECODE_ENV: "1"}
+    (package / "third.py").write_text("VALUE = 3\n")
+    subprocess.run([*load[:3], str(package / "third.py")], env=forbidden, check=True)
+    assert not Path(importlib.util.cache_from_source(str(package / "third.py"))).exists()

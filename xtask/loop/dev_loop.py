@@ -30,7 +30,7 @@ from typing import Any
 
 from xtask.checks.deploy_matrix import commit
 from xtask.fakes.live_server import SHARED_CPU_ENV
-from xtask.loop import affected, coverage_map, machine, reruns, shards
+from xtask.loop import affected, bytecode, coverage_map, machine, reruns, shards
 from xtask.loop.results import start_run, write_result
 from xtask.loop.scheduler import Result, Step, critical_path, run_graph
 from xtask.loop.under_load import Load, busy_processes
@@ -197,7 +197,11 @@ def run(args: argparse.Namespace) -> int:
     host = machine.describe()
     print(f"dev-loop: run {run_id}" + (f", shard {shard[0]}/{shard[1]}" if shard else ""))
     print(f"dev-loop: {machine.line(host)}")
-    env = {**os.environ, SHARED_CPU_ENV: "1"}  # steps share the cores: engines must not spin
+    # The steps share the cores (engines must not spin) and the project's byte code.
+    env = bytecode.step_env({**os.environ, SHARED_CPU_ENV: "1"})
+    if bytecode.NO_BYTECODE_ENV in os.environ:
+        print(f"dev-loop: the steps cache byte code ({bytecode.NO_BYTECODE_ENV} not passed on)")
+    bytecode.warm(ROOT)
     steps = steps_for(shard)
     if only_affected:
         try:
