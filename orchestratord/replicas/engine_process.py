@@ -91,11 +91,14 @@ _said: set[str] = set()  # warnings given once a process
 
 
 def die_with_parent_prefix() -> list[str]:
-    """``setpriv --pdeathsig TERM --``: the engine gets SIGTERM when orchestratord dies.
+    """``setpriv --pdeathsig KILL --``: the engine is killed when orchestratord dies.
 
     util-linux's setpriv sets the death signal and execs the engine in its own process (the
     same PID, still our child). A ``preexec_fn`` would do it in Python between fork and exec,
-    which can deadlock the child of a process that runs threads (HARD-209)."""
+    which can deadlock the child of a process that runs threads (HARD-209). KILL, not TERM:
+    with nobody left to read its output there is nothing to stop gracefully, and llama-server's
+    graceful stop can wait on work in flight (an engine outlived a SIGKILLed orchestratord by
+    more than 15 s once in a dev loop with TERM)."""
     if not sys.platform.startswith("linux"):
         return []
     setpriv = shutil.which("setpriv")
@@ -108,7 +111,7 @@ def die_with_parent_prefix() -> list[str]:
                 "install util-linux to have them stopped with it (HARD-209)"
             )
         return []
-    return [setpriv, "--pdeathsig", "TERM", "--"]
+    return [setpriv, "--pdeathsig", "KILL", "--"]
 
 
 def private_directory(path: Path) -> None:
