@@ -12,15 +12,18 @@ import contextlib
 import tempfile
 import threading
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestratord.models.tiny_gguf import write_tiny_model
 from steps.placement import example_config
 from tests.sse import SSEParser
+from xtask.fakes.held import cancel_while_stopped
 from xtask.fakes.live_server import LiveServer, live_server, task_body
 from xtask.fakes.tiny_models import FIRST_SEED, NAMES
 
@@ -43,9 +46,13 @@ class OnDemandBox:
         self.frames: dict[str, list[tuple[str, Any]]] = {}
         self.running: list[str] = []
         self.readers: list[threading.Thread] = []
+        self.held: list[tuple[str, psutil.Process, threading.Thread]] = []
         self.response: httpx.Response | None = None
 
     def close(self) -> None:
+        for _, engine, _ in self.held:  # a scenario that failed while a task was held
+            with contextlib.suppress(psutil.NoSuchProcess):
+                engine.resume()
         if self.client is not None and self.server is not None:
             for task_id in self.running:
                 self.client.post(f"/v1/tasks/{task_id}/cancel", headers=self.server.auth)
@@ -111,13 +118,26 @@ class OnDemandBox:
         reader.start()
         self.readers.append(reader)
         assert decoding.wait(60), f"the task for {model} never decoded"
+        # Held decoding until it is cancelled, however fast the engine: its engine stops.
+        engine = self.engine_of(model)
+        engine.suspend()
+        self.held.append((body["task_id"], engine, reader))
         assert self.residency()[model]["state"] == "loaded", self.residency()[model]
 
+    def engine_of(self, model: str) -> psutil.Process:
+        assert self.server is not None
+        path = str(self.workdir / f"{model}.gguf")
+        children = psutil.Process(self.server.pid).children()
+        (engine,) = [p for p in children if "llama-server" in p.name() and path in p.cmdline()]
+        return engine
+
     def cancel_running(self) -> None:
-        client, auth = self._client()
-        for task_id in self.running:
-            done = client.post(f"/v1/tasks/{task_id}/cancel", headers=auth)
+        """Cancel each running task; a held one's engine runs again once its stream ended."""
+        assert self.server is not None, "serve first"
+        for task_id, engine, reader in self.held:
+            done = cancel_while_stopped(self.server, task_id, engine, partial(reader.join, 60))
             assert done.status_code == 204, (done.status_code, done.text)
+        self.held.clear()
         self.running.clear()
 
     def stop(self, model: str) -> None:

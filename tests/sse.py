@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,3 +39,10 @@ def parse_sse(text: str | bytes) -> list[tuple[str, Any]]:
     parser = SSEParser()
     parser.feed(text)
     return parser.frames
+
+
+def read_to_terminal_frame(chunks: Iterator[bytes], parser: SSEParser) -> None:
+    """Feed ``parser`` from an open stream's ``chunks`` until its ``end`` or ``error``."""
+    for chunk in chunks:
+        if any(e in ("end", "error") for e, _ in parser.feed(chunk)):
+            return

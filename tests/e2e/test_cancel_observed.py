@@ -17,16 +17,19 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import aiohttp
 import httpx
+import psutil
 import pytest
 from aiohttp import web
 
 from orchestratord.models.tiny_gguf import default_cache_dir, ensure_tiny_model
 from orchestratord.replicas.engine_process import free_loopback_port, llama_server_binary
-from tests.sse import SSEParser
+from tests.sse import SSEParser, read_to_terminal_frame
+from xtask.fakes.held import cancel_while_stopped
 from xtask.fakes.live_server import LiveServer, default_live_config, live_server, task_body
 
 pytestmark = pytest.mark.e2e
@@ -87,7 +90,7 @@ class RecordingProxy:
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[str]:
+def engine() -> Iterator[tuple[str, psutil.Process]]:
     model = ensure_tiny_model(default_cache_dir())
     port = free_loopback_port()
     args = [str(llama_server_binary()), "--model", str(model), "--host", "127.0.0.1",
@@ -102,7 +105,7 @@ def engine() -> Iterator[str]:
             except httpx.TransportError:
                 pass
             time.sleep(0.05)
-        yield url
+        yield url, psutil.Process(proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -110,9 +113,9 @@ def engine() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def observed(
-    engine: str, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[LiveServer, RecordingProxy]]:
-    proxy = RecordingProxy(engine)
+    engine: tuple[str, psutil.Process], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[LiveServer, RecordingProxy, psutil.Process]]:
+    proxy = RecordingProxy(engine[0])
     proxy.start()
     config: dict[str, Any] = default_live_config(tmp_path_factory.mktemp("observed"))
     pool = {"id": "default", "engine": "llamacpp", "model_ref": "llorch/tiny-llama",
@@ -120,16 +123,16 @@ def observed(
     config["pools"] = [pool]
     try:
         with live_server(config) as server:
-            yield server, proxy
+            yield server, proxy, engine[1]
     finally:
         proxy.stop()
 
 
 @pytest.mark.req("HOME-304", "ORCH-3017")
 def test_no_token_the_engine_made_after_the_cancel_reaches_the_client(
-    observed: tuple[LiveServer, RecordingProxy],
+    observed: tuple[LiveServer, RecordingProxy, psutil.Process],
 ) -> None:
-    server, proxy = observed
+    server, proxy, engine = observed
     with httpx.Client(base_url=server.url, headers=server.auth, timeout=30) as client:
         for attempt in range(3):
             proxy.token_times.clear()
@@ -142,11 +145,11 @@ def test_no_token_the_engine_made_after_the_cancel_reaches_the_client(
                     parser.feed(chunk)
                     if sum(1 for e, _ in parser.frames if e == "token") >= 20:
                         break
-                assert client.post(f"/v1/tasks/{body['task_id']}/cancel").status_code == 204
+                # The engine stopped mid-decode: the task cannot end before the cancel.
+                to_the_end = partial(read_to_terminal_frame, chunks, parser)
+                cancel = cancel_while_stopped(server, body["task_id"], engine, to_the_end)
+                assert cancel.status_code == 204
                 answered = time.monotonic()
-                for chunk in chunks:
-                    if any(e in ("end", "error") for e, _ in parser.feed(chunk)):
-                        break
             made_before = sum(1 for t in proxy.token_times if t <= answered)
             received = sum(1 for e, _ in parser.frames if e == "token")
             event, end = parser.frames[-1]

@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from orchestratord.models.tiny_gguf import TINY_MODEL_REF, ensure_tiny_model
 from tests.contract_schemas import assert_frames_match, assert_matches
-from tests.sse import SSEParser
-from xtask.fakes.live_server import LiveServer, live_server, task_body
+from tests.sse import SSEParser, read_to_terminal_frame
+from xtask.fakes.held import cancel_while_stopped, managed_engine
+from xtask.fakes.live_server import LiveServer, live_server, task_body, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -132,7 +132,7 @@ def test_full_queue_gets_429_with_backoff(client: httpx.Client, server: LiveServ
     rejected = None
     # The engine is stopped while the queue fills: the two tasks placed on it hold their
     # slots (none can end and make room), however fast the engine would have been.
-    (engine,) = [p for p in psutil.Process(server.pid).children() if "llama-server" in p.name()]
+    engine = managed_engine(server)
     engine.suspend()
     try:
         for _ in range(8):  # 2 slots + 4 queue places, then the queue is full
@@ -174,12 +174,12 @@ def test_cancel_mid_stream_stops_tokens_and_frees_engine_slot(
             parser.feed(chunk)
             if sum(1 for e, _ in parser.frames if e == "token") >= 3:
                 break
-        cancel = client.post(f"/v1/tasks/{body['task_id']}/cancel")
+        # The engine is stopped mid-decode while the cancel is answered: the task cannot end
+        # by itself first, however fast the engine or slow this test.
+        to_the_end = partial(read_to_terminal_frame, chunks, parser)
+        cancel = cancel_while_stopped(server, body["task_id"], managed_engine(server), to_the_end)
         assert cancel.status_code == 204
         assert engine_busy_slots(server) == []  # freed before the 204, not eventually
-        for chunk in chunks:
-            if any(e in ("end", "error") for e, _ in parser.feed(chunk)):
-                break
     tokens = [p for e, p in parser.frames if e == "token"]
     event, end = parser.frames[-1]
     assert event == "end" and end["finish_reason"] == "canceled"
@@ -202,16 +202,17 @@ def test_disconnect_cancels_the_task_and_frees_the_engine_slot(
     # The server notices at its next write; until then the old stream holds the task (409).
     # Reading the stream again then replays the task's frames: had the disconnect not
     # canceled it, the replay would end with all 1900 tokens and finish_reason "length".
-    for _ in range(100):
-        if client.get(f"/v1/tasks/{body['task_id']}/stream").status_code != 409:
-            break
-        time.sleep(0.02)
+    wait_until(
+        lambda: client.get(f"/v1/tasks/{body['task_id']}/stream").status_code != 409,
+        "the server to notice the disconnect (the old stream holds the task until then)",
+    )
     replay = stream(client, body["task_id"]).frames
     event, end = replay[-1]
     assert event == "end"
     assert end["finish_reason"] == "canceled"
     assert end["tokens_out"] < 1900
-    assert engine_busy_slots(server) == []
+    # No 204 to wait for: the slot is freed once the runner has stopped the engine's decode.
+    wait_until(lambda: engine_busy_slots(server) == [], "the engine slot to be freed")
     metrics = httpx.get(server.url + "/metrics", timeout=5.0).text
     assert 'reason="client_disconnect"' in metrics
 
@@ -258,10 +259,9 @@ def test_json_logs_are_one_object_per_line_with_the_correlation_id() -> None:
         with httpx.Client(base_url=live.url, headers=live.auth, timeout=30) as client:
             client.post("/v1/tasks", json=body, headers={"X-Correlation-Id": "json-log-1"})
             client.get(f"/v1/tasks/{body['task_id']}/stream")
-        for _ in range(100):  # the log drain writes from its own thread
-            if any("task end" in line for line in live.output):
-                break
-            time.sleep(0.02)
+        wait_until(  # the log drain writes from its own thread
+            lambda: any("task end" in line for line in live.output), "the task's end logged"
+        )
         records = [json.loads(line) for line in live.output if line.startswith('{"ts"')]
     (end,) = [r for r in records if r["message"].startswith("task end")]
     assert end["correlation_id"] == "json-log-1" and end["logger"] == "orchestratord.task"
@@ -279,16 +279,18 @@ def test_kv_cache_usage_comes_from_the_engine(server: LiveServer) -> None:
             slots = engine.get("/slots").json()
         held = sum(s.get("n_prompt_tokens", 0) for s in slots)
         expected = held / sum(s["n_ctx"] for s in slots)
-        ratio = None
-        for _ in range(200):  # the supervisor reads it every monitor interval (1 s)
+
+        def gauge() -> float | None:
             for line in client.get("/metrics").text.splitlines():
                 if line.startswith("kv_cache_usage_ratio{"):
-                    ratio = float(line.rsplit(" ", 1)[1])
-            if ratio is not None and abs(ratio - expected) < 1e-9:
-                break
-            time.sleep(0.05)
+                    return float(line.rsplit(" ", 1)[1])
+            return None
+
+        wait_until(  # the supervisor reads it every monitor interval (1 s)
+            lambda: (ratio := gauge()) is not None and abs(ratio - expected) < 1e-9,
+            f"kv_cache_usage_ratio to read {expected}",
+        )
     assert held > 0 and 0 < expected <= 1
-    assert ratio is not None and abs(ratio - expected) < 1e-9, (ratio, expected)
 
 
 @pytest.mark.req("PERF-101", "PERF-102")
@@ -319,12 +321,12 @@ def test_one_request_streams_the_same_engine_tokens_and_closing_it_frees_the_slo
         for chunk in response.iter_raw():
             if any(e == "token" for e, _ in early.feed(chunk)):
                 break
-    for _ in range(100):  # the server notices at its next write
-        if client.get(f"/v1/tasks/{long['task_id']}/stream").status_code != 409:
-            break
-        time.sleep(0.02)
+    wait_until(  # the server notices at its next write
+        lambda: client.get(f"/v1/tasks/{long['task_id']}/stream").status_code != 409,
+        "the server to notice the closed one-request stream",
+    )
     replay = stream(client, long["task_id"]).frames
     assert replay[0][0] == "started"  # a replay has no `accepted`
     assert replay[-1][0] == "end" and replay[-1][1]["finish_reason"] == "canceled"
     assert replay[-1][1]["tokens_out"] < 1900
-    assert engine_busy_slots(server) == []
+    wait_until(lambda: engine_busy_slots(server) == [], "the engine slot to be freed")
