@@ -15,14 +15,16 @@ from __future__ import annotations
 import asyncio
 import json
 import statistics
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
-from xtask.fakes.live_server import LiveServer, live_server, task_body
+from xtask.fakes.live_server import LiveServer, default_live_config, live_server, task_body
 
 # Long interactive decodes, queued ahead of the measured batch tasks: they keep both slots
 # busy for far longer than the measurement takes.
@@ -68,7 +70,16 @@ async def one_run(tasks: int, concurrency: int) -> dict[str, Any]:
         "ctx_max": 4096,
         "queue": {"capacity": tasks + HOLDERS, "full_policy": "reject"},
     }
-    with live_server(**pool) as server:
+    with tempfile.TemporaryDirectory(prefix="llorch-bench-") as tmp:
+        config = default_live_config(Path(tmp), **pool)
+        # Every task opens a session of its own: room for all of them (the default 4096
+        # live sessions would refuse the 4,097th with 429, policy_label sessions).
+        config["sessions"] = {"max_live": tasks + HOLDERS}
+        return await _measure(config, tasks, concurrency)
+
+
+async def _measure(config: dict[str, Any], tasks: int, concurrency: int) -> dict[str, Any]:
+    with live_server(config) as server:
         connector = aiohttp.TCPConnector(limit=concurrency)
         async with aiohttp.ClientSession(headers=server.auth, connector=connector) as session:
             await _hold_slots(session, server)
@@ -90,7 +101,9 @@ async def one_run(tasks: int, concurrency: int) -> dict[str, Any]:
                     async with session.post(url, data=bodies[index], headers=headers) as reply:
                         await reply.read()
                         if reply.status != 202:
-                            raise RuntimeError(f"admission {index}: {reply.status}")
+                            raise RuntimeError(
+                                f"admission {index}: {reply.status} {await reply.text()}"
+                            )
                     latencies.append((index, time.perf_counter() - sent))
 
             cpu_before = cpu_seconds(server.pid)
