@@ -111,11 +111,11 @@ def _write_metadata(
 
 
 def write_tiny_model(path: Path, seed: int = _SEED) -> None:
+    """The tiny model; another ``seed`` gives a model of the same shape with other weights
+    (a different model to llama.cpp: other digest, other text)."""
     import gguf  # noqa: PLC0415
     import numpy as np  # noqa: PLC0415
 
-    """The tiny model; another ``seed`` gives a model of the same shape with other weights
-    (a different model to llama.cpp: other digest, other text)."""
     tokens, scores, types = tiny_vocab()
     n_vocab = len(tokens)
     rng = np.random.default_rng(seed)
