@@ -26,6 +26,7 @@ from orchestratord.replicas.engine_process import (
     free_loopback_port,
     llama_server_binary,
 )
+from xtask.fakes.held import managed_engine
 from xtask.fakes.live_server import LiveServer, live_server
 
 pytestmark = pytest.mark.e2e
@@ -38,14 +39,9 @@ def server() -> Iterator[LiveServer]:
         yield live
 
 
-def engine_of(server: LiveServer) -> psutil.Process:
-    (engine,) = [p for p in psutil.Process(server.pid).children() if "llama-server" in p.name()]
-    return engine
-
-
 @pytest.mark.req("OC-CTRL-2041", "HOME-102")
 def test_the_engine_inherits_no_descriptor_and_no_token(server: LiveServer) -> None:
-    engine = engine_of(server)
+    engine = managed_engine(server)
     fds = sorted(int(fd) for fd in os.listdir(f"/proc/{engine.pid}/fd"))
     targets = {fd: os.readlink(f"/proc/{engine.pid}/fd/{fd}") for fd in fds}
     # orchestratord's own listening socket (and any other fd of ours) must not be there: the
@@ -62,7 +58,7 @@ def test_the_engine_inherits_no_descriptor_and_no_token(server: LiveServer) -> N
 
 @pytest.mark.req("OC-POOL-3003", "OC-POOL-3010", "ORCH-3010")
 def test_a_hung_engine_is_killed_and_replaced(server: LiveServer) -> None:
-    hung = engine_of(server)
+    hung = managed_engine(server)
     hung.send_signal(signal.SIGSTOP)
     try:
         deadline = time.monotonic() + 30
@@ -78,7 +74,7 @@ def test_a_hung_engine_is_killed_and_replaced(server: LiveServer) -> None:
         assert saw_unready and health["ready"] is True, health
         assert "hung" in str(health["last_error"])
         assert not hung.is_running() or hung.status() == psutil.STATUS_ZOMBIE
-        assert engine_of(server).pid != hung.pid
+        assert managed_engine(server).pid != hung.pid
     finally:
         if hung.is_running():
             hung.send_signal(signal.SIGCONT)
@@ -126,7 +122,7 @@ def test_the_engine_dies_with_a_killed_orchestratord() -> None:
     """SIGKILL leaves orchestratord no chance to stop its engine: the death signal set by
     setpriv before exec must end it (no Python runs in the child between fork and exec)."""
     with live_server() as live:
-        engine = engine_of(live)
+        engine = managed_engine(live)
         assert engine.cmdline()[0].endswith("llama-server")  # setpriv exec'd the engine itself
         os.kill(live.pid, signal.SIGKILL)
         gone, alive = psutil.wait_procs([engine], timeout=15)

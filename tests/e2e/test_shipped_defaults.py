@@ -23,6 +23,7 @@ import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from orchestratord.models.tiny_gguf import ensure_tiny_model
+from xtask.fakes.held import managed_engine
 from xtask.fakes.live_server import LiveServer, default_live_config, live_server, task_body
 
 pytestmark = pytest.mark.e2e
@@ -38,11 +39,6 @@ def run_task(server: LiveServer, max_tokens: int = 4) -> tuple[str, str]:
         return body["task_id"], client.get(f"/v1/tasks/{body['task_id']}/stream").text
 
 
-def engine_of(server: LiveServer) -> psutil.Process:
-    (engine,) = [p for p in psutil.Process(server.pid).children() if "llama-server" in p.name()]
-    return engine
-
-
 @pytest.mark.req("HOME-101", "FR-SI-001", "OC-POOL-3020", "HARD-112")
 def test_with_no_host_given_it_listens_on_loopback_and_the_cpu_engine_sees_no_gpu(
     tmp_path: Path,
@@ -55,7 +51,7 @@ def test_with_no_host_given_it_listens_on_loopback_and_the_cpu_engine_sees_no_gp
             for c in psutil.Process(server.pid).net_connections(kind="inet")
             if c.status == psutil.CONN_LISTEN
         ]
-        engine = engine_of(server)
+        engine = managed_engine(server)
         environ = dict(
             item.split("=", 1)
             for item in Path(f"/proc/{engine.pid}/environ").read_text().split("\0")
@@ -128,7 +124,7 @@ def test_the_self_test_runs_again_after_an_engine_restart(tmp_path: Path) -> Non
     config = default_live_config(tmp_path, server={"engine_restart_backoff_ms": 50})
     passed = re.compile(r"replica default-r0: self-test passed")
     with live_server(config) as server:
-        engine_of(server).send_signal(signal.SIGKILL)
+        managed_engine(server).send_signal(signal.SIGKILL)
         # The server's output is read by a thread of the test: wait until the second pass
         # (after the restart) has been read, or give up after 30 s.
         for _ in range(600):

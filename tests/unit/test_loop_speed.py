@@ -418,3 +418,36 @@ def test_the_steps_share_byte_code_even_where_the_environment_forbids_writing_it
     (package / "third.py").write_text("VALUE = 3\n")
     subprocess.run([*load[:3], str(package / "third.py")], env=forbidden, check=True)
     assert not Path(importlib.util.cache_from_source(str(package / "third.py"))).exists()
+
+
+@pytest.mark.req("HARN-306")
+def test_the_loop_compiles_before_its_first_step_and_its_steps_may_write_byte_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The loop itself, not only its helpers: with PYTHONDONTWRITEBYTECODE set, the project
+    is compiled before any step starts, and every step's interpreter may write byte code."""
+    warmed = tmp_path / "warmed"
+
+    def warm(root: Path) -> bool:
+        assert root == dev_loop.ROOT
+        warmed.write_text("")
+        return True
+
+    def probe(name: str) -> list[str]:
+        code = (
+            "import pathlib, sys; out, warmed = map(pathlib.Path, sys.argv[1:]); "
+            "out.write_text(f'{sys.dont_write_bytecode} {warmed.exists()}')"
+        )
+        return [sys.executable, "-c", code, str(tmp_path / name), str(warmed)]
+
+    monkeypatch.setattr(bytecode, "warm", warm)
+    monkeypatch.setattr(dev_loop, "step_command", probe)
+    monkeypatch.setattr(dev_loop, "REPORTS", tmp_path)
+    monkeypatch.setattr(dev_loop, "LOGS", tmp_path / "logs")
+    monkeypatch.setattr(dev_loop, "start_run", lambda: "run-bytecode")
+    monkeypatch.setenv("LLORCH_RUN_ID", "run-bytecode")
+    monkeypatch.setenv(bytecode.NO_BYTECODE_ENV, "1")
+    code = dev_loop.run(argparse.Namespace(keep_going=False, jobs=2, shard=(1, 1)))
+    assert code == 0
+    ran = [s.name for s in dev_loop.steps_for((1, 1))]
+    assert ran and {n: (tmp_path / n).read_text() for n in ran} == {n: "False True" for n in ran}
